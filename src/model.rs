@@ -1,0 +1,87 @@
+//! Plain values shared by every layer: samples, timestamps, values, series
+//! keys. No I/O, no clock, no runtime.
+
+/// Milliseconds since the Unix epoch. Socket samples (seconds) are scaled up,
+/// remote_write samples arrive in milliseconds.
+pub type TimestampMs = u64;
+
+/// A sample value as it arrives on the wire, before a rule's cell type
+/// decides whether it fits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    /// An unsigned integer (binary socket protocol).
+    Uint(u64),
+    /// A float (remote_write, scraping).
+    Float(f64),
+    /// A 1-based index into a rule's `additional_values`.
+    Special(u64),
+}
+
+/// One sample for one series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// When the sample was taken.
+    pub timestamp_ms: TimestampMs,
+    /// What was measured.
+    pub value: Value,
+}
+
+/// The bit pattern Prometheus uses to mark a series as stale.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// The prefix of a socket path: the bytes before the first `-`, or the whole
+/// path when it has none (DESIGN §1).
+pub fn path_prefix(path: &str) -> &str {
+    path.split('-').next().unwrap_or(path)
+}
+
+/// Checks a socket path: 1..=1024 bytes, no `/` (UTF-8 is guaranteed by
+/// `&str`).
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn check_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("path is empty, expected 1..1024 bytes".into());
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(format!(
+            "path is {} bytes, expected at most {MAX_PATH_BYTES}",
+            path.len()
+        ));
+    }
+    if path.contains('/') {
+        return Err("path contains '/', which is not allowed".into());
+    }
+    Ok(())
+}
+
+/// Longest socket path accepted (YAWNDB's limit).
+pub const MAX_PATH_BYTES: usize = 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_is_text_before_first_dash() {
+        let cases = [
+            ("stats-a-foo", "stats"),
+            ("stats", "stats"),
+            ("interface_in-ae0.69", "interface_in"),
+            ("-x", ""),
+        ];
+        for (path, want) in cases {
+            assert_eq!(path_prefix(path), want, "case {path}");
+        }
+    }
+
+    #[test]
+    fn path_checks() {
+        assert!(check_path("a-b").is_ok());
+        assert!(check_path("").is_err());
+        assert!(check_path("a/b").is_err());
+        assert!(check_path(&"x".repeat(1025)).is_err());
+        assert!(check_path(&"x".repeat(1024)).is_ok());
+    }
+}

@@ -1,0 +1,148 @@
+//! Cell storage at the rule's width. Integer cells keep a 4-bit tag in their
+//! top bits (0 number, 1..=14 special, 15 empty) as ecirca does; float cells
+//! mark specials and empty with reserved NaN payloads that real values can
+//! never carry (incoming NaNs are canonicalised).
+
+use super::ValueSize;
+
+/// A decoded cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cell {
+    Empty,
+    Special(u8),
+    /// An integer value, an avg count, or the bits of an f64.
+    Num(u64),
+}
+
+const EMPTY_TAG: u64 = 15;
+/// Float cells whose bits match this (low 4 bits masked) are tags.
+const FLOAT_TAG_BASE: u64 = 0x7ff4_2a00_0000_0000;
+const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
+
+#[derive(Debug, Clone)]
+pub(crate) enum Cells {
+    Small(Box<[u16]>),
+    Medium(Box<[u32]>),
+    Large(Box<[u64]>),
+    Float(Box<[u64]>),
+}
+
+impl Cells {
+    pub(crate) fn new(kind: ValueSize, len: usize) -> Cells {
+        match kind {
+            ValueSize::Small => Cells::Small(vec![u16::MAX; len].into_boxed_slice()),
+            ValueSize::Medium => Cells::Medium(vec![u32::MAX; len].into_boxed_slice()),
+            ValueSize::Large => Cells::Large(vec![u64::MAX; len].into_boxed_slice()),
+            ValueSize::Float => {
+                Cells::Float(vec![FLOAT_TAG_BASE | EMPTY_TAG; len].into_boxed_slice())
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, pos: usize) -> Cell {
+        match self {
+            Cells::Small(c) => decode_int(u64::from(c[pos]), 12),
+            Cells::Medium(c) => decode_int(u64::from(c[pos]), 28),
+            Cells::Large(c) => decode_int(c[pos], 60),
+            Cells::Float(c) => {
+                let raw = c[pos];
+                if raw & !0xf == FLOAT_TAG_BASE {
+                    tag_cell(raw & 0xf)
+                } else {
+                    Cell::Num(raw)
+                }
+            }
+        }
+    }
+
+    pub(crate) fn set(&mut self, pos: usize, cell: Cell) {
+        match self {
+            Cells::Small(c) => c[pos] = encode_int(cell, 12) as u16,
+            Cells::Medium(c) => c[pos] = encode_int(cell, 28) as u32,
+            Cells::Large(c) => c[pos] = encode_int(cell, 60),
+            Cells::Float(c) => {
+                c[pos] = match cell {
+                    Cell::Empty => FLOAT_TAG_BASE | EMPTY_TAG,
+                    Cell::Special(t) => FLOAT_TAG_BASE | u64::from(t),
+                    Cell::Num(bits) => bits,
+                }
+            }
+        }
+    }
+
+    /// Bytes per cell in the encoded page format.
+    pub(crate) fn width(&self) -> usize {
+        match self {
+            Cells::Small(_) => 2,
+            Cells::Medium(_) => 4,
+            Cells::Large(_) | Cells::Float(_) => 8,
+        }
+    }
+
+    /// Raw little-endian bytes of cells `range`.
+    pub(crate) fn raw_bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(range.len() * self.width());
+        match self {
+            Cells::Small(c) => c[range].iter().for_each(|v| out.extend(v.to_le_bytes())),
+            Cells::Medium(c) => c[range].iter().for_each(|v| out.extend(v.to_le_bytes())),
+            Cells::Large(c) | Cells::Float(c) => {
+                c[range].iter().for_each(|v| out.extend(v.to_le_bytes()))
+            }
+        }
+        out
+    }
+
+    /// Overwrites cells from `start` with raw little-endian bytes.
+    pub(crate) fn load_raw(&mut self, start: usize, bytes: &[u8]) {
+        match self {
+            Cells::Small(c) => bytes
+                .chunks_exact(2)
+                .zip(&mut c[start..])
+                .for_each(|(b, v)| *v = u16::from_le_bytes([b[0], b[1]])),
+            Cells::Medium(c) => bytes
+                .chunks_exact(4)
+                .zip(&mut c[start..])
+                .for_each(|(b, v)| *v = u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            Cells::Large(c) | Cells::Float(c) => bytes
+                .chunks_exact(8)
+                .zip(&mut c[start..])
+                .for_each(|(b, v)| *v = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        }
+    }
+}
+
+fn tag_cell(tag: u64) -> Cell {
+    match tag {
+        0 | EMPTY_TAG => Cell::Empty,
+        t => Cell::Special(t as u8),
+    }
+}
+
+fn decode_int(raw: u64, bits: u32) -> Cell {
+    match raw >> bits {
+        0 => Cell::Num(raw),
+        tag => tag_cell(tag),
+    }
+}
+
+fn encode_int(cell: Cell, bits: u32) -> u64 {
+    match cell {
+        Cell::Empty => (EMPTY_TAG << bits) | ((1 << bits) - 1),
+        Cell::Special(t) => u64::from(t) << bits,
+        Cell::Num(v) => v,
+    }
+}
+
+/// Bits of a float for a cell: NaNs are canonicalised so they never look
+/// like a tag.
+pub(crate) fn float_to_bits(v: f64) -> u64 {
+    if v.is_nan() {
+        CANONICAL_NAN
+    } else {
+        v.to_bits()
+    }
+}
+
+pub(crate) fn bits_to_float(bits: u64) -> f64 {
+    f64::from_bits(bits)
+}

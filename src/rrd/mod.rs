@@ -1,0 +1,566 @@
+//! The round-robin archive: one fixed ring of buckets for one (series, rule)
+//! pair, consolidated at write time (DESIGN §2–3).
+//!
+//! Sync and clock-free: the caller passes every timestamp. It may use
+//! `model` only; it must never do I/O, lock, or read the wall clock.
+//! [`codec`] turns an archive into a versioned header plus fixed-size pages
+//! for the snapshot store.
+
+pub mod codec;
+
+mod cells;
+
+use crate::model::{Sample, Value, STALE_NAN_BITS};
+use cells::{Cell, Cells};
+use serde::{Deserialize, Serialize};
+
+/// Buckets per snapshot page (DESIGN §9).
+pub const PAGE_BUCKETS: usize = 64;
+
+/// How samples landing in one bucket combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Consolidation {
+    /// The newest arrival wins.
+    Last,
+    /// The smallest value.
+    Min,
+    /// The largest value.
+    Max,
+    /// The sum; integer overflow rejects the sample.
+    Sum,
+    /// The mean, kept as count + running mean.
+    Avg,
+}
+
+/// Where an unaligned sample goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Split {
+    /// Whole into the bucket that starts before it.
+    Backward,
+    /// Whole into the bucket that starts after it.
+    Forward,
+    /// Half to each neighbour (the earlier one gets the odd unit).
+    Equal,
+    /// Shared by distance: the nearer bucket gets more.
+    Proportional,
+}
+
+/// Cell type of an archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ValueSize {
+    /// 12-bit unsigned values in 2-byte cells.
+    Small,
+    /// 28-bit unsigned values in 4-byte cells.
+    Medium,
+    /// 60-bit unsigned values in 8-byte cells.
+    Large,
+    /// f64 values in 8-byte cells.
+    Float,
+}
+
+impl ValueSize {
+    /// Value bits of an integer cell; `None` for floats.
+    pub fn value_bits(self) -> Option<u32> {
+        match self {
+            ValueSize::Small => Some(12),
+            ValueSize::Medium => Some(28),
+            ValueSize::Large => Some(60),
+            ValueSize::Float => None,
+        }
+    }
+
+    /// Largest value an integer cell holds (also the largest avg count).
+    pub fn max_value(self) -> u64 {
+        (1u64 << self.value_bits().unwrap_or(60)) - 1
+    }
+
+    /// Most buckets an archive of this cell type may have.
+    pub fn max_limit(self) -> u64 {
+        match self {
+            ValueSize::Small => u64::from(u16::MAX),
+            _ => u64::from(u32::MAX),
+        }
+    }
+
+    /// Whether cells hold integers.
+    pub fn is_integer(self) -> bool {
+        self != ValueSize::Float
+    }
+}
+
+/// Whether a special sticks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strength {
+    /// Replaced by the next number.
+    Weak,
+    /// Replaced only by another strong special.
+    Strong,
+}
+
+/// A named non-numeric marker of a rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Special {
+    /// Name returned on read (`timeout`, `error`).
+    pub name: String,
+    /// Weak or strong.
+    pub strength: Strength,
+}
+
+/// Most specials a rule may have (tags 1..=14 of a cell).
+pub const MAX_SPECIALS: usize = 14;
+
+/// Everything that fixes an archive's layout and semantics. Two archives
+/// with equal shapes are interchangeable; a changed shape needs migration.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Shape {
+    /// Consolidation of samples in one bucket.
+    pub consolidation: Consolidation,
+    /// Bucket width in seconds (≥ 1).
+    pub timeframe_secs: u64,
+    /// Number of buckets (≥ 1, ≤ `value_size.max_limit()`).
+    pub limit: u32,
+    /// Split of unaligned samples.
+    pub split: Split,
+    /// Cell type.
+    pub value_size: ValueSize,
+    /// Specials, index 1.. in order.
+    pub specials: Vec<Special>,
+}
+
+impl Shape {
+    fn timeframe_ms(&self) -> u64 {
+        self.timeframe_secs * 1000
+    }
+
+    /// Bytes of cell storage an archive of this shape holds.
+    pub fn cell_bytes(&self) -> usize {
+        let cell = match (self.value_size, self.consolidation) {
+            (ValueSize::Small, Consolidation::Avg) => 2 + 8,
+            (ValueSize::Medium, Consolidation::Avg) => 4 + 8,
+            (_, Consolidation::Avg) => 8 + 8,
+            (ValueSize::Small, _) => 2,
+            (ValueSize::Medium, _) => 4,
+            _ => 8,
+        };
+        cell * self.limit as usize
+    }
+}
+
+/// Why an archive refused a sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum Reject {
+    /// The bucket is older than the window.
+    #[error("sample is older than the archive window")]
+    TooOld,
+    /// The value does not fit the cell (negative, fractional, too big, or
+    /// not a float for a float cell).
+    #[error("value out of range for the rule's value_size")]
+    OutOfRange,
+    /// A sum or an avg count would pass the cell's maximum.
+    #[error("consolidation overflows the cell")]
+    Overflow,
+    /// The special index is 0 or beyond the rule's additional_values.
+    #[error("unknown special index")]
+    UnknownSpecial,
+}
+
+impl Reject {
+    /// Label value used in self-metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reject::TooOld => "too_old",
+            Reject::OutOfRange => "out_of_range",
+            Reject::Overflow => "overflow",
+            Reject::UnknownSpecial => "unknown_special",
+        }
+    }
+}
+
+/// What a bucket holds, as read back.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reading<'a> {
+    /// No data (or outside the window).
+    Empty,
+    /// A special, by name.
+    Special(&'a str),
+    /// An integer cell's value.
+    Uint(u64),
+    /// A float cell's value, or the mean of an avg archive.
+    Float(f64),
+}
+
+impl Reading<'_> {
+    /// The number, if the bucket holds one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Reading::Uint(v) => Some(v as f64),
+            Reading::Float(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// A part of a sample aimed at one bucket, already checked against the cell
+/// type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Part {
+    Int(u64),
+    Float(f64),
+    Special(u8),
+}
+
+/// One ring of `limit` buckets.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    shape: Shape,
+    /// Bucket number (timestamp / timeframe) of the newest bucket seen.
+    newest: Option<u64>,
+    /// Ring position of the newest bucket.
+    head: u32,
+    cells: Cells,
+    /// Running means, only for `avg`.
+    means: Option<Box<[f64]>>,
+    /// One bit per page changed since the last `take_dirty`.
+    dirty_pages: Box<[u64]>,
+    header_dirty: bool,
+}
+
+impl Archive {
+    /// An empty archive of the given shape; every bucket is empty.
+    pub fn new(shape: Shape) -> Archive {
+        let limit = shape.limit.max(1) as usize;
+        let cells = Cells::new(cell_kind(&shape), limit);
+        let means = (shape.consolidation == Consolidation::Avg)
+            .then(|| vec![0.0; limit].into_boxed_slice());
+        let pages = limit.div_ceil(PAGE_BUCKETS);
+        Archive {
+            shape,
+            newest: None,
+            head: 0,
+            cells,
+            means,
+            dirty_pages: vec![0; pages.div_ceil(64)].into_boxed_slice(),
+            header_dirty: true,
+        }
+    }
+
+    /// The shape this archive was built for.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// Bytes held in memory for buckets, means and dirty bits.
+    pub fn memory_bytes(&self) -> usize {
+        self.shape.cell_bytes() + self.dirty_pages.len() * 8 + std::mem::size_of::<Self>()
+    }
+
+    /// Bucket number of the newest bucket seen, if any.
+    pub fn newest_bucket(&self) -> Option<u64> {
+        self.newest
+    }
+
+    /// Timestamp (seconds) of the newest bucket seen, if any.
+    pub fn newest_timestamp_secs(&self) -> Option<u64> {
+        self.newest.map(|n| n * self.shape.timeframe_secs)
+    }
+
+    /// Oldest bucket number still inside the window.
+    pub fn oldest_bucket(&self) -> Option<u64> {
+        self.newest
+            .map(|n| n.saturating_sub(u64::from(self.shape.limit) - 1))
+    }
+
+    /// Adds a sample: split, slide the window, consolidate.
+    ///
+    /// # Errors
+    /// The first [`Reject`] met. When a split sample's first half was
+    /// stored and its second half refused, the first half stays.
+    pub fn update(&mut self, sample: Sample) -> Result<(), Reject> {
+        let tf = self.shape.timeframe_ms();
+        let t = sample.timestamp_ms;
+        let lo = t / tf;
+        let offset = t % tf;
+        let part = self.check(sample.value)?;
+        if offset == 0 || matches!(part, Part::Special(_)) {
+            return self.apply(lo, part);
+        }
+        match self.shape.split {
+            Split::Backward => self.apply(lo, part),
+            Split::Forward => self.apply(lo + 1, part),
+            Split::Equal => {
+                let (first, second) = match part {
+                    Part::Int(v) => (Part::Int(v - v / 2), Part::Int(v / 2)),
+                    Part::Float(v) => (Part::Float(v - v / 2.0), Part::Float(v / 2.0)),
+                    Part::Special(_) => unreachable!("specials are never split"),
+                };
+                self.apply(lo, first)?;
+                self.apply(lo + 1, second)
+            }
+            Split::Proportional => {
+                let remaining = tf - offset;
+                let (first, second) = match part {
+                    Part::Int(v) => {
+                        let share = (u128::from(v) * u128::from(remaining) / u128::from(tf)) as u64;
+                        (Part::Int(share), Part::Int(v - share))
+                    }
+                    Part::Float(v) => {
+                        let share = v * remaining as f64 / tf as f64;
+                        (Part::Float(share), Part::Float(v - share))
+                    }
+                    Part::Special(_) => unreachable!("specials are never split"),
+                };
+                self.apply(lo, first)?;
+                self.apply(lo + 1, second)
+            }
+        }
+    }
+
+    /// Checks a value against the cell type before anything changes.
+    fn check(&self, value: Value) -> Result<Part, Reject> {
+        let max = self.shape.value_size.max_value();
+        match (value, self.shape.value_size.is_integer()) {
+            (Value::Special(i), _) => {
+                if i >= 1 && i <= self.shape.specials.len() as u64 {
+                    Ok(Part::Special(i as u8))
+                } else {
+                    Err(Reject::UnknownSpecial)
+                }
+            }
+            (Value::Uint(v), true) if v <= max => Ok(Part::Int(v)),
+            (Value::Uint(_), true) => Err(Reject::OutOfRange),
+            (Value::Float(v), true) => {
+                if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= max as f64 {
+                    Ok(Part::Int(v as u64))
+                } else {
+                    Err(Reject::OutOfRange)
+                }
+            }
+            (Value::Uint(v), false) => Ok(Part::Float(v as f64)),
+            (Value::Float(v), false) => Ok(Part::Float(v)),
+        }
+    }
+
+    /// Ring position of `bucket`, sliding the window forward first if the
+    /// bucket is newer than anything seen.
+    fn position_for(&mut self, bucket: u64) -> Result<usize, Reject> {
+        let limit = u64::from(self.shape.limit);
+        let newest = match self.newest {
+            None => {
+                self.newest = Some(bucket);
+                self.header_dirty = true;
+                return Ok(self.head as usize);
+            }
+            Some(n) => n,
+        };
+        if bucket > newest {
+            let gap = bucket - newest;
+            if gap >= limit {
+                self.clear_all();
+            } else {
+                for _ in 0..gap {
+                    self.head = ((u64::from(self.head) + 1) % limit) as u32;
+                    self.clear_position(self.head as usize);
+                }
+            }
+            self.newest = Some(bucket);
+            self.header_dirty = true;
+            return Ok(self.head as usize);
+        }
+        let back = newest - bucket;
+        if back >= limit {
+            return Err(Reject::TooOld);
+        }
+        Ok(((u64::from(self.head) + limit - back) % limit) as usize)
+    }
+
+    fn clear_all(&mut self) {
+        for pos in 0..self.shape.limit as usize {
+            self.clear_position(pos);
+        }
+    }
+
+    fn clear_position(&mut self, pos: usize) {
+        if self.cells.get(pos) != Cell::Empty {
+            self.cells.set(pos, Cell::Empty);
+            self.mark_dirty(pos);
+        }
+    }
+
+    fn mark_dirty(&mut self, pos: usize) {
+        let page = pos / PAGE_BUCKETS;
+        self.dirty_pages[page / 64] |= 1 << (page % 64);
+    }
+
+    fn apply(&mut self, bucket: u64, part: Part) -> Result<(), Reject> {
+        let pos = self.position_for(bucket)?;
+        let current = self.cells.get(pos);
+        let next = self.consolidate(pos, current, part)?;
+        if let Some((cell, mean)) = next {
+            self.cells.set(pos, cell);
+            if let (Some(means), Some(mean)) = (self.means.as_mut(), mean) {
+                means[pos] = mean;
+            }
+            self.mark_dirty(pos);
+        }
+        Ok(())
+    }
+
+    /// The new cell (and mean, for avg) after `part` meets `current`;
+    /// `None` when the cell stays as it is.
+    fn consolidate(
+        &self,
+        pos: usize,
+        current: Cell,
+        part: Part,
+    ) -> Result<Option<(Cell, Option<f64>)>, Reject> {
+        let strong = |tag: u8| self.shape.specials[tag as usize - 1].strength == Strength::Strong;
+        if let Part::Special(tag) = part {
+            return Ok(match current {
+                Cell::Empty => Some((Cell::Special(tag), None)),
+                _ if strong(tag) => Some((Cell::Special(tag), None)),
+                _ => None,
+            });
+        }
+        let fresh = |part: Part| match part {
+            Part::Int(v) if self.means.is_some() => (Cell::Num(1), Some(v as f64)),
+            Part::Float(v) if self.means.is_some() => (Cell::Num(1), Some(v)),
+            Part::Int(v) => (Cell::Num(v), None),
+            Part::Float(v) => (Cell::Num(cells::float_to_bits(v)), None),
+            Part::Special(_) => unreachable!("handled above"),
+        };
+        let old = match current {
+            Cell::Special(tag) if strong(tag) => return Ok(None),
+            Cell::Empty | Cell::Special(_) => return Ok(Some(fresh(part))),
+            Cell::Num(old) => old,
+        };
+        let max = self.shape.value_size.max_value();
+        if let Some(means) = &self.means {
+            let count = old + 1;
+            if count > max {
+                return Err(Reject::Overflow);
+            }
+            let v = match part {
+                Part::Int(v) => v as f64,
+                Part::Float(v) => v,
+                Part::Special(_) => unreachable!("handled above"),
+            };
+            let mean = means[pos] + (v - means[pos]) / count as f64;
+            return Ok(Some((Cell::Num(count), Some(mean))));
+        }
+        let new = match part {
+            Part::Int(v) => match self.shape.consolidation {
+                Consolidation::Last => v,
+                Consolidation::Min => old.min(v),
+                Consolidation::Max => old.max(v),
+                Consolidation::Sum => match old.checked_add(v) {
+                    Some(s) if s <= max => s,
+                    _ => return Err(Reject::Overflow),
+                },
+                Consolidation::Avg => unreachable!("avg keeps means"),
+            },
+            Part::Float(v) => {
+                let a = cells::bits_to_float(old);
+                cells::float_to_bits(match self.shape.consolidation {
+                    Consolidation::Last => v,
+                    Consolidation::Min => float_min(a, v),
+                    Consolidation::Max => float_max(a, v),
+                    Consolidation::Sum => a + v,
+                    Consolidation::Avg => unreachable!("avg keeps means"),
+                })
+            }
+            Part::Special(_) => unreachable!("handled above"),
+        };
+        Ok(Some((Cell::Num(new), None)))
+    }
+
+    /// What the bucket with this number holds; `Empty` outside the window.
+    pub fn get(&self, bucket: u64) -> Reading<'_> {
+        let (Some(newest), Some(oldest)) = (self.newest, self.oldest_bucket()) else {
+            return Reading::Empty;
+        };
+        if bucket > newest || bucket < oldest {
+            return Reading::Empty;
+        }
+        let limit = u64::from(self.shape.limit);
+        let pos = ((u64::from(self.head) + limit - (newest - bucket)) % limit) as usize;
+        self.read_position(pos)
+    }
+
+    fn read_position(&self, pos: usize) -> Reading<'_> {
+        match self.cells.get(pos) {
+            Cell::Empty => Reading::Empty,
+            Cell::Special(tag) => Reading::Special(&self.shape.specials[tag as usize - 1].name),
+            Cell::Num(n) => match &self.means {
+                Some(means) => Reading::Float(means[pos]),
+                None if self.shape.value_size.is_integer() => Reading::Uint(n),
+                None => Reading::Float(cells::bits_to_float(n)),
+            },
+        }
+    }
+
+    /// Buckets `from..=to` (bucket numbers) with what they hold, ascending.
+    pub fn range(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
+        (from..=to).map(move |b| (b, self.get(b)))
+    }
+
+    /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).
+    pub fn filled(&self) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
+        let tf = self.shape.timeframe_secs;
+        let span = match (self.oldest_bucket(), self.newest) {
+            (Some(o), Some(n)) => o..=n,
+            _ => 1..=0,
+        };
+        span.filter_map(move |b| match self.get(b) {
+            Reading::Empty => None,
+            r => Some((b * tf, r)),
+        })
+    }
+
+    /// Whether anything changed since the last `take_dirty`.
+    pub fn is_dirty(&self) -> bool {
+        self.header_dirty || self.dirty_pages.iter().any(|w| *w != 0)
+    }
+
+    /// Marks everything dirty, so the next save writes the whole archive.
+    pub fn mark_all_dirty(&mut self) {
+        self.header_dirty = true;
+        let pages = (self.shape.limit as usize).div_ceil(PAGE_BUCKETS);
+        for page in 0..pages {
+            self.dirty_pages[page / 64] |= 1 << (page % 64);
+        }
+    }
+}
+
+fn cell_kind(shape: &Shape) -> ValueSize {
+    // Avg cells hold a count; a float archive's count needs an integer cell.
+    if shape.consolidation == Consolidation::Avg && shape.value_size == ValueSize::Float {
+        ValueSize::Large
+    } else {
+        shape.value_size
+    }
+}
+
+/// Min that prefers a number over NaN, as Prometheus' `min_over_time` does.
+fn float_min(a: f64, b: f64) -> f64 {
+    if b < a || a.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+fn float_max(a: f64, b: f64) -> f64 {
+    if b > a || a.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+/// Whether a float is Prometheus' stale marker (accepted, never stored).
+pub fn is_stale_marker(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,265 @@
+use super::*;
+use crate::model::{Sample, Value};
+
+fn shape(consolidation: Consolidation, split: Split, value_size: ValueSize, limit: u32) -> Shape {
+    Shape {
+        consolidation,
+        timeframe_secs: 60,
+        limit,
+        split,
+        value_size,
+        specials: vec![
+            Special {
+                name: "timeout".into(),
+                strength: Strength::Weak,
+            },
+            Special {
+                name: "error".into(),
+                strength: Strength::Strong,
+            },
+        ],
+    }
+}
+
+fn s(secs: u64, value: Value) -> Sample {
+    Sample {
+        timestamp_ms: secs * 1000,
+        value,
+    }
+}
+
+/// Buckets `from..=to` (timestamps in seconds) rendered as strings.
+fn render(a: &Archive, from: u64, to: u64) -> Vec<String> {
+    a.range(from / 60, to / 60)
+        .map(|(b, r)| {
+            let v = match r {
+                Reading::Empty => "empty".to_string(),
+                Reading::Special(n) => n.to_string(),
+                Reading::Uint(v) => v.to_string(),
+                Reading::Float(v) => v.to_string(),
+            };
+            format!("{}:{v}", b * 60)
+        })
+        .collect()
+}
+
+struct Case {
+    name: &'static str,
+    shape: Shape,
+    samples: Vec<(u64, Value)>,
+    from: u64,
+    to: u64,
+    want: &'static [&'static str],
+    rejects: &'static [Option<Reject>],
+}
+
+#[test]
+fn table() {
+    use Consolidation::*;
+    use Split::*;
+    use Value::*;
+    use ValueSize::{Large, Medium, Small};
+    let cases = vec![
+        Case {
+            name: "yawndb sum_test: forward split into the next bucket, twice",
+            shape: shape(Sum, Forward, Large, 10),
+            samples: vec![(0, Uint(0)), (15, Uint(60)), (15, Uint(60))],
+            from: 0,
+            to: 120,
+            want: &["0:0", "60:120", "120:empty"],
+            rejects: &[None, None, None],
+        },
+        Case {
+            name: "aligned timestamps are never split",
+            shape: shape(Sum, Equal, Large, 10),
+            samples: vec![(60, Uint(7))],
+            from: 0,
+            to: 120,
+            want: &["0:empty", "60:7", "120:empty"],
+            rejects: &[None],
+        },
+        Case {
+            name: "equal split gives the odd unit to the earlier bucket",
+            shape: shape(Sum, Equal, Large, 10),
+            samples: vec![(90, Uint(7))],
+            from: 60,
+            to: 120,
+            want: &["60:4", "120:3"],
+            rejects: &[None],
+        },
+        Case {
+            name: "proportional split: nearer bucket gets more, exact integers",
+            shape: shape(Sum, Proportional, Large, 10),
+            samples: vec![(75, Uint(100))],
+            from: 60,
+            to: 120,
+            want: &["60:75", "120:25"],
+            rejects: &[None],
+        },
+        Case {
+            name: "equal split after a gap lands both halves correctly (yawndb bug 10.1)",
+            shape: shape(Sum, Equal, Large, 10),
+            samples: vec![(120, Uint(15)), (180, Uint(5)), (250, Uint(100))],
+            from: 120,
+            to: 300,
+            want: &["120:15", "180:5", "240:50", "300:50"],
+            rejects: &[None, None, None],
+        },
+        Case {
+            name: "sum overflow rejects and keeps the bucket",
+            shape: shape(Sum, Backward, Small, 10),
+            samples: vec![(60, Uint(4000)), (60, Uint(96)), (60, Uint(95))],
+            from: 60,
+            to: 60,
+            want: &["60:4095"],
+            rejects: &[None, Some(Reject::Overflow), None],
+        },
+        Case {
+            name: "value beyond a small cell is out of range",
+            shape: shape(Last, Backward, Small, 10),
+            samples: vec![(60, Uint(4096)), (60, Uint(4095))],
+            from: 60,
+            to: 60,
+            want: &["60:4095"],
+            rejects: &[Some(Reject::OutOfRange), None],
+        },
+        Case {
+            name: "weak special is replaced by the next number",
+            shape: shape(Max, Backward, Large, 10),
+            samples: vec![(60, Special(1)), (61, Uint(5))],
+            from: 60,
+            to: 60,
+            want: &["60:5"],
+            rejects: &[None, None],
+        },
+        Case {
+            name: "weak special does not replace a number",
+            shape: shape(Max, Backward, Large, 10),
+            samples: vec![(61, Uint(5)), (60, Special(1))],
+            from: 60,
+            to: 60,
+            want: &["60:5"],
+            rejects: &[None, None],
+        },
+        Case {
+            name: "strong special sticks against numbers and weak specials",
+            shape: shape(Sum, Backward, Large, 10),
+            samples: vec![(60, Uint(5)), (60, Special(2)), (61, Uint(3)), (62, Special(1))],
+            from: 60,
+            to: 60,
+            want: &["60:error"],
+            rejects: &[None, None, None, None],
+        },
+        Case {
+            name: "unknown special index is rejected",
+            shape: shape(Sum, Backward, Large, 10),
+            samples: vec![(60, Special(3)), (60, Special(0))],
+            from: 60,
+            to: 60,
+            want: &["60:empty"],
+            rejects: &[Some(Reject::UnknownSpecial), Some(Reject::UnknownSpecial)],
+        },
+        Case {
+            name: "specials go whole to the lower bucket under equal split",
+            shape: shape(Sum, Equal, Large, 10),
+            samples: vec![(90, Special(2))],
+            from: 60,
+            to: 120,
+            want: &["60:error", "120:empty"],
+            rejects: &[None],
+        },
+        Case {
+            name: "sample older than the window is rejected",
+            shape: shape(Last, Backward, Large, 3),
+            samples: vec![(600, Uint(1)), (480, Uint(2)), (420, Uint(3))],
+            from: 420,
+            to: 600,
+            want: &["420:empty", "480:2", "540:empty", "600:1"],
+            rejects: &[None, None, Some(Reject::TooOld)],
+        },
+        Case {
+            name: "a gap longer than the window clears it",
+            shape: shape(Last, Backward, Large, 3),
+            samples: vec![(60, Uint(1)), (120, Uint(2)), (60_000, Uint(3))],
+            from: 59_880,
+            to: 60_000,
+            want: &["59880:empty", "59940:empty", "60000:3"],
+            rejects: &[None, None, None],
+        },
+        Case {
+            name: "avg is the running mean, float reading",
+            shape: shape(Avg, Backward, Small, 10),
+            samples: vec![(60, Uint(1)), (61, Uint(2)), (62, Uint(4))],
+            from: 60,
+            to: 60,
+            want: &["60:2.3333333333333335"],
+            rejects: &[None, None, None],
+        },
+        Case {
+            name: "float cells keep NaN and infinities",
+            shape: shape(Last, Backward, ValueSize::Float, 10),
+            samples: vec![(60, Float(f64::NAN)), (120, Float(f64::INFINITY)), (180, Float(-1.5))],
+            from: 60,
+            to: 180,
+            want: &["60:NaN", "120:inf", "180:-1.5"],
+            rejects: &[None, None, None],
+        },
+        Case {
+            name: "integer cells refuse fractions and negatives",
+            shape: shape(Last, Backward, Medium, 10),
+            samples: vec![(60, Float(1.5)), (60, Float(-1.0)), (60, Float(2.0))],
+            from: 60,
+            to: 60,
+            want: &["60:2"],
+            rejects: &[Some(Reject::OutOfRange), Some(Reject::OutOfRange), None],
+        },
+    ];
+    for case in cases {
+        let mut a = Archive::new(case.shape.clone());
+        let got: Vec<Option<Reject>> = case
+            .samples
+            .iter()
+            .map(|&(t, v)| a.update(s(t, v)).err())
+            .collect();
+        assert_eq!(got, case.rejects, "case {}: rejects", case.name);
+        assert_eq!(render(&a, case.from, case.to), case.want, "case {}: buckets", case.name);
+    }
+}
+
+#[test]
+fn codec_round_trip_and_dirty_pages() {
+    let mut a = Archive::new(shape(Consolidation::Avg, Split::Backward, ValueSize::Medium, 200));
+    for i in 0..150u64 {
+        a.update(s(i * 60 + 1, Value::Uint(i))).unwrap();
+    }
+    let dirty = a.take_dirty("r", "p");
+    assert!(dirty.header.is_some());
+    assert_eq!(dirty.pages.len(), 3);
+    assert!(!a.is_dirty());
+    a.update(s(149 * 60, Value::Uint(7))).unwrap();
+    let again = a.take_dirty("r", "p");
+    assert!(again.header.is_none(), "no slide, header unchanged");
+    assert_eq!(again.pages.len(), 1, "one page touched");
+
+    let mut full = a.clone();
+    full.mark_all_dirty();
+    let all = full.take_dirty("r", "p");
+    let header = codec::decode_header(all.header.as_ref().unwrap()).unwrap();
+    assert_eq!(header.rule, "r");
+    let (back, errors) = Archive::restore(&header, all.pages.iter().map(|(n, b)| (*n, b.as_slice())));
+    assert!(errors.is_empty());
+    assert_eq!(render(&back, 0, 200 * 60), render(&a, 0, 200 * 60));
+}
+
+#[test]
+fn corrupt_records_are_reported() {
+    assert!(codec::decode_header(b"\x01\x02").is_err());
+    let mut a = Archive::new(shape(Consolidation::Sum, Split::Backward, ValueSize::Small, 100));
+    a.update(s(60, Value::Uint(1))).unwrap();
+    let d = a.take_dirty("r", "p");
+    let header = codec::decode_header(d.header.as_ref().unwrap()).unwrap();
+    let truncated = &d.pages[0].1[..5];
+    let (back, errors) = Archive::restore(&header, [(0, truncated)]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(back.get(1), Reading::Empty);
+}
