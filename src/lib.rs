@@ -15,3 +15,5 @@
 
 pub mod model;
 pub mod rrd;
+pub mod config;
+pub mod rules;

@@ -1,0 +1,217 @@
+//! Configuration: the YAML file (the only serde_yaml user) read in two
+//! stages, raw serde structs ([`raw`]) then validated [`Settings`]
+//! ([`validate`]), reporting every problem at once with its location.
+//! It never reads the environment or picks file names itself.
+
+mod raw;
+mod validate;
+
+use crate::rules::Rule;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// rules.example.yaml, the embedded default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../../rules.example.yaml");
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Folder of the sled store and the generated dev certificates.
+    pub data_dir: PathBuf,
+    /// Listener addresses.
+    pub listen: Listen,
+    /// Certificate files; `None` means dev certificates under `data_dir/tls/`.
+    pub tls: Option<TlsFiles>,
+    /// How often dirty archives are saved.
+    pub snapshot_interval: Duration,
+    /// Input and resource caps.
+    pub limits: Limits,
+    /// Per-certificate permissions; `None` lets every CA-signed client do
+    /// everything.
+    pub clients: Option<Vec<ClientSettings>>,
+    /// Rules in file order.
+    pub rules: Vec<Rule>,
+}
+
+/// Listener addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Listen {
+    /// Binary protocol v3.
+    pub socket: SocketAddr,
+    /// Prometheus API, remote_write, YAWNDB user routes, /metrics.
+    pub http: SocketAddr,
+    /// YAWNDB admin routes.
+    pub admin: SocketAddr,
+}
+
+/// PEM files of the server's TLS identity.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// CA that client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+/// Caps on input and resources.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How far ahead of the wall clock a sample may be.
+    pub max_future: Duration,
+    /// Most series held.
+    pub max_series: u64,
+    /// Largest remote_write body, compressed or not.
+    pub max_body_bytes: u64,
+    /// Longest a query may run.
+    pub query_timeout: Duration,
+    /// Most samples a query may load.
+    pub max_query_samples: u64,
+}
+
+/// What one client certificate may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Certificate common name.
+    pub name: String,
+    /// Prefixes it may write (`*` = all).
+    pub write: Vec<String>,
+    /// Prefixes it may read (`*` = all).
+    pub read: Vec<String>,
+    /// Whether it may use the admin routes.
+    pub admin: bool,
+}
+
+/// One problem in the file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    /// Where in the YAML (`rules[2].type`), empty for the whole file.
+    pub location: String,
+    /// What was expected and what was found.
+    pub message: String,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// File name.
+        file: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not the YAML structure expected.
+    #[error("{file}: {message}")]
+    Syntax {
+        /// File name.
+        file: String,
+        /// Parser message with line and column.
+        message: String,
+    },
+    /// Values that do not validate, all of them.
+    #[error("{file}: {} problem(s):\n{}", issues.len(), render(issues))]
+    Invalid {
+        /// File name.
+        file: String,
+        /// Every problem found.
+        issues: Vec<Issue>,
+    },
+}
+
+fn render(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("  {}: {}", i.location, i.message))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.location, self.message)
+    }
+}
+
+/// Parses and validates YAML text. `name` is used in messages, `base` is the
+/// folder relative file names are resolved from.
+///
+/// # Errors
+/// [`ConfigError::Syntax`] or [`ConfigError::Invalid`] with every problem.
+pub fn parse(text: &str, name: &str, base: &Path) -> Result<Settings, ConfigError> {
+    let raw: raw::RawConfig = if text.trim().is_empty() {
+        raw::RawConfig::default()
+    } else {
+        serde_yaml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: name.to_string(),
+            message: e.to_string(),
+        })?
+    };
+    validate::validate(raw, base).map_err(|issues| ConfigError::Invalid {
+        file: name.to_string(),
+        issues,
+    })
+}
+
+/// Reads and validates a file; relative names inside it are relative to its
+/// folder.
+///
+/// # Errors
+/// As [`parse`], plus [`ConfigError::Read`].
+pub fn load(file: &Path) -> Result<Settings, ConfigError> {
+    let name = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: name.clone(),
+        source,
+    })?;
+    let base = file.parent().unwrap_or(Path::new("."));
+    parse(&text, &name, base)
+}
+
+/// Parses `10s`, `1m`, `1h30m`, `1d`, `500ms` (units ms, s, m, h, d, w, y).
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {text:?}, expected e.g. 10s, 1m, 1h, 1d");
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = rest.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_millis(total))
+}
+
+#[cfg(test)]
+mod tests;

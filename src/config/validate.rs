@@ -1,0 +1,470 @@
+//! Raw YAML → typed [`Settings`], collecting every problem with its location
+//! instead of stopping at the first.
+
+use super::raw::{self, RawConfig, Unknown};
+use super::{ClientSettings, Issue, Limits, Listen, Settings, TlsFiles};
+use crate::rrd::{Consolidation, Shape, Special, Split, Strength, ValueSize, MAX_SPECIALS};
+use crate::rules::{Rule, FALLBACK_PREFIX};
+use serde_yaml::Value;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Collects issues while walking the file.
+struct Checker {
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn issue(&mut self, location: impl Into<String>, message: impl Into<String>) {
+        self.issues.push(Issue {
+            location: location.into(),
+            message: message.into(),
+        });
+    }
+
+    fn unknown(&mut self, at: &str, unknown: &Unknown, expected: &str) {
+        for key in unknown.keys() {
+            self.issue(
+                join(at, key),
+                format!("unknown key {key:?}, expected one of: {expected}"),
+            );
+        }
+    }
+
+    fn string(&mut self, at: &str, value: &Value) -> Option<String> {
+        match value {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            other => {
+                self.issue(at, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn bool(&mut self, at: &str, value: Option<&Value>, default: bool) -> bool {
+        match value {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                self.issue(at, format!("expected true or false, found {}", show(other)));
+                default
+            }
+        }
+    }
+
+    fn unsigned(&mut self, at: &str, value: Option<&Value>, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(default),
+            Some(other) => {
+                self.issue(at, format!("expected a non-negative integer, found {}", show(other)));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, at: &str, value: Option<&Value>, default: Duration) -> Duration {
+        let Some(value) = value else { return default };
+        match value {
+            Value::Number(n) if n.as_u64().is_some() => {
+                Duration::from_secs(n.as_u64().unwrap_or_default())
+            }
+            Value::String(s) => match super::parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.issue(at, e);
+                    default
+                }
+            },
+            other => {
+                self.issue(
+                    at,
+                    format!("expected seconds or a duration such as 10s, 1m, 1h, 1d, found {}", show(other)),
+                );
+                default
+            }
+        }
+    }
+
+    fn address(&mut self, at: &str, value: Option<&Value>, default: &str) -> SocketAddr {
+        let fallback: SocketAddr = default.parse().expect("default address parses");
+        let Some(value) = value else { return fallback };
+        let Some(text) = self.string(at, value) else { return fallback };
+        text.parse().unwrap_or_else(|_| {
+            self.issue(at, format!("expected IP:port such as 127.0.0.1:9201, found {text:?}"));
+            fallback
+        })
+    }
+
+    fn enum_value<T: Copy>(&mut self, at: &str, value: &Value, options: &[(&str, T)]) -> Option<T> {
+        let text = self.string(at, value)?;
+        match options.iter().find(|(name, _)| *name == text) {
+            Some((_, v)) => Some(*v),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.issue(at, format!("unknown value {text:?}, expected one of {}", names.join(", ")));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, at: &str, value: Option<&Value>) -> Vec<String> {
+        match value {
+            None => Vec::new(),
+            Some(Value::Sequence(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| self.string(&format!("{at}[{i}]"), v))
+                .collect(),
+            Some(other) => {
+                self.issue(at, format!("expected a list, found {}", kind(other)));
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn join(at: &str, key: &str) -> String {
+    if at.is_empty() {
+        key.to_string()
+    } else {
+        format!("{at}.{key}")
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => kind(other).to_string(),
+    }
+}
+
+/// Validates the whole file; `base` is the folder relative names start from.
+pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issue>> {
+    let mut c = Checker { issues: Vec::new() };
+    c.unknown(
+        "",
+        &raw.unknown,
+        "data_dir, listen, tls, snapshot, limits, clients, rules",
+    );
+    let resolve = |p: String| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let data_dir = raw
+        .data_dir
+        .as_ref()
+        .and_then(|v| c.string("data_dir", v))
+        .unwrap_or_else(|| "./ringdb-data".into());
+    let data_dir = resolve(data_dir);
+
+    let l = raw.listen.unwrap_or_default();
+    c.unknown("listen", &l.unknown, "socket, http, admin");
+    let listen = Listen {
+        socket: c.address("listen.socket", l.socket.as_ref(), "127.0.0.1:2011"),
+        http: c.address("listen.http", l.http.as_ref(), "127.0.0.1:9201"),
+        admin: c.address("listen.admin", l.admin.as_ref(), "127.0.0.1:9202"),
+    };
+
+    let tls = raw.tls.map(|t| {
+        c.unknown("tls", &t.unknown, "cert, key, client_ca");
+        let mut file = |name: &str, v: Option<Value>| -> PathBuf {
+            let at = format!("tls.{name}");
+            match v {
+                None => {
+                    c.issue(&at, "missing; tls needs cert, key and client_ca");
+                    PathBuf::new()
+                }
+                Some(v) => c.string(&at, &v).map(&resolve).unwrap_or_default(),
+            }
+        };
+        TlsFiles {
+            cert: file("cert", t.cert),
+            key: file("key", t.key),
+            client_ca: file("client_ca", t.client_ca),
+        }
+    });
+
+    let s = raw.snapshot.unwrap_or_default();
+    c.unknown("snapshot", &s.unknown, "interval");
+    let snapshot_interval = c.duration("snapshot.interval", s.interval.as_ref(), Duration::from_secs(10));
+    if snapshot_interval.is_zero() {
+        c.issue("snapshot.interval", "expected a positive duration, found 0");
+    }
+
+    let l = raw.limits.unwrap_or_default();
+    c.unknown(
+        "limits",
+        &l.unknown,
+        "max_future, max_series, max_body_bytes, query_timeout, max_query_samples",
+    );
+    let limits = Limits {
+        max_future: c.duration("limits.max_future", l.max_future.as_ref(), Duration::from_secs(600)),
+        max_series: c.unsigned("limits.max_series", l.max_series.as_ref(), 5_000_000),
+        max_body_bytes: c.unsigned("limits.max_body_bytes", l.max_body_bytes.as_ref(), 32 << 20),
+        query_timeout: c.duration("limits.query_timeout", l.query_timeout.as_ref(), Duration::from_secs(120)),
+        max_query_samples: c.unsigned("limits.max_query_samples", l.max_query_samples.as_ref(), 50_000_000),
+    };
+
+    let clients = raw.clients.map(|list| {
+        let mut seen = HashSet::new();
+        list.into_iter()
+            .enumerate()
+            .filter_map(|(i, client)| {
+                let at = format!("clients[{i}]");
+                c.unknown(&at, &client.unknown, "name, write, read, admin");
+                let name = match client.name.as_ref() {
+                    None => {
+                        c.issue(join(&at, "name"), "missing; expected the certificate's common name");
+                        None
+                    }
+                    Some(v) => c.string(&join(&at, "name"), v),
+                }?;
+                if !seen.insert(name.clone()) {
+                    c.issue(join(&at, "name"), format!("duplicate client name {name:?}"));
+                }
+                Some(ClientSettings {
+                    write: c.string_list(&join(&at, "write"), client.write.as_ref()),
+                    read: c.string_list(&join(&at, "read"), client.read.as_ref()),
+                    admin: c.bool(&join(&at, "admin"), client.admin.as_ref(), false),
+                    name,
+                })
+            })
+            .collect()
+    });
+
+    let mut rules = Vec::new();
+    match raw.rules {
+        None => c.issue("rules", "missing; expected a list of rules (DESIGN §2)"),
+        Some(list) if list.is_empty() => c.issue("rules", "empty; expected at least one rule"),
+        Some(list) => {
+            let mut names = HashSet::new();
+            for (i, r) in list.into_iter().enumerate() {
+                let at = format!("rules[{i}]");
+                if let Some(Value::String(name)) = &r.name {
+                    if !names.insert(name.clone()) {
+                        c.issue(join(&at, "name"), format!("duplicate rule name {name:?}"));
+                    }
+                }
+                rules.extend(rule(&mut c, &at, r));
+            }
+        }
+    }
+
+    if c.issues.is_empty() {
+        Ok(Settings {
+            data_dir,
+            listen,
+            tls,
+            snapshot_interval,
+            limits,
+            clients,
+            rules,
+        })
+    } else {
+        Err(c.issues)
+    }
+}
+
+const CONSOLIDATIONS: &[(&str, Consolidation)] = &[
+    ("last", Consolidation::Last),
+    ("min", Consolidation::Min),
+    ("max", Consolidation::Max),
+    ("sum", Consolidation::Sum),
+    ("avg", Consolidation::Avg),
+];
+const SPLITS: &[(&str, Split)] = &[
+    ("backward", Split::Backward),
+    ("forward", Split::Forward),
+    ("equal", Split::Equal),
+    ("proportional", Split::Proportional),
+];
+const VALUE_SIZES: &[(&str, ValueSize)] = &[
+    ("small", ValueSize::Small),
+    ("medium", ValueSize::Medium),
+    ("large", ValueSize::Large),
+    ("float", ValueSize::Float),
+];
+const STRENGTHS: &[(&str, Strength)] = &[("weak", Strength::Weak), ("strong", Strength::Strong)];
+
+fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
+    c.unknown(
+        at,
+        &r.unknown,
+        "name, prefix, type, timeframe, limit, retention, split, value_size, additional_values, autoremove",
+    );
+    let mut required = |key: &str, v: Option<&Value>| -> Option<Value> {
+        if v.is_none() {
+            c.issue(join(at, key), "missing; every rule needs name, prefix, type, timeframe and limit (or retention)");
+        }
+        v.cloned()
+    };
+    let name = required("name", r.name.as_ref());
+    let prefix = required("prefix", r.prefix.as_ref());
+    let consolidation = required("type", r.consolidation.as_ref());
+    let timeframe = required("timeframe", r.timeframe.as_ref());
+
+    let name = name.and_then(|v| c.string(&join(at, "name"), &v)).and_then(|n| {
+        if n.is_empty() || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch)) {
+            c.issue(join(at, "name"), format!("bad rule name {n:?}, expected letters, digits, _ . : -"));
+            None
+        } else {
+            Some(n)
+        }
+    });
+    let prefix = prefix.and_then(|v| c.string(&join(at, "prefix"), &v)).and_then(|p| {
+        if p.is_empty() || (p != FALLBACK_PREFIX && (p.contains('-') || p.contains('/'))) {
+            c.issue(
+                join(at, "prefix"),
+                format!("bad prefix {p:?}: expected the text before a path's first '-' (no '-' or '/'), or \"*\""),
+            );
+            None
+        } else {
+            Some(p)
+        }
+    });
+    let consolidation = consolidation.and_then(|v| c.enum_value(&join(at, "type"), &v, CONSOLIDATIONS));
+    let split = match r.split.as_ref() {
+        None => Some(Split::Backward),
+        Some(v) => c.enum_value(&join(at, "split"), v, SPLITS),
+    };
+    let value_size = match r.value_size.as_ref() {
+        None => Some(ValueSize::Float),
+        Some(v) => c.enum_value(&join(at, "value_size"), v, VALUE_SIZES),
+    };
+    let timeframe_secs = timeframe.and_then(|v| {
+        let d = c.duration(&join(at, "timeframe"), Some(&v), Duration::ZERO);
+        if d.is_zero() || d.subsec_nanos() != 0 {
+            c.issue(join(at, "timeframe"), format!("expected whole seconds ≥ 1, found {}", show(&v)));
+            None
+        } else {
+            Some(d.as_secs())
+        }
+    });
+    let limit = match (r.limit.as_ref(), r.retention.as_ref()) {
+        (Some(_), Some(_)) => {
+            c.issue(join(at, "retention"), "give either limit or retention, not both");
+            None
+        }
+        (None, None) => {
+            c.issue(join(at, "limit"), "missing; give limit (buckets) or retention (a duration)");
+            None
+        }
+        (Some(v), None) => match v {
+            Value::Number(n) if n.as_u64().is_some_and(|l| l >= 1) => n.as_u64(),
+            other => {
+                c.issue(join(at, "limit"), format!("expected a positive integer, found {}", show(other)));
+                None
+            }
+        },
+        (None, Some(v)) => {
+            let d = c.duration(&join(at, "retention"), Some(v), Duration::ZERO);
+            timeframe_secs.filter(|_| !d.is_zero()).map(|tf| d.as_secs().div_ceil(tf).max(1))
+        }
+    };
+    if let (Some(limit), Some(vs)) = (limit, value_size) {
+        if limit > vs.max_limit() {
+            c.issue(
+                join(at, if r.limit.is_some() { "limit" } else { "retention" }),
+                format!(
+                    "{limit} buckets is beyond a {} archive's maximum of {}",
+                    format!("{vs:?}").to_lowercase(),
+                    vs.max_limit()
+                ),
+            );
+        }
+    }
+    let specials = specials(c, &join(at, "additional_values"), r.additional_values.as_ref());
+    let autoremove = c.bool(&join(at, "autoremove"), r.autoremove.as_ref(), false);
+    let limit = limit.filter(|l| value_size.is_some_and(|vs| *l <= vs.max_limit()))?;
+    Some(Rule {
+        name: name?,
+        prefix: prefix?,
+        shape: Shape {
+            consolidation: consolidation?,
+            timeframe_secs: timeframe_secs?,
+            limit: u32::try_from(limit).ok()?,
+            split: split?,
+            value_size: value_size?,
+            specials: specials?,
+        },
+        autoremove,
+    })
+}
+
+/// `additional_values`: a list of one-key maps (`[{timeout: weak}]`) or one
+/// map (`{timeout: weak, error: strong}`), as YAWNDB accepts.
+fn specials(c: &mut Checker, at: &str, value: Option<&Value>) -> Option<Vec<Special>> {
+    let mut pairs: Vec<(String, &Value, String)> = Vec::new();
+    match value {
+        None | Some(Value::Null) => return Some(Vec::new()),
+        Some(Value::Sequence(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let item_at = format!("{at}[{i}]");
+                match item {
+                    Value::Mapping(m) if m.len() == 1 => {
+                        for (k, v) in m {
+                            if let Some(k) = c.string(&item_at, k) {
+                                pairs.push((k.clone(), v, join(&item_at, &k)));
+                            }
+                        }
+                    }
+                    other => c.issue(
+                        &item_at,
+                        format!("expected one `name: weak|strong` pair, found {}", kind(other)),
+                    ),
+                }
+            }
+        }
+        Some(Value::Mapping(m)) => {
+            for (k, v) in m {
+                if let Some(k) = c.string(at, k) {
+                    pairs.push((k.clone(), v, join(at, &k)));
+                }
+            }
+        }
+        Some(other) => {
+            c.issue(at, format!("expected a list of `name: weak|strong`, found {}", kind(other)));
+            return None;
+        }
+    }
+    if pairs.len() > MAX_SPECIALS {
+        c.issue(at, format!("{} additional values, expected at most {MAX_SPECIALS}", pairs.len()));
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    let before = c.issues.len();
+    for (name, strength, item_at) in pairs {
+        if name == "empty" || name == "none" || name.is_empty() {
+            c.issue(&item_at, format!("special name {name:?} is reserved, choose another"));
+        } else if !seen.insert(name.clone()) {
+            c.issue(&item_at, format!("duplicate special {name:?}"));
+        }
+        if let Some(strength) = c.enum_value(&item_at, strength, STRENGTHS) {
+            out.push(Special { name, strength });
+        }
+    }
+    (c.issues.len() == before && out.len() <= MAX_SPECIALS).then_some(out)
+}
