@@ -17,3 +17,4 @@ pub mod model;
 pub mod rrd;
 pub mod config;
 pub mod rules;
+pub mod store;

@@ -1,0 +1,392 @@
+//! The series map: series sharded by hash, each holding one [`Archive`] per
+//! rule that matches its prefix; fan-out of writes, read access for queries,
+//! dirty tracking for the snapshot flusher.
+//!
+//! Sync: std locks held briefly (never two shard locks at once, never across
+//! I/O), atomics for counters. The clock is a parameter. It must never import
+//! tokio, hyper, rustls or sled.
+
+use crate::model::{Sample, TimestampMs, Value};
+use crate::rrd::codec::Dirty;
+use crate::rrd::{self, Archive, Reject};
+use crate::rules::{Rule, RuleSet};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const SHARDS: usize = 64;
+
+/// Why a write was refused (by every archive it was aimed at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum WriteReject {
+    /// No rule for the prefix and no `"*"` rule.
+    #[error("no rule matches the series prefix")]
+    NoRule,
+    /// More than `max_future` ahead of the wall clock.
+    #[error("timestamp too far in the future")]
+    TooFarFuture,
+    /// The series would pass `max_series`.
+    #[error("series limit reached")]
+    TooManySeries,
+    /// The client may not write this prefix.
+    #[error("client may not write this prefix")]
+    Forbidden,
+    /// The archive refused it.
+    #[error(transparent)]
+    Archive(#[from] Reject),
+}
+
+impl WriteReject {
+    /// Every reason, for self-metrics.
+    pub const ALL: [WriteReject; 8] = [
+        WriteReject::NoRule,
+        WriteReject::TooFarFuture,
+        WriteReject::TooManySeries,
+        WriteReject::Forbidden,
+        WriteReject::Archive(Reject::TooOld),
+        WriteReject::Archive(Reject::OutOfRange),
+        WriteReject::Archive(Reject::Overflow),
+        WriteReject::Archive(Reject::UnknownSpecial),
+    ];
+
+    /// Label value used in self-metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteReject::NoRule => "no_rule",
+            WriteReject::TooFarFuture => "too_far_future",
+            WriteReject::TooManySeries => "too_many_series",
+            WriteReject::Forbidden => "forbidden",
+            WriteReject::Archive(r) => r.as_str(),
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+/// Caps the store enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreLimits {
+    /// How far ahead of `now` a sample may be, in milliseconds.
+    pub max_future_ms: u64,
+    /// Most series held.
+    pub max_series: u64,
+}
+
+/// One archive of a series with the rule it was built for.
+#[derive(Debug)]
+pub struct RuleArchive {
+    /// The rule (as configured when the archive was made or restored).
+    pub rule: Arc<Rule>,
+    /// The ring.
+    pub archive: Archive,
+}
+
+/// One series: its prefix and its archives.
+#[derive(Debug)]
+pub struct Series {
+    prefix: Box<str>,
+    archives: Vec<RuleArchive>,
+}
+
+impl Series {
+    /// The prefix that selects the series' rules.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The archive kept for the named rule.
+    pub fn archive(&self, rule: &str) -> Option<&Archive> {
+        self.archives
+            .iter()
+            .find(|a| a.rule.name == rule)
+            .map(|a| &a.archive)
+    }
+
+    /// Every archive, in the order they were created.
+    pub fn archives(&self) -> &[RuleArchive] {
+        &self.archives
+    }
+}
+
+/// A snapshot record taken from the store: what to save for one archive.
+#[derive(Debug)]
+pub struct DirtyArchive {
+    /// Series key.
+    pub series: Arc<str>,
+    /// Rule name.
+    pub rule: String,
+    /// Encoded header and pages.
+    pub dirty: Dirty,
+}
+
+/// Counters and gauges for self-metrics.
+#[derive(Debug, Default, Clone)]
+pub struct StoreStats {
+    /// Series held.
+    pub series: u64,
+    /// Archives held.
+    pub archives: u64,
+    /// Bytes of archive memory.
+    pub archive_bytes: u64,
+    /// Archive-level refusals by reason (a sample aimed at three archives
+    /// may count up to three).
+    pub archive_rejects: Vec<(&'static str, u64)>,
+}
+
+/// The sharded series map.
+pub struct Store {
+    shards: Box<[RwLock<HashMap<Arc<str>, Series>>]>,
+    hasher: RandomState,
+    rules: RwLock<Arc<RuleSet>>,
+    limits: StoreLimits,
+    series: AtomicU64,
+    archives: AtomicU64,
+    archive_bytes: AtomicU64,
+    archive_rejects: [AtomicU64; WriteReject::ALL.len()],
+}
+
+impl Store {
+    /// An empty store with these rules.
+    pub fn new(rules: RuleSet, limits: StoreLimits) -> Store {
+        Store {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            rules: RwLock::new(Arc::new(rules)),
+            limits,
+            series: AtomicU64::new(0),
+            archives: AtomicU64::new(0),
+            archive_bytes: AtomicU64::new(0),
+            archive_rejects: Default::default(),
+        }
+    }
+
+    /// The current rule set.
+    pub fn rules(&self) -> Arc<RuleSet> {
+        self.rules.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % self.shards.len()
+    }
+
+    fn read_shard(&self, i: usize) -> RwLockReadGuard<'_, HashMap<Arc<str>, Series>> {
+        self.shards[i].read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_shard(&self, i: usize) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Series>> {
+        self.shards[i].write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes one sample to every archive its prefix selects, creating the
+    /// series and archives as needed. Prometheus stale markers are accepted
+    /// and not stored (`Ok(0)`).
+    ///
+    /// # Errors
+    /// The reason, when no archive took the sample. Archives that refused a
+    /// sample that others took are counted in [`StoreStats`].
+    pub fn write(
+        &self,
+        key: &str,
+        prefix: &str,
+        sample: Sample,
+        now_ms: TimestampMs,
+    ) -> Result<usize, WriteReject> {
+        if sample.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
+            return Err(WriteReject::TooFarFuture);
+        }
+        if let Value::Float(v) = sample.value {
+            if rrd::is_stale_marker(v) {
+                return Ok(0);
+            }
+        }
+        let rules = self.rules();
+        let matching = rules.for_prefix(prefix);
+        if matching.is_empty() {
+            return Err(WriteReject::NoRule);
+        }
+        let mut shard = self.write_shard(self.shard_of(key));
+        if !shard.contains_key(key) {
+            if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
+                return Err(WriteReject::TooManySeries);
+            }
+            self.insert_series(&mut shard, key, prefix);
+        }
+        let series = shard.get_mut(key).expect("present or just inserted");
+        let mut stored = 0;
+        let mut first_reject = None;
+        for rule in matching {
+            let result = if rule.autoremove
+                && sample.timestamp_ms.saturating_add(rule.window_ms()) < now_ms
+            {
+                Err(Reject::TooOld)
+            } else {
+                self.archive_for(series, rule).update(sample)
+            };
+            match result {
+                Ok(()) => stored += 1,
+                Err(reject) => {
+                    self.archive_rejects[WriteReject::Archive(reject).index()]
+                        .fetch_add(1, Ordering::Relaxed);
+                    first_reject.get_or_insert(reject);
+                }
+            }
+        }
+        match first_reject {
+            Some(reject) if stored == 0 => Err(reject.into()),
+            _ => Ok(stored),
+        }
+    }
+
+    fn insert_series(&self, shard: &mut HashMap<Arc<str>, Series>, key: &str, prefix: &str) {
+        self.series.fetch_add(1, Ordering::Relaxed);
+        shard.insert(
+            Arc::from(key),
+            Series {
+                prefix: prefix.into(),
+                archives: Vec::new(),
+            },
+        );
+    }
+
+    /// The series' archive for `rule`, created empty when missing (YAWNDB
+    /// back-fills a conveyor for every configured rule on write).
+    fn archive_for<'s>(&self, series: &'s mut Series, rule: &Arc<Rule>) -> &'s mut Archive {
+        let index = match series.archives.iter().position(|a| a.rule.name == rule.name) {
+            Some(i) => i,
+            None => {
+                let archive = Archive::new(rule.shape.clone());
+                self.archives.fetch_add(1, Ordering::Relaxed);
+                self.archive_bytes
+                    .fetch_add(archive.memory_bytes() as u64, Ordering::Relaxed);
+                series.archives.push(RuleArchive {
+                    rule: rule.clone(),
+                    archive,
+                });
+                series.archives.len() - 1
+            }
+        };
+        &mut series.archives[index].archive
+    }
+
+    /// Runs `f` on the series under its shard's read lock; copy out what
+    /// you need, do no I/O inside.
+    pub fn read<R>(&self, key: &str, f: impl FnOnce(&Series) -> R) -> Option<R> {
+        let shard = self.read_shard(self.shard_of(key));
+        shard.get(key).map(f)
+    }
+
+    /// Every series key with its prefix, in no particular order.
+    pub fn series_keys(&self) -> Vec<(Arc<str>, Box<str>)> {
+        (0..self.shards.len())
+            .flat_map(|i| {
+                self.read_shard(i)
+                    .iter()
+                    .map(|(k, s)| (k.clone(), s.prefix.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Number of shards, for callers that walk the store shard by shard.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Encodes and marks clean everything that changed in one shard since
+    /// the last call. A write after this call marks its page dirty again.
+    pub fn take_dirty(&self, shard: usize) -> Vec<DirtyArchive> {
+        let mut guard = self.write_shard(shard);
+        let mut out = Vec::new();
+        for (key, series) in guard.iter_mut() {
+            for a in &mut series.archives {
+                if a.archive.is_dirty() {
+                    out.push(DirtyArchive {
+                        series: key.clone(),
+                        rule: a.rule.name.clone(),
+                        dirty: a.archive.take_dirty(&a.rule.name, &series.prefix),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Marks an archive wholly dirty again (after a failed save).
+    pub fn mark_dirty(&self, key: &str, rule: &str) {
+        let mut shard = self.write_shard(self.shard_of(key));
+        if let Some(series) = shard.get_mut(key) {
+            for a in series.archives.iter_mut().filter(|a| a.rule.name == rule) {
+                a.archive.mark_all_dirty();
+            }
+        }
+    }
+
+    /// Puts a restored archive in place, if a configured rule of that name
+    /// applies to the prefix with the same shape.
+    ///
+    /// # Errors
+    /// Why it was not taken; the caller keeps the record on disk.
+    pub fn restore(
+        &self,
+        key: &str,
+        prefix: &str,
+        rule_name: &str,
+        archive: Archive,
+    ) -> Result<(), RestoreSkip> {
+        let rules = self.rules();
+        let rule = rules
+            .for_prefix(prefix)
+            .iter()
+            .find(|r| r.name == rule_name)
+            .ok_or(RestoreSkip::NoSuchRule)?;
+        if rule.shape != *archive.shape() {
+            return Err(RestoreSkip::ShapeChanged);
+        }
+        let mut shard = self.write_shard(self.shard_of(key));
+        if !shard.contains_key(key) {
+            self.insert_series(&mut shard, key, prefix);
+        }
+        let series = shard.get_mut(key).expect("present or just inserted");
+        self.archives.fetch_add(1, Ordering::Relaxed);
+        self.archive_bytes
+            .fetch_add(archive.memory_bytes() as u64, Ordering::Relaxed);
+        series.archives.retain(|a| a.rule.name != rule_name);
+        series.archives.push(RuleArchive {
+            rule: rule.clone(),
+            archive,
+        });
+        Ok(())
+    }
+
+    /// Gauges and counters for /metrics.
+    pub fn stats(&self) -> StoreStats {
+        StoreStats {
+            series: self.series.load(Ordering::Relaxed),
+            archives: self.archives.load(Ordering::Relaxed),
+            archive_bytes: self.archive_bytes.load(Ordering::Relaxed),
+            archive_rejects: WriteReject::ALL
+                .iter()
+                .zip(&self.archive_rejects)
+                .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
+                .collect(),
+        }
+    }
+}
+
+/// Why a saved archive was not loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreSkip {
+    /// No rule of that name applies to the series' prefix any more.
+    #[error("its rule is no longer configured for this prefix")]
+    NoSuchRule,
+    /// The rule's timeframe, limit, type, split, value size or specials
+    /// changed.
+    #[error("its rule changed shape")]
+    ShapeChanged,
+}
+
+#[cfg(test)]
+mod tests;
