@@ -13,8 +13,9 @@
 //! Arrows point inward: `model`, `rrd`, `rules` and `store` are synchronous
 //! and import nothing from tokio, hyper, rustls or sled.
 
+pub mod config;
+pub mod ingest;
 pub mod model;
 pub mod rrd;
-pub mod config;
 pub mod rules;
 pub mod store;

@@ -74,7 +74,10 @@ rules:
         "rules[2].additional_values[1].t: unknown value \"maybe\"",
     ];
     for w in want {
-        assert!(got.iter().any(|g| g.starts_with(w)), "missing {w:?} in {got:#?}");
+        assert!(
+            got.iter().any(|g| g.starts_with(w)),
+            "missing {w:?} in {got:#?}"
+        );
     }
     assert_eq!(got.len(), want.len(), "{got:#?}");
 }
@@ -87,13 +90,23 @@ fn duplicate_names_and_too_many_specials() {
         specials.join(", ")
     );
     let got = issues(&text);
-    assert!(got.iter().any(|g| g.starts_with("rules[1].name: duplicate rule name")), "{got:?}");
-    assert!(got.iter().any(|g| g.contains("15 additional values, expected at most 14")), "{got:?}");
+    assert!(
+        got.iter()
+            .any(|g| g.starts_with("rules[1].name: duplicate rule name")),
+        "{got:?}"
+    );
+    assert!(
+        got.iter()
+            .any(|g| g.contains("15 additional values, expected at most 14")),
+        "{got:?}"
+    );
 }
 
 #[test]
 fn syntax_error_names_the_line() {
-    let err = parse("rules: [", "f.yaml", Path::new(".")).unwrap_err().to_string();
+    let err = parse("rules: [", "f.yaml", Path::new("."))
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("f.yaml:") && err.contains("line"), "{err}");
 }
 

@@ -61,7 +61,10 @@ impl Checker {
             None => default,
             Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64().unwrap_or(default),
             Some(other) => {
-                self.issue(at, format!("expected a non-negative integer, found {}", show(other)));
+                self.issue(
+                    at,
+                    format!("expected a non-negative integer, found {}", show(other)),
+                );
                 default
             }
         }
@@ -83,7 +86,10 @@ impl Checker {
             other => {
                 self.issue(
                     at,
-                    format!("expected seconds or a duration such as 10s, 1m, 1h, 1d, found {}", show(other)),
+                    format!(
+                        "expected seconds or a duration such as 10s, 1m, 1h, 1d, found {}",
+                        show(other)
+                    ),
                 );
                 default
             }
@@ -93,9 +99,14 @@ impl Checker {
     fn address(&mut self, at: &str, value: Option<&Value>, default: &str) -> SocketAddr {
         let fallback: SocketAddr = default.parse().expect("default address parses");
         let Some(value) = value else { return fallback };
-        let Some(text) = self.string(at, value) else { return fallback };
+        let Some(text) = self.string(at, value) else {
+            return fallback;
+        };
         text.parse().unwrap_or_else(|_| {
-            self.issue(at, format!("expected IP:port such as 127.0.0.1:9201, found {text:?}"));
+            self.issue(
+                at,
+                format!("expected IP:port such as 127.0.0.1:9201, found {text:?}"),
+            );
             fallback
         })
     }
@@ -106,7 +117,13 @@ impl Checker {
             Some((_, v)) => Some(*v),
             None => {
                 let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
-                self.issue(at, format!("unknown value {text:?}, expected one of {}", names.join(", ")));
+                self.issue(
+                    at,
+                    format!(
+                        "unknown value {text:?}, expected one of {}",
+                        names.join(", ")
+                    ),
+                );
                 None
             }
         }
@@ -209,7 +226,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
 
     let s = raw.snapshot.unwrap_or_default();
     c.unknown("snapshot", &s.unknown, "interval");
-    let snapshot_interval = c.duration("snapshot.interval", s.interval.as_ref(), Duration::from_secs(10));
+    let snapshot_interval = c.duration(
+        "snapshot.interval",
+        s.interval.as_ref(),
+        Duration::from_secs(10),
+    );
     if snapshot_interval.is_zero() {
         c.issue("snapshot.interval", "expected a positive duration, found 0");
     }
@@ -221,11 +242,23 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
         "max_future, max_series, max_body_bytes, query_timeout, max_query_samples",
     );
     let limits = Limits {
-        max_future: c.duration("limits.max_future", l.max_future.as_ref(), Duration::from_secs(600)),
+        max_future: c.duration(
+            "limits.max_future",
+            l.max_future.as_ref(),
+            Duration::from_secs(600),
+        ),
         max_series: c.unsigned("limits.max_series", l.max_series.as_ref(), 5_000_000),
         max_body_bytes: c.unsigned("limits.max_body_bytes", l.max_body_bytes.as_ref(), 32 << 20),
-        query_timeout: c.duration("limits.query_timeout", l.query_timeout.as_ref(), Duration::from_secs(120)),
-        max_query_samples: c.unsigned("limits.max_query_samples", l.max_query_samples.as_ref(), 50_000_000),
+        query_timeout: c.duration(
+            "limits.query_timeout",
+            l.query_timeout.as_ref(),
+            Duration::from_secs(120),
+        ),
+        max_query_samples: c.unsigned(
+            "limits.max_query_samples",
+            l.max_query_samples.as_ref(),
+            50_000_000,
+        ),
     };
 
     let clients = raw.clients.map(|list| {
@@ -237,7 +270,10 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
                 c.unknown(&at, &client.unknown, "name, write, read, admin");
                 let name = match client.name.as_ref() {
                     None => {
-                        c.issue(join(&at, "name"), "missing; expected the certificate's common name");
+                        c.issue(
+                            join(&at, "name"),
+                            "missing; expected the certificate's common name",
+                        );
                         None
                     }
                     Some(v) => c.string(&join(&at, "name"), v),
@@ -317,7 +353,10 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     );
     let mut required = |key: &str, v: Option<&Value>| -> Option<Value> {
         if v.is_none() {
-            c.issue(join(at, key), "missing; every rule needs name, prefix, type, timeframe and limit (or retention)");
+            c.issue(
+                join(at, key),
+                "missing; every rule needs name, prefix, type, timeframe and limit (or retention)",
+            );
         }
         v.cloned()
     };
@@ -326,14 +365,23 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     let consolidation = required("type", r.consolidation.as_ref());
     let timeframe = required("timeframe", r.timeframe.as_ref());
 
-    let name = name.and_then(|v| c.string(&join(at, "name"), &v)).and_then(|n| {
-        if n.is_empty() || !n.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch)) {
-            c.issue(join(at, "name"), format!("bad rule name {n:?}, expected letters, digits, _ . : -"));
-            None
-        } else {
-            Some(n)
-        }
-    });
+    let name = name
+        .and_then(|v| c.string(&join(at, "name"), &v))
+        .and_then(|n| {
+            if n.is_empty()
+                || !n
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch))
+            {
+                c.issue(
+                    join(at, "name"),
+                    format!("bad rule name {n:?}, expected letters, digits, _ . : -"),
+                );
+                None
+            } else {
+                Some(n)
+            }
+        });
     let prefix = prefix.and_then(|v| c.string(&join(at, "prefix"), &v)).and_then(|p| {
         if p.is_empty() || (p != FALLBACK_PREFIX && (p.contains('-') || p.contains('/'))) {
             c.issue(
@@ -345,7 +393,8 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
             Some(p)
         }
     });
-    let consolidation = consolidation.and_then(|v| c.enum_value(&join(at, "type"), &v, CONSOLIDATIONS));
+    let consolidation =
+        consolidation.and_then(|v| c.enum_value(&join(at, "type"), &v, CONSOLIDATIONS));
     let split = match r.split.as_ref() {
         None => Some(Split::Backward),
         Some(v) => c.enum_value(&join(at, "split"), v, SPLITS),
@@ -357,7 +406,10 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     let timeframe_secs = timeframe.and_then(|v| {
         let d = c.duration(&join(at, "timeframe"), Some(&v), Duration::ZERO);
         if d.is_zero() || d.subsec_nanos() != 0 {
-            c.issue(join(at, "timeframe"), format!("expected whole seconds ≥ 1, found {}", show(&v)));
+            c.issue(
+                join(at, "timeframe"),
+                format!("expected whole seconds ≥ 1, found {}", show(&v)),
+            );
             None
         } else {
             Some(d.as_secs())
@@ -365,29 +417,47 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     });
     let limit = match (r.limit.as_ref(), r.retention.as_ref()) {
         (Some(_), Some(_)) => {
-            c.issue(join(at, "retention"), "give either limit or retention, not both");
+            c.issue(
+                join(at, "retention"),
+                "give either limit or retention, not both",
+            );
             None
         }
         (None, None) => {
-            c.issue(join(at, "limit"), "missing; give limit (buckets) or retention (a duration)");
+            c.issue(
+                join(at, "limit"),
+                "missing; give limit (buckets) or retention (a duration)",
+            );
             None
         }
         (Some(v), None) => match v {
             Value::Number(n) if n.as_u64().is_some_and(|l| l >= 1) => n.as_u64(),
             other => {
-                c.issue(join(at, "limit"), format!("expected a positive integer, found {}", show(other)));
+                c.issue(
+                    join(at, "limit"),
+                    format!("expected a positive integer, found {}", show(other)),
+                );
                 None
             }
         },
         (None, Some(v)) => {
             let d = c.duration(&join(at, "retention"), Some(v), Duration::ZERO);
-            timeframe_secs.filter(|_| !d.is_zero()).map(|tf| d.as_secs().div_ceil(tf).max(1))
+            timeframe_secs
+                .filter(|_| !d.is_zero())
+                .map(|tf| d.as_secs().div_ceil(tf).max(1))
         }
     };
     if let (Some(limit), Some(vs)) = (limit, value_size) {
         if limit > vs.max_limit() {
             c.issue(
-                join(at, if r.limit.is_some() { "limit" } else { "retention" }),
+                join(
+                    at,
+                    if r.limit.is_some() {
+                        "limit"
+                    } else {
+                        "retention"
+                    },
+                ),
                 format!(
                     "{limit} buckets is beyond a {} archive's maximum of {}",
                     format!("{vs:?}").to_lowercase(),
@@ -396,7 +466,11 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
             );
         }
     }
-    let specials = specials(c, &join(at, "additional_values"), r.additional_values.as_ref());
+    let specials = specials(
+        c,
+        &join(at, "additional_values"),
+        r.additional_values.as_ref(),
+    );
     let autoremove = c.bool(&join(at, "autoremove"), r.autoremove.as_ref(), false);
     let limit = limit.filter(|l| value_size.is_some_and(|vs| *l <= vs.max_limit()))?;
     Some(Rule {
@@ -433,7 +507,10 @@ fn specials(c: &mut Checker, at: &str, value: Option<&Value>) -> Option<Vec<Spec
                     }
                     other => c.issue(
                         &item_at,
-                        format!("expected one `name: weak|strong` pair, found {}", kind(other)),
+                        format!(
+                            "expected one `name: weak|strong` pair, found {}",
+                            kind(other)
+                        ),
                     ),
                 }
             }
@@ -446,19 +523,34 @@ fn specials(c: &mut Checker, at: &str, value: Option<&Value>) -> Option<Vec<Spec
             }
         }
         Some(other) => {
-            c.issue(at, format!("expected a list of `name: weak|strong`, found {}", kind(other)));
+            c.issue(
+                at,
+                format!(
+                    "expected a list of `name: weak|strong`, found {}",
+                    kind(other)
+                ),
+            );
             return None;
         }
     }
     if pairs.len() > MAX_SPECIALS {
-        c.issue(at, format!("{} additional values, expected at most {MAX_SPECIALS}", pairs.len()));
+        c.issue(
+            at,
+            format!(
+                "{} additional values, expected at most {MAX_SPECIALS}",
+                pairs.len()
+            ),
+        );
     }
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let before = c.issues.len();
     for (name, strength, item_at) in pairs {
         if name == "empty" || name == "none" || name.is_empty() {
-            c.issue(&item_at, format!("special name {name:?} is reserved, choose another"));
+            c.issue(
+                &item_at,
+                format!("special name {name:?} is reserved, choose another"),
+            );
         } else if !seen.insert(name.clone()) {
             c.issue(&item_at, format!("duplicate special {name:?}"));
         }

@@ -73,7 +73,8 @@ pub struct Dirty {
 impl Dirty {
     /// Encoded bytes in all.
     pub fn bytes(&self) -> usize {
-        self.header.as_ref().map_or(0, Vec::len) + self.pages.iter().map(|p| p.1.len()).sum::<usize>()
+        self.header.as_ref().map_or(0, Vec::len)
+            + self.pages.iter().map(|p| p.1.len()).sum::<usize>()
     }
 }
 
@@ -182,9 +183,10 @@ impl Archive {
                     what: "page",
                     found: p.version,
                 }),
-                Ok(p) if len == 0
-                    || p.cells.len() != len * archive.cells.width()
-                    || (archive.means.is_some() && p.means.len() != len) =>
+                Ok(p)
+                    if len == 0
+                        || p.cells.len() != len * archive.cells.width()
+                        || (archive.means.is_some() && p.means.len() != len) =>
                 {
                     errors.push(CodecError::Invalid {
                         what: "page",

@@ -144,7 +144,12 @@ fn table() {
         Case {
             name: "strong special sticks against numbers and weak specials",
             shape: shape(Sum, Backward, Large, 10),
-            samples: vec![(60, Uint(5)), (60, Special(2)), (61, Uint(3)), (62, Special(1))],
+            samples: vec![
+                (60, Uint(5)),
+                (60, Special(2)),
+                (61, Uint(3)),
+                (62, Special(1)),
+            ],
             from: 60,
             to: 60,
             want: &["60:error"],
@@ -198,7 +203,11 @@ fn table() {
         Case {
             name: "float cells keep NaN and infinities",
             shape: shape(Last, Backward, ValueSize::Float, 10),
-            samples: vec![(60, Float(f64::NAN)), (120, Float(f64::INFINITY)), (180, Float(-1.5))],
+            samples: vec![
+                (60, Float(f64::NAN)),
+                (120, Float(f64::INFINITY)),
+                (180, Float(-1.5)),
+            ],
             from: 60,
             to: 180,
             want: &["60:NaN", "120:inf", "180:-1.5"],
@@ -222,13 +231,23 @@ fn table() {
             .map(|&(t, v)| a.update(s(t, v)).err())
             .collect();
         assert_eq!(got, case.rejects, "case {}: rejects", case.name);
-        assert_eq!(render(&a, case.from, case.to), case.want, "case {}: buckets", case.name);
+        assert_eq!(
+            render(&a, case.from, case.to),
+            case.want,
+            "case {}: buckets",
+            case.name
+        );
     }
 }
 
 #[test]
 fn codec_round_trip_and_dirty_pages() {
-    let mut a = Archive::new(shape(Consolidation::Avg, Split::Backward, ValueSize::Medium, 200));
+    let mut a = Archive::new(shape(
+        Consolidation::Avg,
+        Split::Backward,
+        ValueSize::Medium,
+        200,
+    ));
     for i in 0..150u64 {
         a.update(s(i * 60 + 1, Value::Uint(i))).unwrap();
     }
@@ -246,7 +265,8 @@ fn codec_round_trip_and_dirty_pages() {
     let all = full.take_dirty("r", "p");
     let header = codec::decode_header(all.header.as_ref().unwrap()).unwrap();
     assert_eq!(header.rule, "r");
-    let (back, errors) = Archive::restore(&header, all.pages.iter().map(|(n, b)| (*n, b.as_slice())));
+    let (back, errors) =
+        Archive::restore(&header, all.pages.iter().map(|(n, b)| (*n, b.as_slice())));
     assert!(errors.is_empty());
     assert_eq!(render(&back, 0, 200 * 60), render(&a, 0, 200 * 60));
 }
@@ -254,7 +274,12 @@ fn codec_round_trip_and_dirty_pages() {
 #[test]
 fn corrupt_records_are_reported() {
     assert!(codec::decode_header(b"\x01\x02").is_err());
-    let mut a = Archive::new(shape(Consolidation::Sum, Split::Backward, ValueSize::Small, 100));
+    let mut a = Archive::new(shape(
+        Consolidation::Sum,
+        Split::Backward,
+        ValueSize::Small,
+        100,
+    ));
     a.update(s(60, Value::Uint(1))).unwrap();
     let d = a.take_dirty("r", "p");
     let header = codec::decode_header(d.header.as_ref().unwrap()).unwrap();

@@ -98,8 +98,17 @@ mod tests {
 
     #[test]
     fn prefix_lookup_with_fallback() {
-        let set = RuleSet::new(vec![rule("a", "traffic"), rule("b", "traffic"), rule("any", "*")]);
-        let names = |p: &str| set.for_prefix(p).iter().map(|r| r.name.clone()).collect::<Vec<_>>();
+        let set = RuleSet::new(vec![
+            rule("a", "traffic"),
+            rule("b", "traffic"),
+            rule("any", "*"),
+        ]);
+        let names = |p: &str| {
+            set.for_prefix(p)
+                .iter()
+                .map(|r| r.name.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names("traffic"), ["a", "b"]);
         assert_eq!(names("other"), ["any"]);
         let none = RuleSet::new(vec![rule("a", "traffic")]);

@@ -254,7 +254,11 @@ impl Store {
     /// The series' archive for `rule`, created empty when missing (YAWNDB
     /// back-fills a conveyor for every configured rule on write).
     fn archive_for<'s>(&self, series: &'s mut Series, rule: &Arc<Rule>) -> &'s mut Archive {
-        let index = match series.archives.iter().position(|a| a.rule.name == rule.name) {
+        let index = match series
+            .archives
+            .iter()
+            .position(|a| a.rule.name == rule.name)
+        {
             Some(i) => i,
             None => {
                 let archive = Archive::new(rule.shape.clone());
