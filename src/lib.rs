@@ -13,9 +13,19 @@
 //! Arrows point inward: `model`, `rrd`, `rules` and `store` are synchronous
 //! and import nothing from tokio, hyper, rustls or sled.
 
+pub mod access;
+pub mod app;
+pub mod certs;
 pub mod config;
+pub mod http;
 pub mod ingest;
 pub mod model;
+pub mod net;
+pub mod query;
 pub mod rrd;
 pub mod rules;
+pub mod shutdown;
+pub mod snapshot;
 pub mod store;
+pub mod telemetry;
+pub mod tls;

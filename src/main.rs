@@ -1,1 +1,109 @@
-fn main() {}
+//! The `ringdb` binary: command line, tracing, run the app, exit code.
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// A round-robin, in-memory metrics database with a YAWNDB heart and a
+/// Prometheus face.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (YAML). Without it, the embedded
+    /// rules.example.yaml is used.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate FILE, report every problem, and exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+    /// Log filter, e.g. info, debug, ringdb=debug.
+    #[arg(long, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a CA, a server certificate and client certificates.
+    Certs {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Extra host names or IPs for the server certificate.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Client certificate common names (one NAME.pem per client).
+        #[arg(long = "client")]
+        clients: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    ringdb::telemetry::init_tracing(&cli.log);
+    if let Some(Command::Certs {
+        out,
+        hosts,
+        clients,
+    }) = &cli.command
+    {
+        return match ringdb::certs::generate(out, hosts, clients) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringdb certs: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(file) = &cli.check_config {
+        return match ringdb::config::load(file) {
+            Ok(s) => {
+                println!("{}: ok ({} rules)", file.display(), s.rules.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let settings = match &cli.config {
+        Some(file) => ringdb::config::load(file),
+        None => ringdb::config::parse(
+            ringdb::config::DEFAULT_CONFIG,
+            "embedded rules.example.yaml",
+            Path::new(""),
+        ),
+    };
+    let settings = match settings {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ringdb: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ringdb::app::run(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("ringdb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -5,6 +5,10 @@
 /// remote_write samples arrive in milliseconds.
 pub type TimestampMs = u64;
 
+/// The wall clock, handed down from `app` so that nothing below it reads
+/// time on its own (tests pass a fixed clock).
+pub type Clock = std::sync::Arc<dyn Fn() -> TimestampMs + Send + Sync>;
+
 /// A sample value as it arrives on the wire, before a rule's cell type
 /// decides whether it fits.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -3,3 +3,4 @@
 //! an unbounded queue.
 
 pub mod frame;
+pub mod socket;

@@ -506,14 +506,13 @@ impl Archive {
     /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).
     pub fn filled(&self) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
         let tf = self.shape.timeframe_secs;
-        let span = match (self.oldest_bucket(), self.newest) {
-            (Some(o), Some(n)) => o..=n,
-            _ => 1..=0,
-        };
-        span.filter_map(move |b| match self.get(b) {
-            Reading::Empty => None,
-            r => Some((b * tf, r)),
-        })
+        let span = self.oldest_bucket().zip(self.newest);
+        span.into_iter()
+            .flat_map(|(oldest, newest)| oldest..=newest)
+            .filter_map(move |b| match self.get(b) {
+                Reading::Empty => None,
+                r => Some((b * tf, r)),
+            })
     }
 
     /// Whether anything changed since the last `take_dirty`.

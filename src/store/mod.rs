@@ -17,6 +17,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const SHARDS: usize = 64;
 
+type Shard = HashMap<Arc<str>, Series>;
+
 /// Why a write was refused (by every archive it was aimed at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum WriteReject {
@@ -138,7 +140,7 @@ pub struct StoreStats {
 
 /// The sharded series map.
 pub struct Store {
-    shards: Box<[RwLock<HashMap<Arc<str>, Series>>]>,
+    shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     rules: RwLock<Arc<RuleSet>>,
     limits: StoreLimits,
@@ -172,11 +174,11 @@ impl Store {
         (self.hasher.hash_one(key) as usize) % self.shards.len()
     }
 
-    fn read_shard(&self, i: usize) -> RwLockReadGuard<'_, HashMap<Arc<str>, Series>> {
+    fn read_shard(&self, i: usize) -> RwLockReadGuard<'_, Shard> {
         self.shards[i].read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write_shard(&self, i: usize) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Series>> {
+    fn write_shard(&self, i: usize) -> RwLockWriteGuard<'_, Shard> {
         self.shards[i].write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -240,7 +242,7 @@ impl Store {
         }
     }
 
-    fn insert_series(&self, shard: &mut HashMap<Arc<str>, Series>, key: &str, prefix: &str) {
+    fn insert_series(&self, shard: &mut Shard, key: &str, prefix: &str) {
         self.series.fetch_add(1, Ordering::Relaxed);
         shard.insert(
             Arc::from(key),
@@ -292,6 +294,31 @@ impl Store {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// Removes a series and its archives from memory; false if unknown.
+    pub fn remove(&self, key: &str) -> bool {
+        let removed = self.write_shard(self.shard_of(key)).remove(key);
+        let Some(series) = removed else { return false };
+        self.series.fetch_sub(1, Ordering::Relaxed);
+        for a in &series.archives {
+            self.archives.fetch_sub(1, Ordering::Relaxed);
+            self.archive_bytes
+                .fetch_sub(a.archive.memory_bytes() as u64, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Number of series with unsaved changes.
+    pub fn dirty_series(&self) -> u64 {
+        (0..self.shards.len())
+            .map(|i| {
+                self.read_shard(i)
+                    .values()
+                    .filter(|s| s.archives.iter().any(|a| a.archive.is_dirty()))
+                    .count() as u64
+            })
+            .sum()
     }
 
     /// Number of shards, for callers that walk the store shard by shard.

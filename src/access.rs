@@ -1,0 +1,101 @@
+//! Who may do what (DESIGN §10): the `clients:` list keyed by certificate
+//! common name. Without the list every CA-signed client may do everything;
+//! with it, a name not on the list may do nothing.
+
+use crate::config::ClientSettings;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The permissions of every known client.
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    clients: Option<HashMap<String, Arc<ClientSettings>>>,
+}
+
+/// What one connection may do.
+#[derive(Debug, Clone)]
+pub enum Grant {
+    /// No `clients:` list: everything.
+    All,
+    /// Listed: what the entry says.
+    Limited(Arc<ClientSettings>),
+    /// A list exists and this client is not on it.
+    Nothing,
+}
+
+fn allows(prefixes: &[String], prefix: &str) -> bool {
+    prefixes.iter().any(|p| p == "*" || p == prefix)
+}
+
+impl Access {
+    /// Permissions from the configuration's `clients:`.
+    pub fn new(clients: Option<&[ClientSettings]>) -> Access {
+        Access {
+            clients: clients.map(|list| {
+                list.iter()
+                    .map(|c| (c.name.clone(), Arc::new(c.clone())))
+                    .collect()
+            }),
+        }
+    }
+
+    /// The grant of a peer by certificate common name.
+    pub fn grant(&self, name: Option<&str>) -> Grant {
+        match &self.clients {
+            None => Grant::All,
+            Some(map) => name
+                .and_then(|n| map.get(n))
+                .map_or(Grant::Nothing, |c| Grant::Limited(c.clone())),
+        }
+    }
+}
+
+impl Grant {
+    /// Whether the client may write series with this prefix.
+    pub fn may_write(&self, prefix: &str) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Limited(c) => allows(&c.write, prefix),
+            Grant::Nothing => false,
+        }
+    }
+
+    /// Whether the client may read series with this prefix.
+    pub fn may_read(&self, prefix: &str) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Limited(c) => allows(&c.read, prefix),
+            Grant::Nothing => false,
+        }
+    }
+
+    /// Whether the client may use the admin routes.
+    pub fn is_admin(&self) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Limited(c) => c.admin,
+            Grant::Nothing => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grants() {
+        let clients = [ClientSettings {
+            name: "agent-7".into(),
+            write: vec!["traffic".into()],
+            read: vec!["*".into()],
+            admin: false,
+        }];
+        let access = Access::new(Some(&clients));
+        let agent = access.grant(Some("agent-7"));
+        assert!(agent.may_write("traffic") && !agent.may_write("load"));
+        assert!(agent.may_read("load") && !agent.is_admin());
+        assert!(!access.grant(Some("stranger")).may_read("traffic"));
+        assert!(Access::new(None).grant(None).is_admin());
+    }
+}

@@ -1,0 +1,239 @@
+//! Composition root: settings in, a running daemon out. Creates dev
+//! certificates when none are configured, restores snapshots, binds the
+//! listeners, runs the flusher, and on SIGTERM/SIGINT runs the one shutdown
+//! sequence: stop accepting → finish in-flight frames and requests → drain
+//! with a deadline → final snapshot → sled flush → exit.
+
+use crate::access::Access;
+use crate::config::{Settings, TlsFiles};
+use crate::ingest::socket::{self, SocketContext};
+use crate::model::Clock;
+use crate::net::{self, ListenerLimits};
+use crate::query::api::{self, ApiContext};
+use crate::rules::RuleSet;
+use crate::shutdown::Shutdown;
+use crate::snapshot::{self, Snapshotter};
+use crate::store::{Store, StoreLimits};
+use crate::telemetry::{Metrics, RateLimited};
+use crate::tls::{self, ListenerKind};
+use anyhow::Context;
+use std::io::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+/// How long shutdown waits for connections to finish.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The wall clock in milliseconds.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    })
+}
+
+/// Dev certificates under `data_dir/tls/`, made on first start.
+fn dev_tls(settings: &Settings) -> anyhow::Result<TlsFiles> {
+    let dir = settings.data_dir.join("tls");
+    let files = TlsFiles {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        client_ca: dir.join("ca.pem"),
+    };
+    let client = dir.join("client.pem");
+    if files.cert.exists() && files.key.exists() && files.client_ca.exists() && client.exists() {
+        tracing::info!(dir = %dir.display(), "using development certificates");
+        return Ok(files);
+    }
+    crate::certs::generate(&dir, &[], &["client".to_string()])
+        .context("creating development certificates")?;
+    let d = dir.display();
+    let http = settings.listen.http;
+    let socket = settings.listen.socket;
+    tracing::warn!(
+        "no tls: section in the configuration: created a development CA and certificates in {d}/ \
+         (use `ringdb certs` or your own PKI in production). Try:\n  \
+         curl --cacert {d}/ca.pem --cert {d}/client.pem --key {d}/client-key.pem https://localhost:{hp}/metrics\n  \
+         echo 'traffic-client42-in 1700000000 1024' | python3 scripts/ringdb_client.py --host localhost --port {sp} --ca {d}/ca.pem --cert {d}/client.pem --key {d}/client-key.pem\n  \
+         Prometheus remote_write tls_config: {{ca_file: {d}/ca.pem, cert_file: {d}/client.pem, key_file: {d}/client-key.pem}}",
+        hp = http.port(),
+        sp = socket.port(),
+    );
+    Ok(files)
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; returns after the final
+/// snapshot.
+///
+/// # Errors
+/// Startup failures (certificates, snapshot store, binding), or a failed
+/// final snapshot.
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
+    let tls_files = match &settings.tls {
+        Some(files) => files.clone(),
+        None => dev_tls(&settings)?,
+    };
+    let socket_tls = tls::server_config(
+        &tls_files.cert,
+        &tls_files.key,
+        &tls_files.client_ca,
+        ListenerKind::Socket,
+    )?;
+    let http_tls = tls::server_config(
+        &tls_files.cert,
+        &tls_files.key,
+        &tls_files.client_ca,
+        ListenerKind::Http,
+    )?;
+
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(Store::new(
+        RuleSet::new(settings.rules.clone()),
+        StoreLimits {
+            max_future_ms: settings.limits.max_future.as_millis() as u64,
+            max_series: settings.limits.max_series,
+        },
+    ));
+    let snapshot_dir = settings.data_dir.join("snapshots");
+    let snapshotter =
+        Arc::new(tokio::task::spawn_blocking(move || Snapshotter::open(&snapshot_dir)).await??);
+    let restored = {
+        let (s, st) = (snapshotter.clone(), store.clone());
+        tokio::task::spawn_blocking(move || s.restore(&st)).await??
+    };
+    metrics.add(
+        "ringdb_restore_skipped_total",
+        &[("reason", "corrupt")],
+        restored.corrupt,
+    );
+    metrics.add(
+        "ringdb_restore_skipped_total",
+        &[("reason", "rule_changed_or_removed")],
+        restored.kept_on_disk,
+    );
+    tracing::info!(
+        archives = restored.archives,
+        corrupt = restored.corrupt,
+        kept_on_disk = restored.kept_on_disk,
+        "snapshots restored"
+    );
+
+    let bind = |addr| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))
+    };
+    let socket_listener = bind(settings.listen.socket).await?;
+    let http_listener = bind(settings.listen.http).await?;
+    let admin_listener = bind(settings.listen.admin).await?;
+    let addrs = (
+        socket_listener.local_addr()?,
+        http_listener.local_addr()?,
+        admin_listener.local_addr()?,
+    );
+
+    let shutdown = Shutdown::new();
+    let access = Arc::new(Access::new(settings.clients.as_deref()));
+    let api_ctx = Arc::new(ApiContext {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        snapshotter: snapshotter.clone(),
+        ready: Default::default(),
+    });
+    let socket_ctx = Arc::new(SocketContext {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        clock: system_clock(),
+        warnings: Arc::new(RateLimited::new(Duration::from_secs(10))),
+    });
+
+    {
+        let (access, token) = (access.clone(), shutdown.token().clone());
+        shutdown.spawn(
+            "socket listener",
+            net::serve(
+                "socket",
+                socket_listener,
+                socket_tls,
+                ListenerLimits::default(),
+                metrics.clone(),
+                shutdown.clone(),
+                move |stream, peer| {
+                    let grant = access.grant(peer.name.as_deref());
+                    socket::handle(stream, grant, socket_ctx.clone(), token.clone())
+                },
+            ),
+        );
+    }
+    for (name, listener, router) in [
+        ("http", http_listener, api::http_router(api_ctx.clone())),
+        ("admin", admin_listener, api::admin_router(api_ctx.clone())),
+    ] {
+        let (access, token) = (access.clone(), shutdown.token().clone());
+        shutdown.spawn(
+            format!("{name} listener"),
+            net::serve(
+                name,
+                listener,
+                http_tls.clone(),
+                ListenerLimits::default(),
+                metrics.clone(),
+                shutdown.clone(),
+                move |stream, peer| {
+                    let grant = access.grant(peer.name.as_deref());
+                    crate::http::serve_connection(stream, router.clone(), grant, token.clone())
+                },
+            ),
+        );
+    }
+    shutdown.spawn(
+        "snapshot flusher",
+        snapshot::run_flusher(
+            snapshotter.clone(),
+            store.clone(),
+            metrics.clone(),
+            settings.snapshot_interval,
+            shutdown.clone(),
+        ),
+    );
+
+    api_ctx.ready.store(true, Ordering::Relaxed);
+    metrics.set("ringdb_ready", &[], 1.0);
+    tracing::info!(socket = %addrs.0, http = %addrs.1, admin = %addrs.2, "ringdb ready");
+    // A plain line on stdout for scripts and tests that start on port 0.
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "ringdb listening socket={} http={} admin={}",
+        addrs.0, addrs.1, addrs.2
+    );
+    let _ = out.flush();
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections, finishing in-flight work");
+    shutdown.trigger();
+    if let Err(late) = shutdown.drain(DRAIN_DEADLINE).await {
+        tracing::warn!(?late, "tasks still running at the drain deadline");
+    }
+    if !snapshot::save_now(&snapshotter, &store, &metrics).await {
+        anyhow::bail!("final snapshot failed");
+    }
+    tracing::info!("final snapshot saved; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}

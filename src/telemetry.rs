@@ -1,0 +1,274 @@
+//! Tracing setup, rate-limited warnings, and the self-metrics registry
+//! rendered at `GET /metrics` in the Prometheus text format.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Starts the tracing subscriber (`RUST_LOG` style filter, default `info`).
+pub fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// What kind of number a metric family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down (stored as f64 bits).
+    Gauge,
+}
+
+/// Metric families: name, kind, help. Anything registered must be here.
+const FAMILIES: &[(&str, Kind, &str)] = &[
+    (
+        "ringdb_samples_accepted_total",
+        Kind::Counter,
+        "Samples stored in at least one archive, by protocol.",
+    ),
+    (
+        "ringdb_samples_rejected_total",
+        Kind::Counter,
+        "Samples (or frames) refused, by protocol and reason.",
+    ),
+    (
+        "ringdb_archive_rejects_total",
+        Kind::Counter,
+        "Archive-level refusals of samples, by reason.",
+    ),
+    (
+        "ringdb_connections_total",
+        Kind::Counter,
+        "Connections that completed the TLS handshake, by listener.",
+    ),
+    (
+        "ringdb_tls_handshake_failures_total",
+        Kind::Counter,
+        "Connections refused during the TLS handshake, by listener.",
+    ),
+    (
+        "ringdb_http_requests_total",
+        Kind::Counter,
+        "HTTP requests by listener, route and status code.",
+    ),
+    ("ringdb_series", Kind::Gauge, "Series held in memory."),
+    ("ringdb_archives", Kind::Gauge, "Archives held in memory."),
+    (
+        "ringdb_archive_bytes",
+        Kind::Gauge,
+        "Bytes of archive memory (cells, means, dirty bits).",
+    ),
+    (
+        "ringdb_snapshots_total",
+        Kind::Counter,
+        "Snapshots completed.",
+    ),
+    (
+        "ringdb_snapshot_errors_total",
+        Kind::Counter,
+        "Snapshots that failed.",
+    ),
+    (
+        "ringdb_snapshot_duration_seconds",
+        Kind::Gauge,
+        "Duration of the last snapshot.",
+    ),
+    (
+        "ringdb_snapshot_bytes",
+        Kind::Gauge,
+        "Bytes written by the last snapshot.",
+    ),
+    (
+        "ringdb_snapshot_pages",
+        Kind::Gauge,
+        "Pages written by the last snapshot.",
+    ),
+    (
+        "ringdb_snapshot_bytes_total",
+        Kind::Counter,
+        "Bytes written by all snapshots.",
+    ),
+    (
+        "ringdb_restore_skipped_total",
+        Kind::Counter,
+        "Saved records not loaded at start, by reason.",
+    ),
+    (
+        "ringdb_ready",
+        Kind::Gauge,
+        "1 once restore finished and listeners are up.",
+    ),
+];
+
+/// A registry of labelled counters and gauges. Hot paths keep the
+/// `Arc<AtomicU64>` handle instead of looking the name up each time.
+#[derive(Default)]
+pub struct Metrics {
+    values: RwLock<BTreeMap<(&'static str, String), Arc<AtomicU64>>>,
+}
+
+fn labels_text(labels: &[(&str, &str)]) -> String {
+    if labels.is_empty() {
+        return String::new();
+    }
+    let body: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
+        .collect();
+    format!("{{{}}}", body.join(","))
+}
+
+impl Metrics {
+    /// The handle of one labelled value, created at zero on first use.
+    pub fn handle(&self, name: &'static str, labels: &[(&str, &str)]) -> Arc<AtomicU64> {
+        debug_assert!(
+            FAMILIES.iter().any(|f| f.0 == name),
+            "unregistered metric {name}"
+        );
+        let key = (name, labels_text(labels));
+        if let Some(h) = self
+            .values
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return h.clone();
+        }
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
+
+    /// Adds to a counter.
+    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
+        if n > 0 {
+            self.handle(name, labels).fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a gauge.
+    pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
+        self.handle(name, labels)
+            .store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Renders every value in the text exposition format.
+    pub fn render(&self) -> String {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, kind, help) in FAMILIES {
+            let mut rows = values
+                .range((*name, String::new())..)
+                .take_while(|((n, _), _)| n == name)
+                .peekable();
+            if rows.peek().is_none() {
+                continue;
+            }
+            let type_name = if *kind == Kind::Counter {
+                "counter"
+            } else {
+                "gauge"
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {type_name}");
+            for ((_, labels), v) in rows {
+                let raw = v.load(Ordering::Relaxed);
+                match kind {
+                    Kind::Counter => {
+                        let _ = writeln!(out, "{name}{labels} {raw}");
+                    }
+                    Kind::Gauge => {
+                        let _ = writeln!(out, "{name}{labels} {}", f64::from_bits(raw));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Logs a warning at most once per `every` for each key, saying how many
+/// were suppressed in between, so one bad agent cannot flood the log.
+pub struct RateLimited {
+    every: Duration,
+    last: Mutex<HashMap<&'static str, (Instant, u64)>>,
+}
+
+impl RateLimited {
+    /// A limiter allowing one warning per key per `every`.
+    pub fn new(every: Duration) -> RateLimited {
+        RateLimited {
+            every,
+            last: Mutex::default(),
+        }
+    }
+
+    /// Calls `log` with the number suppressed since the last one, or counts
+    /// this one as suppressed.
+    pub fn warn(&self, key: &'static str, log: impl FnOnce(u64)) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        match last.get_mut(key) {
+            Some((at, suppressed)) if now.duration_since(*at) < self.every => *suppressed += 1,
+            Some((at, suppressed)) => {
+                let n = std::mem::take(suppressed);
+                *at = now;
+                log(n);
+            }
+            None => {
+                last.insert(key, (now, 0));
+                log(0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_groups_families_with_help() {
+        let m = Metrics::default();
+        m.add(
+            "ringdb_samples_accepted_total",
+            &[("protocol", "socket")],
+            3,
+        );
+        m.add(
+            "ringdb_samples_rejected_total",
+            &[("protocol", "socket"), ("reason", "bad \"x\"")],
+            1,
+        );
+        m.set("ringdb_series", &[], 2.0);
+        let text = m.render();
+        assert!(text.contains("# TYPE ringdb_samples_accepted_total counter\nringdb_samples_accepted_total{protocol=\"socket\"} 3\n"), "{text}");
+        assert!(text.contains("reason=\"bad \\\"x\\\"\""), "{text}");
+        assert!(text.contains("ringdb_series 2\n"), "{text}");
+    }
+
+    #[test]
+    fn rate_limit_counts_suppressed() {
+        let r = RateLimited::new(Duration::from_secs(3600));
+        let mut logged = Vec::new();
+        for _ in 0..3 {
+            r.warn("k", |n| logged.push(n));
+        }
+        assert_eq!(logged, [0]);
+    }
+}
