@@ -1,0 +1,10 @@
+//! One integration crate: real daemons on 127.0.0.1:0, real certificates,
+//! real protocols.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod archive_model;
+mod frame_props;
+mod mtls;
+mod socket;
