@@ -329,7 +329,14 @@ impl Archive {
             (Value::Uint(v), true) if v <= max => Ok(Part::Int(v)),
             (Value::Uint(_), true) => Err(Reject::OutOfRange),
             (Value::Float(v), true) => {
-                if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= max as f64 {
+                // `max as f64` rounds up to 2^bits for large cells, so compare
+                // the converted integer, not the float.
+                if v.is_finite()
+                    && v >= 0.0
+                    && v.fract() == 0.0
+                    && v < 18_446_744_073_709_551_616.0
+                    && (v as u64) <= max
+                {
                     Ok(Part::Int(v as u64))
                 } else {
                     Err(Reject::OutOfRange)

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Wall clock seconds.
 pub fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// A PKI made with `ringdb certs`: CA, server, clients `client` and
@@ -32,10 +35,16 @@ impl Pki {
         let out = Command::new(env!("CARGO_BIN_EXE_ringdb"))
             .args(["certs", "--out"])
             .arg(&dir)
-            .args(["--client", "client", "--client", "agent-7", "--client", "reader"])
+            .args([
+                "--client", "client", "--client", "agent-7", "--client", "reader",
+            ])
             .output()
             .expect("run ringdb certs");
-        assert!(out.status.success(), "ringdb certs: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "ringdb certs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let other = dir.join("other");
         ringdb::certs::generate(&other, &[], &["stranger".into()]).unwrap();
         make_expired(&dir);
@@ -74,20 +83,33 @@ impl Pki {
 
     /// (cert, key) files of a client; `stranger` is from the other CA.
     pub fn client_files(&self, name: &str) -> (PathBuf, PathBuf) {
-        let dir = if name == "stranger" { self.dir.join("other") } else { self.dir.clone() };
-        (dir.join(format!("{name}.pem")), dir.join(format!("{name}-key.pem")))
+        let dir = if name == "stranger" {
+            self.dir.join("other")
+        } else {
+            self.dir.clone()
+        };
+        (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}-key.pem")),
+        )
     }
 }
 
 /// `expired.pem`: signed by the real CA, valid only in 2020.
 fn make_expired(dir: &Path) {
-    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap()).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca-key.pem")).unwrap())
+            .unwrap();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ringdb CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "ringdb CA");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = rcgen::KeyPair::generate().unwrap();
     let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(rcgen::DnType::CommonName, "expired");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "expired");
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
     params.not_before = rcgen::date_time_ymd(2020, 1, 1);
     params.not_after = rcgen::date_time_ymd(2020, 12, 31);
@@ -325,8 +347,14 @@ fn parse_response(raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
-    let body = if chunked { dechunk(body) } else { body.to_string() };
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_string()
+    };
     (status, body)
 }
 

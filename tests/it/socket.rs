@@ -30,7 +30,10 @@ fn bad_frames_are_skipped_counted_and_the_stream_goes_on() {
     bytes.extend(frame(false, t, 2, "traffic-a"));
     bytes.extend(frame(false, t, 4, "traffic-b"));
     d.send_raw("client", &bytes);
-    assert_eq!(d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 3.0), 3.0);
+    assert_eq!(
+        d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 3.0),
+        3.0
+    );
     for (reason, n) in [
         ("bad_version", 1.0),
         ("short_frame", 1.0),
@@ -38,7 +41,8 @@ fn bad_frames_are_skipped_counted_and_the_stream_goes_on() {
         ("no_rule", 1.0),
         ("too_far_future", 1.0),
     ] {
-        let series = format!("ringdb_samples_rejected_total{{protocol=\"socket\",reason=\"{reason}\"}}");
+        let series =
+            format!("ringdb_samples_rejected_total{{protocol=\"socket\",reason=\"{reason}\"}}");
         assert_eq!(d.metric(&series), n, "{reason}");
     }
     assert_eq!(sum_of(&d, "traffic-a", "t_sum", 3), 3);
@@ -51,13 +55,23 @@ fn a_burst_closed_at_once_loses_nothing() {
     let t = now_secs() / 60 * 60;
     let mut bytes = Vec::with_capacity(100_000 * 40);
     for i in 0..100_000u64 {
-        bytes.extend(frame(false, t - (i % 50) * 60, 1, &format!("traffic-c{}", i % 100)));
+        bytes.extend(frame(
+            false,
+            t - (i % 50) * 60,
+            1,
+            &format!("traffic-c{}", i % 100),
+        ));
     }
     // Written whole, then the TCP socket is dropped: no read, no close_notify.
     d.send_raw("client", &bytes);
-    let accepted = d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 100_000.0);
+    let accepted = d.wait_metric(
+        "ringdb_samples_accepted_total{protocol=\"socket\"}",
+        100_000.0,
+    );
     assert_eq!(accepted, 100_000.0);
-    let total: u64 = (0..100).map(|c| sum_of(&d, &format!("traffic-c{c}"), "t_sum", 60)).sum();
+    let total: u64 = (0..100)
+        .map(|c| sum_of(&d, &format!("traffic-c{c}"), "t_sum", 60))
+        .sum();
     assert_eq!(total, 100_000);
 }
 
@@ -72,13 +86,30 @@ fn clients_may_write_only_their_prefixes() {
     d.send_raw("agent-7", &bytes);
     d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 1.0);
     assert_eq!(
-        d.wait_metric("ringdb_samples_rejected_total{protocol=\"socket\",reason=\"forbidden\"}", 1.0),
+        d.wait_metric(
+            "ringdb_samples_rejected_total{protocol=\"socket\",reason=\"forbidden\"}",
+            1.0
+        ),
         1.0
     );
     // reader is not on the list: it may do nothing, reads look like 404s.
-    let (code, _) = crate::common::http_request(&d.pki, "reader", d.http, "GET", "/paths/traffic-a/rules", "");
+    let (code, _) = crate::common::http_request(
+        &d.pki,
+        "reader",
+        d.http,
+        "GET",
+        "/paths/traffic-a/rules",
+        "",
+    );
     assert_eq!(code, 404);
-    let (code, _) = crate::common::http_request(&d.pki, "agent-7", d.http, "GET", "/paths/traffic-a/rules", "");
+    let (code, _) = crate::common::http_request(
+        &d.pki,
+        "agent-7",
+        d.http,
+        "GET",
+        "/paths/traffic-a/rules",
+        "",
+    );
     assert_eq!(code, 200);
     let (code, _) = crate::common::http_request(&d.pki, "agent-7", d.admin, "GET", "/status", "");
     assert_eq!(code, 403);
