@@ -5,6 +5,7 @@
 mod common;
 
 mod archive_model;
+mod clients;
 mod frame_props;
 mod mtls;
 mod socket;
