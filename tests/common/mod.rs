@@ -165,7 +165,7 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringdb"))
             .arg("--config")
             .arg(&self.config)
-            .args(["--log", "ringdb=info"])
+            .args(["--log", "ringdb=warn"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

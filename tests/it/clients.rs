@@ -56,8 +56,14 @@ fn combos() -> Vec<Combo> {
                         split,
                         value_size,
                         specials: vec![
-                            Special { name: "timeout".into(), strength: Strength::Weak },
-                            Special { name: "error".into(), strength: Strength::Strong },
+                            Special {
+                                name: "timeout".into(),
+                                strength: Strength::Weak,
+                            },
+                            Special {
+                                name: "error".into(),
+                                strength: Strength::Strong,
+                            },
                         ],
                     },
                     type_name,
@@ -72,7 +78,7 @@ fn combos() -> Vec<Combo> {
 
 /// (timestamp secs, value) for one combo; `Value::Special(n)` is sent as `@n`.
 fn script(combo: &Combo, now: u64) -> Vec<(u64, Value)> {
-    let max = combo.shape.value_size.max_value().min(u64::MAX);
+    let max = combo.shape.value_size.max_value();
     let base = (now - 3 * 3600) / TF * TF;
     let mut s = vec![
         (base + 7, Value::Uint(10)),
@@ -84,13 +90,13 @@ fn script(combo: &Combo, now: u64) -> Vec<(u64, Value)> {
         (base + 150, Value::Special(1)),
         (base + 151, Value::Uint(9)), // replaces the weak special
         (base + 185, Value::Special(2)),
-        (base + 186, Value::Uint(11)), // the strong special sticks
+        (base + 186, Value::Uint(11)),   // the strong special sticks
         (base + 190, Value::Special(3)), // unknown special
         (base + 240, Value::Uint(max)),
         (base + 241, Value::Uint(max)), // sum overflow for every integer size
         (base + 300, Value::Uint(max.saturating_add(1))), // out of range for integers
         (base + 300 + 13 * TF + 17, Value::Uint(42)), // gap longer than the window
-        (base + 300, Value::Uint(5)), // now too old
+        (base + 300, Value::Uint(5)),   // now too old
         (base + 300 + 12 * TF, Value::Uint(6)),
         (base + 300 + 14 * TF + 59, Value::Uint(1_000_001)),
         (base + 300 + 15 * TF + 1, Value::Uint(0)),
@@ -143,7 +149,11 @@ fn same(got: &Json, want: &Json) -> bool {
 
 fn build_c_client() -> std::path::PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/c");
-    let out = Command::new("make").arg("-C").arg(&dir).output().expect("run make");
+    let out = Command::new("make")
+        .arg("-C")
+        .arg(&dir)
+        .output()
+        .expect("run make");
     assert!(
         out.status.success(),
         "building the C client failed (needs gcc and libssl-dev):\n{}",
@@ -155,7 +165,13 @@ fn build_c_client() -> std::path::PathBuf {
 fn run_client(d: &Daemon, program: &mut Command, input: &Path) {
     let (cert, key) = d.pki.client_files("client");
     let out = program
-        .args(["--host", "127.0.0.1", "--server-name", "localhost", "--port"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--server-name",
+            "localhost",
+            "--port",
+        ])
         .arg(d.socket.port().to_string())
         .arg("--ca")
         .arg(d.pki.file("ca.pem"))
@@ -228,21 +244,38 @@ fn both_clients_match_the_model_for_every_kind() {
         let newest = model.newest_bucket().expect("model saw samples");
         let (from, to) = (newest - u64::from(LIMIT) - 2, newest + 2);
         let answer = d.get_json(
-            &format!("/paths/{path}/r{}/slice?from={}&to={}", c.index, from * TF, to * TF),
+            &format!(
+                "/paths/{path}/r{}/slice?from={}&to={}",
+                c.index,
+                from * TF,
+                to * TF
+            ),
             200,
         );
-        let rows = answer["answer"].as_array().unwrap_or_else(|| panic!("{path}: {answer}"));
+        let rows = answer["answer"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: {answer}"));
         let want = model.slice(from, to);
         assert_eq!(rows.len(), want.len(), "{path}: row count");
         for (row, (bucket, e)) in rows.iter().zip(&want) {
             let want_json = expected_json(e, &c.shape);
-            if row[0] != Json::from(bucket * TF) || !same(&row[1], &want_json) {
+            if row[0] != bucket * TF || !same(&row[1], &want_json) {
                 mismatches.push(format!(
                     "{} {} {} ({path}) bucket {}: got {}, model {}",
-                    c.type_name, c.split_name, c.size_name, bucket * TF, row, want_json
+                    c.type_name,
+                    c.split_name,
+                    c.size_name,
+                    bucket * TF,
+                    row,
+                    want_json
                 ));
             }
         }
     }
-    assert!(mismatches.is_empty(), "{} mismatches:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
 }

@@ -5,7 +5,10 @@
 mod common;
 
 mod archive_model;
+mod cli;
 mod clients;
 mod frame_props;
 mod mtls;
+mod rest;
+mod snapshot;
 mod socket;
