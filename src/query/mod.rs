@@ -2,3 +2,4 @@
 //! store's read API only.
 
 pub mod api;
+pub mod engine;
