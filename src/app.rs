@@ -6,6 +6,7 @@
 
 use crate::access::Access;
 use crate::config::{Settings, TlsFiles};
+use crate::ingest::remote_write::{self, handler::RemoteWriteContext, LabelLimits};
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
 use crate::net::{self, ListenerLimits};
@@ -22,6 +23,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// How long shutdown waits for connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -170,8 +172,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             ),
         );
     }
+    let rw_ctx = Arc::new(RemoteWriteContext {
+        store: store.clone(),
+        metrics: metrics.clone(),
+        clock: system_clock(),
+        label_limits: LabelLimits::default(),
+        max_body_bytes: usize::try_from(settings.limits.max_body_bytes).unwrap_or(usize::MAX),
+        in_flight: Arc::new(Semaphore::new(settings.limits.max_inflight_writes)),
+    });
+    let http_routes =
+        api::http_router(api_ctx.clone()).merge(remote_write::handler::router(rw_ctx));
     for (name, listener, router) in [
-        ("http", http_listener, api::http_router(api_ctx.clone())),
+        ("http", http_listener, http_routes),
         ("admin", admin_listener, api::admin_router(api_ctx.clone())),
     ] {
         let (access, token) = (access.clone(), shutdown.token().clone());

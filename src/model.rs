@@ -63,6 +63,70 @@ pub fn check_path(path: &str) -> Result<(), String> {
 /// Longest socket path accepted (YAWNDB's limit).
 pub const MAX_PATH_BYTES: usize = 1024;
 
+/// Whether `name` is a valid Prometheus metric name (`[a-zA-Z_:][a-zA-Z0-9_:]*`).
+pub fn is_metric_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+}
+
+/// Whether `name` is a valid Prometheus label name (`[a-zA-Z_][a-zA-Z0-9_]*`).
+pub fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A prefix made into a metric name: bad characters become `_` (DESIGN §7).
+pub fn metric_name_of_prefix(prefix: &str) -> String {
+    let mut out: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if out.is_empty() || out.starts_with(|c: char| c.is_ascii_digit()) {
+        out.insert(0, '_');
+    }
+    out
+}
+
+/// The canonical key of a label-set series: `name{a="b",c="d"}` with the
+/// other labels in the given (sorted) order and values escaped as
+/// Prometheus prints them; `name` alone when there are no other labels.
+pub fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut key = String::with_capacity(64);
+    key.push_str(name);
+    let mut first = true;
+    for (k, v) in labels {
+        key.push(if first { '{' } else { ',' });
+        first = false;
+        key.push_str(k);
+        key.push_str("=\"");
+        for c in v.chars() {
+            match c {
+                '\\' => key.push_str("\\\\"),
+                '"' => key.push_str("\\\""),
+                '\n' => key.push_str("\\n"),
+                c => key.push(c),
+            }
+        }
+        key.push('"');
+    }
+    if !first {
+        key.push('}');
+    }
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +142,21 @@ mod tests {
         for (path, want) in cases {
             assert_eq!(path_prefix(path), want, "case {path}");
         }
+    }
+
+    #[test]
+    fn canonical_keys_and_names() {
+        let labels = [("instance", "a:9090"), ("q", "x\"y\\z\n")];
+        assert_eq!(
+            series_key("up", labels.into_iter()),
+            "up{instance=\"a:9090\",q=\"x\\\"y\\\\z\\n\"}"
+        );
+        assert_eq!(series_key("up", std::iter::empty()), "up");
+        assert!(is_metric_name("a:b_c1") && !is_metric_name("1a") && !is_metric_name(""));
+        assert!(is_label_name("_a1") && !is_label_name("a:b"));
+        assert_eq!(metric_name_of_prefix("interface_in"), "interface_in");
+        assert_eq!(metric_name_of_prefix("if.in"), "if_in");
+        assert_eq!(metric_name_of_prefix("5xx"), "_5xx");
     }
 
     #[test]

@@ -105,6 +105,26 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Gauge,
         "1 once restore finished and listeners are up.",
     ),
+    (
+        "ringdb_remote_write_refused_total",
+        Kind::Counter,
+        "remote_write requests refused whole, by reason.",
+    ),
+    (
+        "ringdb_remote_write_stale_markers_total",
+        Kind::Counter,
+        "Stale markers received (accepted, not stored).",
+    ),
+    (
+        "ringdb_remote_write_skipped_total",
+        Kind::Counter,
+        "Exemplars and native histogram samples skipped, by kind.",
+    ),
+    (
+        "ringdb_remote_write_metadata_total",
+        Kind::Counter,
+        "Metadata entries received (accepted, not stored).",
+    ),
 ];
 
 /// A registry of labelled counters and gauges. Hot paths keep the

@@ -70,6 +70,8 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// Most samples a query may load.
     pub max_query_samples: u64,
+    /// remote_write requests decoded or stored at once; more get 429.
+    pub max_inflight_writes: usize,
 }
 
 /// What one client certificate may do.

@@ -59,6 +59,7 @@ pub struct LimitsConfig {
     pub max_body_bytes: Option<Value>,
     pub query_timeout: Option<Value>,
     pub max_query_samples: Option<Value>,
+    pub max_inflight_writes: Option<Value>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -239,7 +239,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
     c.unknown(
         "limits",
         &l.unknown,
-        "max_future, max_series, max_body_bytes, query_timeout, max_query_samples",
+        "max_future, max_series, max_body_bytes, query_timeout, max_query_samples, max_inflight_writes",
     );
     let limits = Limits {
         max_future: c.duration(
@@ -248,6 +248,11 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
             Duration::from_secs(600),
         ),
         max_series: c.unsigned("limits.max_series", l.max_series.as_ref(), 5_000_000),
+        max_inflight_writes: c.unsigned(
+            "limits.max_inflight_writes",
+            l.max_inflight_writes.as_ref(),
+            64,
+        ) as usize,
         max_body_bytes: c.unsigned("limits.max_body_bytes", l.max_body_bytes.as_ref(), 32 << 20),
         query_timeout: c.duration(
             "limits.query_timeout",

@@ -1,6 +1,7 @@
 //! Ways samples come in: the binary socket protocol ([`frame`] decoder,
-//! [`socket`] listener). Each turns wire input into store writes; none keeps
+//! [`socket`] listener) and Prometheus remote_write ([`remote_write`]). Each turns wire input into store writes; none keeps
 //! an unbounded queue.
 
 pub mod frame;
+pub mod remote_write;
 pub mod socket;

@@ -46,6 +46,8 @@ pub struct Header {
     pub rule: String,
     /// Prefix of the series (selects rules on restore).
     pub series_prefix: String,
+    /// Labels of a label-set series (`None` for a socket path).
+    pub series_labels: Option<Vec<(String, String)>>,
     /// Shape of the archive (the rule's fingerprint).
     pub shape: Shape,
     /// Newest bucket number seen.
@@ -127,13 +129,19 @@ impl Archive {
     /// Encodes what changed since the last call and marks it clean. Called
     /// under the store's lock, so a write that lands after this call marks
     /// its page dirty again and is saved next time.
-    pub fn take_dirty(&mut self, rule: &str, series_prefix: &str) -> Dirty {
+    pub fn take_dirty(
+        &mut self,
+        rule: &str,
+        series_prefix: &str,
+        series_labels: Option<&[(String, String)]>,
+    ) -> Dirty {
         let mut dirty = Dirty::default();
         if self.header_dirty {
             dirty.header = Some(encode(&Header {
                 version: CODEC_VERSION,
                 rule: rule.to_owned(),
                 series_prefix: series_prefix.to_owned(),
+                series_labels: series_labels.map(<[_]>::to_vec),
                 shape: self.shape.clone(),
                 newest: self.newest,
                 head: self.head,

@@ -251,18 +251,18 @@ fn codec_round_trip_and_dirty_pages() {
     for i in 0..150u64 {
         a.update(s(i * 60 + 1, Value::Uint(i))).unwrap();
     }
-    let dirty = a.take_dirty("r", "p");
+    let dirty = a.take_dirty("r", "p", None);
     assert!(dirty.header.is_some());
     assert_eq!(dirty.pages.len(), 3);
     assert!(!a.is_dirty());
     a.update(s(149 * 60, Value::Uint(7))).unwrap();
-    let again = a.take_dirty("r", "p");
+    let again = a.take_dirty("r", "p", None);
     assert!(again.header.is_none(), "no slide, header unchanged");
     assert_eq!(again.pages.len(), 1, "one page touched");
 
     let mut full = a.clone();
     full.mark_all_dirty();
-    let all = full.take_dirty("r", "p");
+    let all = full.take_dirty("r", "p", None);
     let header = codec::decode_header(all.header.as_ref().unwrap()).unwrap();
     assert_eq!(header.rule, "r");
     let (back, errors) =
@@ -281,7 +281,7 @@ fn corrupt_records_are_reported() {
         100,
     ));
     a.update(s(60, Value::Uint(1))).unwrap();
-    let d = a.take_dirty("r", "p");
+    let d = a.take_dirty("r", "p", None);
     let header = codec::decode_header(d.header.as_ref().unwrap()).unwrap();
     let truncated = &d.pages[0].1[..5];
     let (back, errors) = Archive::restore(&header, [(0, truncated)]);

@@ -158,7 +158,13 @@ impl Snapshotter {
                 log_codec_error(&series, &rule, e);
             }
             report.corrupt += errors.len() as u64;
-            match store.restore(&series, &header.series_prefix, &rule, archive) {
+            match store.restore(
+                &series,
+                &header.series_prefix,
+                header.series_labels.clone(),
+                &rule,
+                archive,
+            ) {
                 Ok(()) => report.archives += 1,
                 Err(why) => {
                     report.kept_on_disk += 1;

@@ -90,7 +90,21 @@ pub struct RuleArchive {
 #[derive(Debug)]
 pub struct Series {
     prefix: Box<str>,
+    labels: Option<Labels>,
     archives: Vec<RuleArchive>,
+}
+
+/// The labels of a label-set series, sorted by name, `__name__` included.
+pub type Labels = Arc<[(String, String)]>;
+
+/// Which series a write is for.
+pub struct SeriesId<'a> {
+    /// Series key: a socket path, or the canonical `name{a="b"}` form.
+    pub key: &'a str,
+    /// Prefix selecting the rules (path prefix or `__name__`).
+    pub prefix: &'a str,
+    /// For label-set series: builds the labels, called only for a new series.
+    pub labels: Option<&'a dyn Fn() -> Vec<(String, String)>>,
 }
 
 impl Series {
@@ -105,6 +119,11 @@ impl Series {
             .iter()
             .find(|a| a.rule.name == rule)
             .map(|a| &a.archive)
+    }
+
+    /// Labels of a label-set series; `None` for a socket path.
+    pub fn labels(&self) -> Option<&[(String, String)]> {
+        self.labels.as_deref()
     }
 
     /// Every archive, in the order they were created.
@@ -182,13 +201,11 @@ impl Store {
         self.shards[i].write().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes one sample to every archive its prefix selects, creating the
-    /// series and archives as needed. Prometheus stale markers are accepted
-    /// and not stored (`Ok(0)`).
+    /// Writes one sample of a socket path to every archive its prefix
+    /// selects (see [`Store::write_batch`]).
     ///
     /// # Errors
-    /// The reason, when no archive took the sample. Archives that refused a
-    /// sample that others took are counted in [`StoreStats`].
+    /// The reason, when no archive took the sample.
     pub fn write(
         &self,
         key: &str,
@@ -196,27 +213,67 @@ impl Store {
         sample: Sample,
         now_ms: TimestampMs,
     ) -> Result<usize, WriteReject> {
-        if sample.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
-            return Err(WriteReject::TooFarFuture);
-        }
-        if let Value::Float(v) = sample.value {
-            if rrd::is_stale_marker(v) {
-                return Ok(0);
-            }
-        }
+        let mut result = Ok(0);
+        let id = SeriesId {
+            key,
+            prefix,
+            labels: None,
+        };
+        self.write_batch(&id, &[sample], now_ms, |r| result = r);
+        result
+    }
+
+    /// Writes samples of one series (in order) to every archive its prefix
+    /// selects, creating the series and archives as needed, under one lock.
+    /// `outcome` hears, per sample, how many archives stored it or why none
+    /// did. Prometheus stale markers are accepted and not stored (`Ok(0)`).
+    /// Archives that refused a sample that others took are counted in
+    /// [`StoreStats`].
+    pub fn write_batch(
+        &self,
+        id: &SeriesId<'_>,
+        samples: &[Sample],
+        now_ms: TimestampMs,
+        mut outcome: impl FnMut(Result<usize, WriteReject>),
+    ) {
         let rules = self.rules();
-        let matching = rules.for_prefix(prefix);
+        let matching = rules.for_prefix(id.prefix);
         if matching.is_empty() {
-            return Err(WriteReject::NoRule);
+            samples
+                .iter()
+                .for_each(|_| outcome(Err(WriteReject::NoRule)));
+            return;
         }
-        let mut shard = self.write_shard(self.shard_of(key));
-        if !shard.contains_key(key) {
-            if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
-                return Err(WriteReject::TooManySeries);
+        let mut shard = self.write_shard(self.shard_of(id.key));
+        for &sample in samples {
+            if sample.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
+                outcome(Err(WriteReject::TooFarFuture));
+                continue;
             }
-            self.insert_series(&mut shard, key, prefix);
+            if matches!(sample.value, Value::Float(v) if rrd::is_stale_marker(v)) {
+                outcome(Ok(0));
+                continue;
+            }
+            if !shard.contains_key(id.key) {
+                if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
+                    outcome(Err(WriteReject::TooManySeries));
+                    continue;
+                }
+                let labels = id.labels.map(|make| Arc::from(make()));
+                self.insert_series(&mut shard, id.key, id.prefix, labels);
+            }
+            let series = shard.get_mut(id.key).expect("present or just inserted");
+            outcome(self.apply(series, matching, sample, now_ms));
         }
-        let series = shard.get_mut(key).expect("present or just inserted");
+    }
+
+    fn apply(
+        &self,
+        series: &mut Series,
+        matching: &[Arc<Rule>],
+        sample: Sample,
+        now_ms: TimestampMs,
+    ) -> Result<usize, WriteReject> {
         let mut stored = 0;
         let mut first_reject = None;
         for rule in matching {
@@ -242,12 +299,13 @@ impl Store {
         }
     }
 
-    fn insert_series(&self, shard: &mut Shard, key: &str, prefix: &str) {
+    fn insert_series(&self, shard: &mut Shard, key: &str, prefix: &str, labels: Option<Labels>) {
         self.series.fetch_add(1, Ordering::Relaxed);
         shard.insert(
             Arc::from(key),
             Series {
                 prefix: prefix.into(),
+                labels,
                 archives: Vec::new(),
             },
         );
@@ -337,7 +395,11 @@ impl Store {
                     out.push(DirtyArchive {
                         series: key.clone(),
                         rule: a.rule.name.clone(),
-                        dirty: a.archive.take_dirty(&a.rule.name, &series.prefix),
+                        dirty: a.archive.take_dirty(
+                            &a.rule.name,
+                            &series.prefix,
+                            series.labels.as_deref(),
+                        ),
                     });
                 }
             }
@@ -364,6 +426,7 @@ impl Store {
         &self,
         key: &str,
         prefix: &str,
+        labels: Option<Vec<(String, String)>>,
         rule_name: &str,
         archive: Archive,
     ) -> Result<(), RestoreSkip> {
@@ -378,7 +441,7 @@ impl Store {
         }
         let mut shard = self.write_shard(self.shard_of(key));
         if !shard.contains_key(key) {
-            self.insert_series(&mut shard, key, prefix);
+            self.insert_series(&mut shard, key, prefix, labels.map(Arc::from));
         }
         let series = shard.get_mut(key).expect("present or just inserted");
         self.archives.fetch_add(1, Ordering::Relaxed);

@@ -146,15 +146,15 @@ fn restore_requires_same_rule_and_shape() {
     let mut a = Archive::new(r.shape.clone());
     a.update(sample(NOW, 9)).unwrap();
     assert_eq!(
-        s.restore("traffic-a", "traffic", "gone", a.clone()),
+        s.restore("traffic-a", "traffic", None, "gone", a.clone()),
         Err(RestoreSkip::NoSuchRule)
     );
     let other = Archive::new(rule("t_min", "traffic", 30, ValueSize::Large).shape);
     assert_eq!(
-        s.restore("traffic-a", "traffic", "t_min", other),
+        s.restore("traffic-a", "traffic", None, "t_min", other),
         Err(RestoreSkip::ShapeChanged)
     );
-    s.restore("traffic-a", "traffic", "t_min", a).unwrap();
+    s.restore("traffic-a", "traffic", None, "t_min", a).unwrap();
     let got = s.read("traffic-a", |series| {
         series.archive("t_min").unwrap().get(NOW / 60_000).as_f64()
     });

@@ -322,13 +322,38 @@ pub fn http_request(
     path: &str,
     body: &str,
 ) -> (u16, String) {
-    let mut s = tls_stream(pki, Some(client), addr);
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
-         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
+    let (status, _, body) = http_raw(
+        pki,
+        client,
+        addr,
+        method,
+        path,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        body.as_bytes(),
     );
-    s.write_all(req.as_bytes()).unwrap();
+    (status, body)
+}
+
+/// One HTTP/1.1 request with chosen headers and a binary body; returns
+/// (status, response head, body).
+pub fn http_raw(
+    pki: &Pki,
+    client: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String, String) {
+    let mut s = tls_stream(pki, Some(client), addr);
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    s.write_all(&bytes).unwrap();
     let mut raw = Vec::new();
     match s.read_to_end(&mut raw) {
         Ok(_) => {}
@@ -336,7 +361,10 @@ pub fn http_request(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
         Err(e) => panic!("{method} {path}: {e}"),
     }
-    parse_response(&raw)
+    let (status, body) = parse_response(&raw);
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or("").to_string();
+    (status, head, body)
 }
 
 fn parse_response(raw: &[u8]) -> (u16, String) {

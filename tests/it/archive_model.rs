@@ -413,7 +413,7 @@ fn decode_header(bytes: &[u8]) -> Result<Header, TestCaseError> {
 fn whole_snapshot(archive: &Archive) -> Result<Archive, TestCaseError> {
     let mut copy = archive.clone();
     copy.mark_all_dirty();
-    let dirty = copy.take_dirty(RULE, PREFIX);
+    let dirty = copy.take_dirty(RULE, PREFIX, None);
     prop_assert!(!copy.is_dirty(), "take_dirty leaves the archive clean");
     let pages = (archive.shape().limit as usize).div_ceil(PAGE_BUCKETS);
     prop_assert_eq!(dirty.pages.len(), pages, "every page is written");
@@ -431,13 +431,13 @@ struct Saved {
 
 impl Saved {
     fn save(&mut self, archive: &mut Archive) -> Result<(), TestCaseError> {
-        let dirty = archive.take_dirty(RULE, PREFIX);
+        let dirty = archive.take_dirty(RULE, PREFIX, None);
         if let Some(header) = dirty.header {
             self.header = Some(header);
         }
         self.pages.extend(dirty.pages);
         prop_assert!(!archive.is_dirty(), "take_dirty leaves the archive clean");
-        let again = archive.take_dirty(RULE, PREFIX);
+        let again = archive.take_dirty(RULE, PREFIX, None);
         prop_assert!(
             again.header.is_none() && again.pages.is_empty(),
             "a clean archive has nothing to save"

@@ -1,0 +1,220 @@
+//! `POST /api/v1/write`: headers and caps checked first, then decode and
+//! store on the blocking pool under a bounded in-flight limit (429 with
+//! `Retry-After` when it is full: a limit, not a queue), and the status
+//! code Prometheus' retry logic expects, sent after the samples are stored.
+
+use super::{decode, ingest, LabelLimits, Report};
+use crate::access::Grant;
+use crate::model::Clock;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Router};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// What the write route needs.
+pub struct RemoteWriteContext {
+    /// Where samples go.
+    pub store: Arc<Store>,
+    /// Self-metrics.
+    pub metrics: Arc<Metrics>,
+    /// Wall clock for the too-far-future check.
+    pub clock: Clock,
+    /// Per-series label limits.
+    pub label_limits: LabelLimits,
+    /// Cap on the compressed and the decompressed body.
+    pub max_body_bytes: usize,
+    /// Requests being decoded or stored at once.
+    pub in_flight: Arc<Semaphore>,
+}
+
+/// The route, to merge into the HTTP listener's router.
+pub fn router(ctx: Arc<RemoteWriteContext>) -> Router {
+    Router::new()
+        .route("/api/v1/write", post(write))
+        .with_state(ctx)
+}
+
+fn refuse(
+    ctx: &RemoteWriteContext,
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+) -> Response {
+    ctx.metrics.add(
+        "ringdb_remote_write_refused_total",
+        &[("reason", reason)],
+        1,
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message + "\n",
+    )
+        .into_response()
+}
+
+fn check_headers(headers: &HeaderMap) -> Result<(), String> {
+    let get = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    let content_type = get(header::CONTENT_TYPE);
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media != "application/x-protobuf" {
+        return Err(format!(
+            "content-type {content_type:?}, expected application/x-protobuf (remote_write 1.0)"
+        ));
+    }
+    let encoding = get(header::CONTENT_ENCODING);
+    if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("snappy") {
+        return Err(format!("content-encoding {encoding:?}, expected snappy"));
+    }
+    Ok(())
+}
+
+async fn write(
+    State(ctx): State<Arc<RemoteWriteContext>>,
+    Extension(grant): Extension<Grant>,
+    request: Request,
+) -> Response {
+    if let Err(message) = check_headers(request.headers()) {
+        return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_headers", message);
+    }
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > ctx.max_body_bytes) {
+        return refuse(
+            &ctx,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "body of {} bytes is over the limit of {} bytes",
+                declared.unwrap_or(0),
+                ctx.max_body_bytes
+            ),
+        );
+    }
+    let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() else {
+        let mut response = refuse(
+            &ctx,
+            StatusCode::TOO_MANY_REQUESTS,
+            "overloaded",
+            "too many remote_write requests in flight; retry later".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    };
+    let body: Body = request.into_body();
+    let bytes = match axum::body::to_bytes(body, ctx.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            return refuse(
+                &ctx,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "body over the limit of {} bytes or unreadable: {e}",
+                    ctx.max_body_bytes
+                ),
+            )
+        }
+    };
+    let work = ctx.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let request = decode(&bytes, work.max_body_bytes)?;
+        Ok(ingest(
+            &work.store,
+            &request,
+            &grant,
+            &work.label_limits,
+            (work.clock)(),
+        ))
+    })
+    .await;
+    match outcome {
+        Ok(Ok(report)) => answer(&ctx, &report),
+        Ok(Err(e)) => {
+            let status = if matches!(e, super::DecodeError::TooLarge { .. }) {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            refuse(&ctx, status, e.as_str(), e.to_string())
+        }
+        Err(e) => refuse(
+            &ctx,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error while storing: {e}"),
+        ),
+    }
+}
+
+/// Counts the report and picks the status: 204 when everything was taken,
+/// 400 (no retry) naming the reasons when some samples were refused.
+fn answer(ctx: &RemoteWriteContext, report: &Report) -> Response {
+    let m = &ctx.metrics;
+    let protocol = ("protocol", "remote_write");
+    m.add(
+        "ringdb_samples_accepted_total",
+        &[protocol],
+        report.accepted,
+    );
+    for (reason, n) in &report.rejected {
+        m.add(
+            "ringdb_samples_rejected_total",
+            &[protocol, ("reason", reason)],
+            *n,
+        );
+    }
+    m.add(
+        "ringdb_remote_write_stale_markers_total",
+        &[],
+        report.stale_markers,
+    );
+    m.add(
+        "ringdb_remote_write_skipped_total",
+        &[("kind", "exemplar")],
+        report.exemplars,
+    );
+    m.add(
+        "ringdb_remote_write_skipped_total",
+        &[("kind", "histogram")],
+        report.histograms,
+    );
+    m.add("ringdb_remote_write_metadata_total", &[], report.metadata);
+    let rejected = report.rejected_total();
+    if rejected == 0 {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let reasons: Vec<String> = report
+        .rejected
+        .iter()
+        .map(|(r, n)| format!("{r}: {n}"))
+        .collect();
+    let message = format!(
+        "rejected {rejected} of {} samples ({}); the other {} were stored\n",
+        rejected + report.accepted + report.stale_markers,
+        reasons.join(", "),
+        report.accepted + report.stale_markers
+    );
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        message,
+    )
+        .into_response()
+}

@@ -1,0 +1,352 @@
+//! remote_write 1.0 over mTLS with real prost + snappy bodies: status codes
+//! as DESIGN §5, valid samples kept beside invalid ones, every refusal
+//! counted.
+
+use crate::common::{http_raw, now_secs, Daemon};
+use ringdb::ingest::remote_write::{encode, proto};
+use std::io::Write;
+
+const CONFIG: &str = "limits: {max_body_bytes: 20000}\nrules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n  - {name: up_min, prefix: up, type: max, timeframe: 60, limit: 60, value_size: small}\n";
+
+fn label(n: &str, v: &str) -> proto::Label {
+    proto::Label {
+        name: n.into(),
+        value: v.into(),
+    }
+}
+
+fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries {
+    proto::TimeSeries {
+        labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
+        samples: samples
+            .iter()
+            .map(|&(timestamp, value)| proto::Sample { value, timestamp })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+const PROTOBUF: [(&str, &str); 3] = [
+    ("Content-Type", "application/x-protobuf"),
+    ("Content-Encoding", "snappy"),
+    ("X-Prometheus-Remote-Write-Version", "0.1.0"),
+];
+
+fn post(d: &Daemon, body: &[u8]) -> (u16, String, String) {
+    http_raw(
+        &d.pki,
+        "client",
+        d.http,
+        "POST",
+        "/api/v1/write",
+        &PROTOBUF,
+        body,
+    )
+}
+
+fn read(d: &Daemon, key: &str, rule: &str, from: u64, to: u64) -> serde_json::Value {
+    let path = key
+        .replace('%', "%25")
+        .replace('{', "%7B")
+        .replace('}', "%7D")
+        .replace('"', "%22")
+        .replace(',', "%2C")
+        .replace('/', "%2F")
+        .replace(' ', "%20");
+    d.get_json(
+        &format!("/paths/{path}/{rule}/slice?from={from}&to={to}"),
+        200,
+    )["answer"]
+        .clone()
+}
+
+#[test]
+fn valid_batch_is_stored_and_readable() {
+    let d = Daemon::start(CONFIG);
+    let t = (now_secs() * 1000 / 60_000 * 60_000) as i64;
+    let req = proto::WriteRequest {
+        timeseries: vec![
+            series(
+                &[("__name__", "up"), ("instance", "a:9090"), ("job", "node")],
+                &[(t, 1.0), (t + 1000, 0.0)],
+            ),
+            series(
+                &[("__name__", "node_load1"), ("instance", "a:9100")],
+                &[(t, 0.25), (t + 1000, 0.5)],
+            ),
+            series(
+                &[("__name__", "http_requests_total"), ("path", "/api/v1")],
+                &[(t, 12.5)],
+            ),
+        ],
+        metadata: vec![],
+    };
+    let (code, _, body) = post(&d, &encode(&req));
+    assert_eq!(code, 204, "{body}");
+    let s = (t / 1000) as u64;
+    assert_eq!(
+        read(&d, "node_load1{instance=\"a:9100\"}", "raw", s, s + 1),
+        serde_json::json!([[s, 0.25], [s + 1, 0.5]])
+    );
+    // `up` has a rule of its own, so the "*" rule does not apply to it.
+    assert_eq!(
+        read(&d, "up{instance=\"a:9090\",job=\"node\"}", "up_min", s, s),
+        serde_json::json!([[s, 1]])
+    );
+    assert_eq!(
+        read(&d, "http_requests_total{path=\"/api/v1\"}", "raw", s, s),
+        serde_json::json!([[s, 12.5]])
+    );
+    assert_eq!(
+        d.metric("ringdb_samples_accepted_total{protocol=\"remote_write\"}"),
+        5.0
+    );
+}
+
+#[test]
+fn mixed_batch_is_400_and_keeps_the_valid_samples() {
+    let d = Daemon::start(CONFIG);
+    let t = now_secs() as i64 * 1000;
+    let req = proto::WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "good"), ("a", "1")], &[(t, 1.0)]),
+            series(&[("__name__", "bad"), ("a-b", "1")], &[(t, 1.0), (t, 2.0)]),
+            series(&[("__name__", "dup"), ("a", "1"), ("a", "2")], &[(t, 1.0)]),
+            series(
+                &[("__name__", "unsorted"), ("z", "1"), ("a", "1")],
+                &[(t, 1.0)],
+            ),
+            series(&[("job", "x")], &[(t, 1.0)]),
+            series(&[("__name__", "future")], &[(t + 3_600_000, 1.0)]),
+            series(&[("__name__", "old")], &[(-5, 1.0)]),
+            // 1.5 cannot go into `up`'s small integer cell.
+            series(&[("__name__", "up")], &[(t, 1.5)]),
+        ],
+        metadata: vec![],
+    };
+    let (code, _, body) = post(&d, &encode(&req));
+    assert_eq!(code, 400, "{body}");
+    for want in [
+        "rejected 8 of 9 samples",
+        "out_of_range: 1",
+        "invalid_label_name: 2",
+        "duplicate_label: 1",
+        "unsorted_labels: 1",
+        "missing_metric_name: 1",
+        "too_far_future: 1",
+        "too_old: 1",
+    ] {
+        assert!(body.contains(want), "missing {want:?} in {body:?}");
+    }
+    let s = now_secs();
+    assert_eq!(
+        read(&d, "good{a=\"1\"}", "raw", s, s),
+        serde_json::json!([[s, 1.0]])
+    );
+    assert_eq!(
+        d.metric("ringdb_samples_rejected_total{protocol=\"remote_write\",reason=\"invalid_label_name\"}"),
+        2.0
+    );
+    assert_eq!(
+        d.metric(
+            "ringdb_samples_rejected_total{protocol=\"remote_write\",reason=\"out_of_range\"}"
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn bad_bodies_are_refused_with_a_message() {
+    let d = Daemon::start(CONFIG);
+    let t = now_secs() as i64 * 1000;
+    let big = proto::WriteRequest {
+        timeseries: (0..3000u64)
+            .map(|i| {
+                let noise = format!("{:016x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+                series(&[("__name__", "m"), ("i", &noise)], &[(t, i as f64)])
+            })
+            .collect(),
+        metadata: vec![],
+    };
+    let big_body = encode(&big);
+    assert!(big_body.len() > 20_000);
+    let valid = encode(&proto::WriteRequest {
+        timeseries: vec![series(&[("__name__", "m")], &[(t, 1.0)])],
+        metadata: vec![],
+    });
+    // A small body whose snappy header declares a huge decompressed length.
+    let mut bomb = Vec::new();
+    snap_len_header(&mut bomb, 1 << 30);
+    bomb.extend_from_slice(&[0; 16]);
+    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+        (
+            "oversized body",
+            PROTOBUF.to_vec(),
+            big_body,
+            413,
+            "over the limit",
+        ),
+        (
+            "declared length over the cap",
+            PROTOBUF.to_vec(),
+            bomb,
+            413,
+            "over the limit",
+        ),
+        (
+            "garbage",
+            PROTOBUF.to_vec(),
+            b"this is not snappy at all".to_vec(),
+            400,
+            "snappy",
+        ),
+        (
+            "truncated snappy",
+            PROTOBUF.to_vec(),
+            valid[..valid.len() - 3].to_vec(),
+            400,
+            "snappy",
+        ),
+        (
+            "snappy but not protobuf",
+            PROTOBUF.to_vec(),
+            snap::raw::Encoder::new().compress_vec(&[0xff; 40]).unwrap(),
+            400,
+            "protobuf",
+        ),
+        (
+            "wrong content-type",
+            vec![("Content-Type", "application/json")],
+            valid.clone(),
+            400,
+            "expected application/x-protobuf",
+        ),
+        (
+            "wrong content-encoding",
+            vec![
+                ("Content-Type", "application/x-protobuf"),
+                ("Content-Encoding", "gzip"),
+            ],
+            valid.clone(),
+            400,
+            "expected snappy",
+        ),
+    ];
+    for (name, headers, body, status, message) in cases {
+        let (code, _, text) = http_raw(
+            &d.pki,
+            "client",
+            d.http,
+            "POST",
+            "/api/v1/write",
+            &headers,
+            &body,
+        );
+        assert_eq!(code, status, "case {name}: {text}");
+        assert!(text.contains(message), "case {name}: {text:?}");
+    }
+    assert!(d.metric("ringdb_remote_write_refused_total{reason=\"too_large\"}") >= 2.0);
+    assert_eq!(
+        d.metric("ringdb_samples_accepted_total{protocol=\"remote_write\"}"),
+        0.0
+    );
+    // The daemon is still serving.
+    let (code, _, _) = post(&d, &valid);
+    assert_eq!(code, 204);
+}
+
+/// Writes snappy's varint length preamble.
+fn snap_len_header(out: &mut Vec<u8>, mut n: u64) {
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn metadata_only_stale_markers_exemplars_and_histograms() {
+    let d = Daemon::start(CONFIG);
+    let t = now_secs() as i64 * 1000;
+    let metadata_only = proto::WriteRequest {
+        timeseries: vec![],
+        metadata: vec![proto::MetricMetadata {
+            r#type: 1,
+            metric_family_name: "up".into(),
+            help: "target up".into(),
+            unit: String::new(),
+        }],
+    };
+    let (code, _, _) = post(&d, &encode(&metadata_only));
+    assert_eq!(code, 204);
+    let stale = f64::from_bits(0x7ff0_0000_0000_0002);
+    let mut with_extras = series(&[("__name__", "s")], &[(t - 1000, 3.0), (t, stale)]);
+    with_extras.exemplars.push(proto::Exemplar {
+        labels: vec![],
+        value: 1.0,
+        timestamp: t,
+    });
+    with_extras.histograms.push(proto::Histogram {
+        timestamp: t,
+        ..Default::default()
+    });
+    let (code, _, body) = post(
+        &d,
+        &encode(&proto::WriteRequest {
+            timeseries: vec![with_extras],
+            metadata: vec![],
+        }),
+    );
+    assert_eq!(code, 204, "{body}");
+    let s = now_secs();
+    assert_eq!(
+        read(&d, "s", "raw", s - 1, s),
+        serde_json::json!([[s - 1, 3.0], [s, "empty"]])
+    );
+    assert_eq!(d.metric("ringdb_remote_write_stale_markers_total"), 1.0);
+    assert_eq!(
+        d.metric("ringdb_remote_write_skipped_total{kind=\"exemplar\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("ringdb_remote_write_skipped_total{kind=\"histogram\"}"),
+        1.0
+    );
+    assert_eq!(d.metric("ringdb_remote_write_metadata_total"), 1.0);
+}
+
+#[test]
+fn a_full_in_flight_limit_answers_429_with_retry_after() {
+    let d = Daemon::start(&format!(
+        "limits: {{max_inflight_writes: 1}}\n{}",
+        CONFIG.split_once('\n').unwrap().1
+    ));
+    // Hold the only slot: headers and part of a body, then wait.
+    let mut slow = crate::common::tls_stream(&d.pki, Some("client"), d.http);
+    slow.write_all(
+        b"POST /api/v1/write HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 1000\r\n\r\nabc",
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let body = encode(&proto::WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "m")],
+            &[(now_secs() as i64 * 1000, 1.0)],
+        )],
+        metadata: vec![],
+    });
+    let (code, head, text) = post(&d, &body);
+    assert_eq!(code, 429, "{text}");
+    assert!(
+        head.to_ascii_lowercase().contains("retry-after: 1"),
+        "{head}"
+    );
+    drop(slow);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(post(&d, &body).0, 204);
+}
