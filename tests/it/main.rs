@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod frame_props;
 mod mtls;
+mod prometheus;
 mod remote_write;
 mod rest;
 mod snapshot;
