@@ -1,0 +1,243 @@
+//! Load generator for ringdb and its peers: pipelined socket frames, or
+//! realistic remote_write batches (many series, one sample each per
+//! request, several connections). Prints samples/s.
+//!
+//! ```text
+//! ringdb-load socket --addr 127.0.0.1:2011 --ca ca.pem --cert c.pem --key c-key.pem
+//! ringdb-load remote-write --url https://localhost:9201/api/v1/write --ca ... --cert ... --key ...
+//! ringdb-load remote-write --url http://127.0.0.1:9090/api/v1/write      # a peer without TLS
+//! ```
+
+use clap::{Args, Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use ringdb::ingest::remote_write::{encode, proto};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[derive(Parser)]
+#[command(about = "Drive ringdb (or a peer) with samples and print samples/s")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Binary socket frames (YAWNDB v3) over mTLS.
+    Socket {
+        /// Socket listener address.
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// Distinct paths (prefix `traffic`).
+        #[arg(long, default_value_t = 100_000)]
+        paths: u64,
+        /// Frames in all.
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: u64,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 4)]
+        connections: u64,
+    },
+    /// Prometheus remote_write 1.0 batches.
+    RemoteWrite {
+        /// Full URL; https uses the TLS files, http none.
+        #[arg(long)]
+        url: String,
+        #[command(flatten)]
+        tls: TlsArgs,
+        /// Distinct series.
+        #[arg(long, default_value_t = 100_000)]
+        series: u64,
+        /// Samples (series) per request.
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        /// Rounds over all series (one sample per series each round).
+        #[arg(long, default_value_t = 20)]
+        rounds: u64,
+        /// Parallel connections.
+        #[arg(long, default_value_t = 4)]
+        connections: u64,
+    },
+}
+
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// CA that signed the server.
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Client certificate.
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// Client key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+fn connector(tls: &TlsArgs) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    let (Some(ca), Some(cert), Some(key)) = (&tls.ca, &tls.cert, &tls.key) else {
+        anyhow::bail!("--ca, --cert and --key are required for TLS");
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca)? {
+        roots.add(c?)?;
+    }
+    let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+async fn connect(addr: &str, host: &str, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Box<dyn Io>> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    Ok(match tls {
+        Some(c) => Box::new(c.connect(ServerName::try_from(host.to_string())?, tcp).await?),
+        None => Box::new(tcp),
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn report(what: &str, samples: u64, elapsed: Duration) {
+    println!(
+        "{what}: {samples} samples in {:.2} s = {:.0} samples/s",
+        elapsed.as_secs_f64(),
+        samples as f64 / elapsed.as_secs_f64()
+    );
+}
+
+async fn socket(addr: String, tls: TlsArgs, paths: u64, frames: u64, connections: u64) -> anyhow::Result<()> {
+    let connector = connector(&tls)?;
+    let t = (now_ms() / 1000) as u64;
+    let per_conn = frames / connections;
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for c in 0..connections {
+        let (addr, connector) = (addr.clone(), connector.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = connect(&addr, "localhost", Some(&connector)).await?;
+            let mut buf = Vec::with_capacity(1 << 20);
+            for i in 0..per_conn {
+                let n = c * per_conn + i;
+                let path = format!("traffic-client{}-in", n % paths);
+                ringdb::ingest::frame::encode(&mut buf, false, t - (n / paths) % 60, n % 1000, &path);
+                if buf.len() >= 1 << 20 {
+                    stream.write_all(&buf).await?;
+                    buf.clear();
+                }
+            }
+            stream.write_all(&buf).await?;
+            stream.shutdown().await?;
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    report("socket (sent; check ringdb_samples_accepted_total)", per_conn * connections, started.elapsed());
+    Ok(())
+}
+
+fn batch_body(first: u64, batch: u64, series: u64, ts: i64) -> Bytes {
+    let timeseries = (first..first + batch)
+        .map(|i| {
+            let i = i % series;
+            proto::TimeSeries {
+                labels: vec![
+                    proto::Label { name: b"__name__".to_vec(), value: format!("bench_metric_{}", i % 50).into_bytes() },
+                    proto::Label { name: b"instance".to_vec(), value: format!("host-{}.example.net:9100", i / 50).into_bytes() },
+                    proto::Label { name: b"job".to_vec(), value: b"node".to_vec() },
+                ],
+                samples: vec![proto::Sample { value: (i as f64) * 1.5 + ts as f64 / 1e6, timestamp: ts }],
+                ..Default::default()
+            }
+        })
+        .collect();
+    Bytes::from(encode(&proto::WriteRequest { timeseries, metadata: vec![] }))
+}
+
+async fn remote_write(url: String, tls: TlsArgs, series: u64, batch: u64, rounds: u64, connections: u64) -> anyhow::Result<()> {
+    let uri: hyper::Uri = url.parse()?;
+    let host = uri.host().unwrap_or("localhost").to_string();
+    let secure = uri.scheme_str() == Some("https");
+    let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+    let addr = format!("{}:{port}", if host == "localhost" { "127.0.0.1" } else { &host });
+    let connector = if secure { Some(connector(&tls)?) } else { None };
+    // Encode every body first so the measurement is of the server.
+    let start_ts = now_ms() - rounds as i64 * 1000;
+    let per_round = series.div_ceil(batch);
+    let encode_started = Instant::now();
+    let bodies: Vec<Bytes> = (0..rounds)
+        .flat_map(|r| (0..per_round).map(move |b| (r, b)))
+        .map(|(r, b)| batch_body(b * batch, batch, series, start_ts + r as i64 * 1000))
+        .collect();
+    eprintln!("encoded {} bodies in {:.1} s", bodies.len(), encode_started.elapsed().as_secs_f64());
+    let bodies = Arc::new(bodies);
+    let next = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let (bodies, next, failed, connector) = (bodies.clone(), next.clone(), failed.clone(), connector.clone());
+        let (addr, host, path) = (addr.clone(), host.clone(), uri.path().to_string());
+        tasks.push(tokio::spawn(async move {
+            let io = connect(&addr, &host, connector.as_ref()).await?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+            tokio::spawn(conn);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(body) = bodies.get(i) else { break };
+                let req = hyper::Request::post(&path)
+                    .header("host", &host)
+                    .header("content-type", "application/x-protobuf")
+                    .header("content-encoding", "snappy")
+                    .header("x-prometheus-remote-write-version", "0.1.0")
+                    .body(Full::new(body.clone()))?;
+                let resp = sender.send_request(req).await?;
+                let status = resp.status();
+                let _ = resp.into_body().collect().await?;
+                if !status.is_success() {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let elapsed = started.elapsed();
+    let requests = bodies.len() as u64;
+    report(&format!("remote_write {url} ({requests} requests, {} failed)", failed.load(Ordering::Relaxed)), requests * batch, elapsed);
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Socket { addr, tls, paths, frames, connections } => socket(addr, tls, paths, frames, connections).await,
+            Command::RemoteWrite { url, tls, series, batch, rounds, connections } => {
+                remote_write(url, tls, series, batch, rounds, connections).await
+            }
+        }
+    })
+}
