@@ -25,6 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+/// Queries evaluated at once on the blocking pool.
+const QUERY_CONCURRENCY: usize = 4;
+
 /// How long shutdown waits for connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
@@ -146,6 +149,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         snapshotter: snapshotter.clone(),
         ready: Default::default(),
+        query_slots: Arc::new(Semaphore::new(QUERY_CONCURRENCY)),
+        query_timeout: settings.limits.query_timeout,
+        max_query_samples: usize::try_from(settings.limits.max_query_samples).unwrap_or(usize::MAX),
     });
     let socket_ctx = Arc::new(SocketContext {
         store: store.clone(),

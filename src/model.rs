@@ -1,6 +1,8 @@
 //! Plain values shared by every layer: samples, timestamps, values, series
 //! keys. No I/O, no clock, no runtime.
 
+use std::time::Duration;
+
 /// Milliseconds since the Unix epoch. Socket samples (seconds) are scaled up,
 /// remote_write samples arrive in milliseconds.
 pub type TimestampMs = u64;
@@ -125,6 +127,49 @@ pub fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str
         key.push('}');
     }
     key
+}
+
+/// Parses `10s`, `1m`, `1h30m`, `1d`, `500ms` (units ms, s, m, h, d, w, y).
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad = || format!("bad duration {text:?}, expected e.g. 10s, 1m, 1h, 1d");
+    let mut total: u64 = 0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = rest.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let ms = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            "w" => 604_800_000,
+            "y" => 31_536_000_000,
+            _ => return Err(bad()),
+        };
+        total = n
+            .checked_mul(ms)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(Duration::from_millis(total))
 }
 
 #[cfg(test)]

@@ -125,6 +125,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Metadata entries received (accepted, not stored).",
     ),
+    (
+        "ringdb_queries_total",
+        Kind::Counter,
+        "Prometheus API requests by endpoint and outcome.",
+    ),
+    (
+        "ringdb_query_duration_microseconds_total",
+        Kind::Counter,
+        "Time spent answering Prometheus API requests, by endpoint.",
+    ),
 ];
 
 /// A registry of labelled counters and gauges. Hot paths keep the
@@ -280,6 +290,42 @@ mod tests {
         assert!(text.contains("# TYPE ringdb_samples_accepted_total counter\nringdb_samples_accepted_total{protocol=\"socket\"} 3\n"), "{text}");
         assert!(text.contains("reason=\"bad \\\"x\\\"\""), "{text}");
         assert!(text.contains("ringdb_series 2\n"), "{text}");
+    }
+
+    /// Every `"ringdb_…"` name in the sources is a registered family, so
+    /// nothing is left out of /metrics.
+    #[test]
+    fn every_metric_name_in_the_sources_is_registered() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        let mut sources = Vec::new();
+        walk(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+            &mut sources,
+        );
+        let mut missing = Vec::new();
+        for text in &sources {
+            for (i, _) in text.match_indices("\"ringdb_") {
+                let name: String = text[i + 1..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let call = &text[i.saturating_sub(60)..i];
+                let used = ["add(", "set(", "handle("].iter().any(|c| call.contains(c));
+                if used && !FAMILIES.iter().any(|f| f.0 == name) {
+                    missing.push(name);
+                }
+            }
+        }
+        assert!(missing.is_empty(), "unregistered metrics: {missing:?}");
     }
 
     #[test]

@@ -95,24 +95,35 @@ fn connector(tls: &TlsArgs) -> anyhow::Result<tokio_rustls::TlsConnector> {
     }
     let chain = CertificateDer::pem_file_iter(cert)?.collect::<Result<Vec<_>, _>>()?;
     let key = PrivateKeyDer::from_pem_file(key)?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
-async fn connect(addr: &str, host: &str, tls: Option<&tokio_rustls::TlsConnector>) -> anyhow::Result<Box<dyn Io>> {
+async fn connect(
+    addr: &str,
+    host: &str,
+    tls: Option<&tokio_rustls::TlsConnector>,
+) -> anyhow::Result<Box<dyn Io>> {
     let tcp = TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
     Ok(match tls {
-        Some(c) => Box::new(c.connect(ServerName::try_from(host.to_string())?, tcp).await?),
+        Some(c) => Box::new(
+            c.connect(ServerName::try_from(host.to_string())?, tcp)
+                .await?,
+        ),
         None => Box::new(tcp),
     })
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn report(what: &str, samples: u64, elapsed: Duration) {
@@ -123,7 +134,13 @@ fn report(what: &str, samples: u64, elapsed: Duration) {
     );
 }
 
-async fn socket(addr: String, tls: TlsArgs, paths: u64, frames: u64, connections: u64) -> anyhow::Result<()> {
+async fn socket(
+    addr: String,
+    tls: TlsArgs,
+    paths: u64,
+    frames: u64,
+    connections: u64,
+) -> anyhow::Result<()> {
     let connector = connector(&tls)?;
     let t = (now_ms() / 1000) as u64;
     let per_conn = frames / connections;
@@ -137,7 +154,13 @@ async fn socket(addr: String, tls: TlsArgs, paths: u64, frames: u64, connections
             for i in 0..per_conn {
                 let n = c * per_conn + i;
                 let path = format!("traffic-client{}-in", n % paths);
-                ringdb::ingest::frame::encode(&mut buf, false, t - (n / paths) % 60, n % 1000, &path);
+                ringdb::ingest::frame::encode(
+                    &mut buf,
+                    false,
+                    t - (n / paths) % 60,
+                    n % 1000,
+                    &path,
+                );
                 if buf.len() >= 1 << 20 {
                     stream.write_all(&buf).await?;
                     buf.clear();
@@ -151,7 +174,11 @@ async fn socket(addr: String, tls: TlsArgs, paths: u64, frames: u64, connections
     for t in tasks {
         t.await??;
     }
-    report("socket (sent; check ringdb_samples_accepted_total)", per_conn * connections, started.elapsed());
+    report(
+        "socket (sent; check ringdb_samples_accepted_total)",
+        per_conn * connections,
+        started.elapsed(),
+    );
     Ok(())
 }
 
@@ -161,24 +188,53 @@ fn batch_body(first: u64, batch: u64, series: u64, ts: i64) -> Bytes {
             let i = i % series;
             proto::TimeSeries {
                 labels: vec![
-                    proto::Label { name: b"__name__".to_vec(), value: format!("bench_metric_{}", i % 50).into_bytes() },
-                    proto::Label { name: b"instance".to_vec(), value: format!("host-{}.example.net:9100", i / 50).into_bytes() },
-                    proto::Label { name: b"job".to_vec(), value: b"node".to_vec() },
+                    proto::Label {
+                        name: b"__name__".to_vec(),
+                        value: format!("bench_metric_{}", i % 50).into_bytes(),
+                    },
+                    proto::Label {
+                        name: b"instance".to_vec(),
+                        value: format!("host-{}.example.net:9100", i / 50).into_bytes(),
+                    },
+                    proto::Label {
+                        name: b"job".to_vec(),
+                        value: b"node".to_vec(),
+                    },
                 ],
-                samples: vec![proto::Sample { value: (i as f64) * 1.5 + ts as f64 / 1e6, timestamp: ts }],
+                samples: vec![proto::Sample {
+                    value: (i as f64) * 1.5 + ts as f64 / 1e6,
+                    timestamp: ts,
+                }],
                 ..Default::default()
             }
         })
         .collect();
-    Bytes::from(encode(&proto::WriteRequest { timeseries, metadata: vec![] }))
+    Bytes::from(encode(&proto::WriteRequest {
+        timeseries,
+        metadata: vec![],
+    }))
 }
 
-async fn remote_write(url: String, tls: TlsArgs, series: u64, batch: u64, rounds: u64, connections: u64) -> anyhow::Result<()> {
+async fn remote_write(
+    url: String,
+    tls: TlsArgs,
+    series: u64,
+    batch: u64,
+    rounds: u64,
+    connections: u64,
+) -> anyhow::Result<()> {
     let uri: hyper::Uri = url.parse()?;
     let host = uri.host().unwrap_or("localhost").to_string();
     let secure = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
-    let addr = format!("{}:{port}", if host == "localhost" { "127.0.0.1" } else { &host });
+    let addr = format!(
+        "{}:{port}",
+        if host == "localhost" {
+            "127.0.0.1"
+        } else {
+            &host
+        }
+    );
     let connector = if secure { Some(connector(&tls)?) } else { None };
     // Encode every body first so the measurement is of the server.
     let start_ts = now_ms() - rounds as i64 * 1000;
@@ -188,18 +244,28 @@ async fn remote_write(url: String, tls: TlsArgs, series: u64, batch: u64, rounds
         .flat_map(|r| (0..per_round).map(move |b| (r, b)))
         .map(|(r, b)| batch_body(b * batch, batch, series, start_ts + r as i64 * 1000))
         .collect();
-    eprintln!("encoded {} bodies in {:.1} s", bodies.len(), encode_started.elapsed().as_secs_f64());
+    eprintln!(
+        "encoded {} bodies in {:.1} s",
+        bodies.len(),
+        encode_started.elapsed().as_secs_f64()
+    );
     let bodies = Arc::new(bodies);
     let next = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..connections {
-        let (bodies, next, failed, connector) = (bodies.clone(), next.clone(), failed.clone(), connector.clone());
+        let (bodies, next, failed, connector) = (
+            bodies.clone(),
+            next.clone(),
+            failed.clone(),
+            connector.clone(),
+        );
         let (addr, host, path) = (addr.clone(), host.clone(), uri.path().to_string());
         tasks.push(tokio::spawn(async move {
             let io = connect(&addr, &host, connector.as_ref()).await?;
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io)).await?;
             tokio::spawn(conn);
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
@@ -225,19 +291,39 @@ async fn remote_write(url: String, tls: TlsArgs, series: u64, batch: u64, rounds
     }
     let elapsed = started.elapsed();
     let requests = bodies.len() as u64;
-    report(&format!("remote_write {url} ({requests} requests, {} failed)", failed.load(Ordering::Relaxed)), requests * batch, elapsed);
+    report(
+        &format!(
+            "remote_write {url} ({requests} requests, {} failed)",
+            failed.load(Ordering::Relaxed)
+        ),
+        requests * batch,
+        elapsed,
+    );
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Socket { addr, tls, paths, frames, connections } => socket(addr, tls, paths, frames, connections).await,
-            Command::RemoteWrite { url, tls, series, batch, rounds, connections } => {
-                remote_write(url, tls, series, batch, rounds, connections).await
-            }
+            Command::Socket {
+                addr,
+                tls,
+                paths,
+                frames,
+                connections,
+            } => socket(addr, tls, paths, frames, connections).await,
+            Command::RemoteWrite {
+                url,
+                tls,
+                series,
+                batch,
+                rounds,
+                connections,
+            } => remote_write(url, tls, series, batch, rounds, connections).await,
         }
     })
 }

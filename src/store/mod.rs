@@ -157,8 +157,24 @@ pub struct StoreStats {
     pub archive_rejects: Vec<(&'static str, u64)>,
 }
 
+/// Metadata of one metric family, as remote_write senders report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricMetadata {
+    /// `counter`, `gauge`, `histogram`, `gaugehistogram`, `summary`, `info`,
+    /// `stateset` or `unknown`.
+    pub kind: String,
+    /// Help text.
+    pub help: String,
+    /// Unit.
+    pub unit: String,
+}
+
+/// Most metric families whose metadata is kept.
+const MAX_METADATA: usize = 100_000;
+
 /// The sharded series map.
 pub struct Store {
+    metadata: RwLock<HashMap<String, MetricMetadata>>,
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     rules: RwLock<Arc<RuleSet>>,
@@ -173,6 +189,7 @@ impl Store {
     /// An empty store with these rules.
     pub fn new(rules: RuleSet, limits: StoreLimits) -> Store {
         Store {
+            metadata: RwLock::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             rules: RwLock::new(Arc::new(rules)),
@@ -342,6 +359,19 @@ impl Store {
         shard.get(key).map(f)
     }
 
+    /// Calls `f` on every series, shard by shard, under each shard's read
+    /// lock: copy out what you need, do no I/O inside. Stops early when `f`
+    /// returns false.
+    pub fn scan(&self, mut f: impl FnMut(&str, &Series) -> bool) {
+        for i in 0..self.shards.len() {
+            for (key, series) in self.read_shard(i).iter() {
+                if !f(key, series) {
+                    return;
+                }
+            }
+        }
+    }
+
     /// Every series key with its prefix, in no particular order.
     pub fn series_keys(&self) -> Vec<(Arc<str>, Box<str>)> {
         (0..self.shards.len())
@@ -453,6 +483,23 @@ impl Store {
             archive,
         });
         Ok(())
+    }
+
+    /// Records a metric family's metadata (the newest report wins; at most
+    /// `MAX_METADATA` families are kept).
+    pub fn set_metadata(&self, family: &str, metadata: MetricMetadata) {
+        let mut map = self.metadata.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() < MAX_METADATA || map.contains_key(family) {
+            map.insert(family.to_owned(), metadata);
+        }
+    }
+
+    /// Every known family's metadata, sorted by family name.
+    pub fn metadata(&self) -> Vec<(String, MetricMetadata)> {
+        let map = self.metadata.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
     }
 
     /// Gauges and counters for /metrics.

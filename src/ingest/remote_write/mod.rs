@@ -6,7 +6,7 @@ pub mod handler;
 
 use crate::access::Grant;
 use crate::model::{self, Sample, Value};
-use crate::store::{SeriesId, Store, WriteReject};
+use crate::store::{MetricMetadata, SeriesId, Store, WriteReject};
 use prost::Message;
 use std::collections::BTreeMap;
 
@@ -185,6 +185,21 @@ pub fn ingest(
         metadata: request.metadata.len() as u64,
         ..Report::default()
     };
+    for m in &request.metadata {
+        if model::is_metric_name(&m.metric_family_name) {
+            let kind = proto::metric_metadata::MetricType::try_from(m.r#type)
+                .map_or("unknown", |t| t.as_str_name())
+                .to_ascii_lowercase();
+            store.set_metadata(
+                &m.metric_family_name,
+                MetricMetadata {
+                    kind,
+                    help: m.help.clone(),
+                    unit: m.unit.clone(),
+                },
+            );
+        }
+    }
     let mut samples: Vec<Sample> = Vec::new();
     for series in &request.timeseries {
         report.exemplars += series.exemplars.len() as u64;

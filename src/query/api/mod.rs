@@ -3,6 +3,7 @@
 //! the store through its read API and map errors to the wire once per
 //! protocol.
 
+pub mod prometheus;
 pub mod yawndb;
 
 use crate::http::{count_requests, RequestCounter};
@@ -27,6 +28,12 @@ pub struct ApiContext {
     pub snapshotter: Arc<Snapshotter>,
     /// Restore finished and listeners up.
     pub ready: AtomicBool,
+    /// Queries evaluated at once (more wait for a slot).
+    pub query_slots: Arc<tokio::sync::Semaphore>,
+    /// Longest a query may run.
+    pub query_timeout: std::time::Duration,
+    /// Most samples a query may load.
+    pub max_query_samples: usize,
 }
 
 /// Routes of the HTTP listener.
@@ -43,6 +50,7 @@ pub fn http_router(ctx: Arc<ApiContext>) -> Router {
         .route("/metrics", get(metrics))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
+        .merge(prometheus::router())
         .fallback(yawndb::not_found)
         .layer(axum::middleware::from_fn_with_state(
             counter,

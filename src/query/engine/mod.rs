@@ -59,5 +59,243 @@ pub trait Storage: Send + Sync {
     ///
     /// # Errors
     /// A limit was hit (too many samples) or the selection is invalid.
-    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesData>, String>;
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesData>, String>;
+}
+
+mod aggregate;
+mod binary;
+mod eval;
+mod functions;
+mod plan;
+pub(crate) use plan::selector_matchers;
+#[cfg(test)]
+mod tests;
+
+use std::time::{Duration, Instant};
+
+pub use promql_parser::parser::Expr;
+
+/// The bit pattern Prometheus writes as a staleness marker: a NaN that ends
+/// a series for instant selectors and is skipped by range selectors.
+pub const STALE_NAN_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is Prometheus's staleness marker (not just any NaN).
+pub fn is_stale_nan(v: f64) -> bool {
+    v.to_bits() == STALE_NAN_BITS
+}
+
+/// One element of an instant vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Labels, sorted by name.
+    pub labels: Labels,
+    /// Timestamp (ms): the evaluation time in results.
+    pub t: i64,
+    /// Value.
+    pub v: f64,
+}
+
+/// One series of a range vector (matrix).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Series {
+    /// Labels, sorted by name.
+    pub labels: Labels,
+    /// Points (ms, value), ascending.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// The result of a query, as Prometheus's `resultType`s.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// `scalar`: evaluation time (ms) and value.
+    Scalar(i64, f64),
+    /// `string`: evaluation time (ms) and value.
+    String(i64, String),
+    /// `vector`: one sample per series, in evaluation order (unsorted
+    /// unless the expression sorts).
+    Vector(Vec<Sample>),
+    /// `matrix`: series sorted by labels.
+    Matrix(Vec<Series>),
+}
+
+/// Why a query failed; each kind maps to one Prometheus `errorType`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum EngineError {
+    /// The query does not parse or has the wrong type (`bad_data`, 400).
+    #[error("{0}")]
+    BadData(String),
+    /// Evaluation failed, e.g. many-to-many matching (`execution`, 422).
+    #[error("{0}")]
+    Execution(String),
+    /// The deadline passed (`timeout`, 503).
+    #[error("query timed out in {0}")]
+    Timeout(&'static str),
+    /// `max_samples` would be exceeded (`execution`, 422).
+    #[error("query processing would load too many samples into memory in {0}")]
+    TooManySamples(&'static str),
+}
+
+impl EngineError {
+    /// The Prometheus API `errorType` for this error.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            EngineError::BadData(_) => "bad_data",
+            EngineError::Execution(_) | EngineError::TooManySamples(_) => "execution",
+            EngineError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// The HTTP status Prometheus answers with for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::BadData(_) => 400,
+            EngineError::Execution(_) | EngineError::TooManySamples(_) => 422,
+            EngineError::Timeout(_) => 503,
+        }
+    }
+}
+
+/// Evaluation settings. Stateless between queries: one `Engine` can serve
+/// every request.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    /// How far back an instant selector looks for a sample (Prometheus's
+    /// `--query.lookback-delta`, 5m by default). A series read from an
+    /// archive with a coarser resolution uses that resolution instead.
+    pub lookback_delta_ms: i64,
+    /// Most samples a query may hold at once (`--query.max-samples`).
+    pub max_samples: usize,
+    /// Wall-clock budget per query (`--query.timeout`); `None` for none.
+    pub timeout: Option<Duration>,
+    /// Step of subqueries written without one (`[5m:]`): Prometheus's
+    /// global evaluation interval, 1m by default.
+    pub default_subquery_step_ms: i64,
+}
+
+impl Default for Engine {
+    fn default() -> Self {
+        Engine {
+            lookback_delta_ms: 5 * 60 * 1000,
+            max_samples: 50_000_000,
+            timeout: Some(Duration::from_secs(120)),
+            default_subquery_step_ms: 60 * 1000,
+        }
+    }
+}
+
+/// Parses a PromQL expression (promql-parser, plus Prometheus 2.x's
+/// `holt_winters`, which newer parsers lack).
+///
+/// # Errors
+/// [`EngineError::BadData`] with the parser's message.
+pub fn parse(query: &str) -> Result<Expr, EngineError> {
+    functions::register_legacy_functions();
+    promql_parser::parser::parse(query)
+        .map_err(|e| EngineError::BadData(format!("parse error: {e}")))
+}
+
+impl Engine {
+    /// Evaluates `expr` at one instant (`/api/v1/query`).
+    ///
+    /// # Errors
+    /// Type errors ([`EngineError::BadData`]), evaluation errors, storage
+    /// errors ([`EngineError::Execution`]), the deadline or the sample limit.
+    pub fn instant(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        at_ms: i64,
+    ) -> Result<Value, EngineError> {
+        let deadline = self.timeout.map(|d| Instant::now() + d);
+        self.instant_with_deadline(storage, expr, at_ms, deadline)
+    }
+
+    /// [`Engine::instant`] with an explicit deadline instead of `timeout`.
+    ///
+    /// # Errors
+    /// As [`Engine::instant`].
+    pub fn instant_with_deadline(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        at_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Value, EngineError> {
+        let ev = eval::Evaluator::new(self, storage, expr, at_ms, at_ms, 0, deadline)?;
+        ev.run_instant(expr, at_ms)
+    }
+
+    /// Evaluates `expr` at every step from `start_ms` to `end_ms`
+    /// (`/api/v1/query_range`); the result is always a matrix.
+    ///
+    /// # Errors
+    /// As [`Engine::instant`]; also [`EngineError::BadData`] when `expr` is
+    /// not a scalar or instant vector, or the step is not positive.
+    pub fn range(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+    ) -> Result<Value, EngineError> {
+        let deadline = self.timeout.map(|d| Instant::now() + d);
+        self.range_with_deadline(storage, expr, start_ms, end_ms, step_ms, deadline)
+    }
+
+    /// [`Engine::range`] with an explicit deadline instead of `timeout`.
+    ///
+    /// # Errors
+    /// As [`Engine::range`].
+    pub fn range_with_deadline(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        start_ms: i64,
+        end_ms: i64,
+        step_ms: i64,
+        deadline: Option<Instant>,
+    ) -> Result<Value, EngineError> {
+        if step_ms <= 0 {
+            return Err(EngineError::BadData(format!(
+                "step {step_ms}ms, expected a positive step"
+            )));
+        }
+        if end_ms < start_ms {
+            return Err(EngineError::BadData(
+                "end timestamp must not be before start time".into(),
+            ));
+        }
+        use promql_parser::parser::value::ValueType;
+        match expr.value_type() {
+            ValueType::Scalar | ValueType::Vector => {}
+            other => {
+                let name = match other {
+                    ValueType::Matrix => "range vector",
+                    ValueType::String => "string",
+                    _ => "unknown",
+                };
+                return Err(EngineError::BadData(format!(
+                    "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
+                )));
+            }
+        }
+        let ev = eval::Evaluator::new(self, storage, expr, start_ms, end_ms, step_ms, deadline)?;
+        ev.run_range(expr, start_ms, end_ms, step_ms)
+    }
+}
+
+/// A series selector's matchers in storage form (the metric name becomes a
+/// `__name__` matcher), e.g. for `match[]` on `/api/v1/series`. For the
+/// 3.x `{a="1" or b="2"}` form, only the first alternative.
+pub fn matchers_of(vs: &promql_parser::parser::VectorSelector) -> Vec<Matcher> {
+    plan::selector_matchers(vs)
+        .into_iter()
+        .next()
+        .unwrap_or_default()
 }

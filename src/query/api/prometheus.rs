@@ -1,0 +1,724 @@
+//! The Prometheus HTTP API (DESIGN §7; reference/prometheus-compat.md §2):
+//! GET and form POST, times in seconds (float or RFC 3339), Prometheus'
+//! envelope, result encodings, Go-style float strings, error types and
+//! codes, the 11,000-points limit. Evaluation runs on the blocking pool
+//! under a concurrency limit.
+
+use super::ApiContext;
+use crate::access::Grant;
+use crate::query::engine::{self, Engine, EngineError, Labels, Matcher, Value};
+use crate::query::source::StoreSource;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, MethodRouter};
+use axum::{Extension, Router};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Most points a range query may return per series.
+pub const MAX_POINTS: i64 = 11_000;
+/// Version reported by buildinfo: the Prometheus API level implemented.
+pub const COMPAT_VERSION: &str = "2.42.0";
+
+/// A Prometheus API error: `errorType` + message, mapped to the wire once.
+#[derive(Debug)]
+pub struct ApiError {
+    error_type: &'static str,
+    message: String,
+}
+
+fn bad_data(message: impl Into<String>) -> ApiError {
+    ApiError {
+        error_type: "bad_data",
+        message: message.into(),
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        ApiError {
+            error_type: e.error_type(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match self.error_type {
+            "bad_data" => StatusCode::BAD_REQUEST,
+            "execution" => StatusCode::UNPROCESSABLE_ENTITY,
+            "timeout" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "not_found" => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let body = format!(
+            "{{\"status\":\"error\",\"errorType\":\"{}\",\"error\":{}}}",
+            self.error_type,
+            json_string(&self.message)
+        );
+        json_response(status, body)
+    }
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn success(data: &str) -> Response {
+    json_response(
+        StatusCode::OK,
+        format!("{{\"status\":\"success\",\"data\":{data}}}"),
+    )
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Formats a float as Go's `strconv.FormatFloat(v, 'f' or 'e', -1, 64)`
+/// does in Prometheus' JSON: `NaN`, `+Inf`, `-Inf`, plain decimals for
+/// 1e-6 ≤ |v| < 1e21, else `1e+21`, `1.5e-07`.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        };
+    }
+    let abs = v.abs();
+    if abs == 0.0 || (1e-6..1e21).contains(&abs) {
+        return format!("{v}");
+    }
+    let e = format!("{v:e}");
+    let (mantissa, exponent) = e.split_once('e').unwrap_or((&e, "0"));
+    let (sign, digits) = match exponent.strip_prefix('-') {
+        Some(d) => ('-', d),
+        None => ('+', exponent),
+    };
+    format!("{mantissa}e{sign}{digits:0>2}")
+}
+
+/// Formats milliseconds as Prometheus' JSON timestamp in seconds.
+pub fn format_timestamp(ms: i64) -> String {
+    let (secs, frac) = (ms.div_euclid(1000), ms.rem_euclid(1000));
+    if frac == 0 {
+        secs.to_string()
+    } else {
+        format!("{secs}.{frac:03}")
+    }
+}
+
+fn write_labels(out: &mut String, labels: &Labels) {
+    out.push('{');
+    for (i, (k, v)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{}:{}", json_string(k), json_string(v));
+    }
+    out.push('}');
+}
+
+fn write_point(out: &mut String, t: i64, v: f64) {
+    let _ = write!(out, "[{},\"{}\"]", format_timestamp(t), format_value(v));
+}
+
+/// Encodes a query result as Prometheus' `{"resultType","result"}`.
+pub fn encode_result(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    match value {
+        Value::Scalar(t, v) => {
+            out.push_str("{\"resultType\":\"scalar\",\"result\":");
+            write_point(&mut out, *t, *v);
+        }
+        Value::String(t, s) => {
+            let _ = write!(
+                out,
+                "{{\"resultType\":\"string\",\"result\":[{},{}]",
+                format_timestamp(*t),
+                json_string(s)
+            );
+        }
+        Value::Vector(samples) => {
+            out.push_str("{\"resultType\":\"vector\",\"result\":[");
+            for (i, s) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(&mut out, &s.labels);
+                out.push_str(",\"value\":");
+                write_point(&mut out, s.t, s.v);
+                out.push('}');
+            }
+            out.push(']');
+        }
+        Value::Matrix(series) => {
+            out.push_str("{\"resultType\":\"matrix\",\"result\":[");
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str("{\"metric\":");
+                write_labels(&mut out, &s.labels);
+                out.push_str(",\"values\":[");
+                for (j, (t, v)) in s.points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_point(&mut out, *t, *v);
+                }
+                out.push_str("]}");
+            }
+            out.push(']');
+        }
+    }
+    out.push('}');
+    out
+}
+
+/// Request parameters from the query string and, for POST, a form body.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(query: Option<&str>, body: &str) -> Result<Params, ApiError> {
+        let mut all: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
+            .map_err(|e| bad_data(format!("invalid query string: {e}")))?;
+        if !body.is_empty() {
+            let form: Vec<(String, String)> = serde_urlencoded::from_str(body)
+                .map_err(|e| bad_data(format!("invalid form body: {e}")))?;
+            all.extend(form);
+        }
+        Ok(Params(all))
+    }
+
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn time(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                parse_time(s).map_err(|e| bad_data(format!("invalid parameter \"{name}\": {e}")))
+            })
+            .transpose()
+    }
+
+    fn duration_ms(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.get(name)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                parse_duration_ms(s)
+                    .map_err(|e| bad_data(format!("invalid parameter \"{name}\": {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Seconds as a float (`1435781451.781`) or RFC 3339 → milliseconds.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs.abs() < 9.2e15 {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+    }
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| format!("cannot parse {s:?} to a valid timestamp"))
+}
+
+/// Float seconds (`15`, `0.5`) or a duration (`1m30s`) → milliseconds.
+///
+/// # Errors
+/// A message saying what was expected.
+pub fn parse_duration_ms(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs.abs() < 9.2e15 {
+            return Ok((secs * 1000.0).round() as i64);
+        }
+        return Err(format!(
+            "cannot parse {s:?} to a valid duration. It overflows int64"
+        ));
+    }
+    crate::model::parse_duration(s)
+        .map(|d| d.as_millis() as i64)
+        .map_err(|_| format!("cannot parse {s:?} to a valid duration"))
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Parses `match[]` selectors into matcher lists.
+fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let mut sets = Vec::new();
+    for s in params.all("match[]") {
+        match engine::parse(s)? {
+            engine::Expr::VectorSelector(vs) => sets.extend(engine::selector_matchers(&vs)),
+            _ => {
+                return Err(bad_data(format!(
+                    "invalid parameter \"match[]\": {s:?} is not a series selector"
+                )))
+            }
+        }
+    }
+    Ok(sets)
+}
+
+type Ctx = State<Arc<ApiContext>>;
+
+/// Runs CPU-bound work on the blocking pool under the query concurrency
+/// limit.
+async fn run_blocking<T: Send + 'static>(
+    ctx: &Arc<ApiContext>,
+    work: impl FnOnce(&ApiContext) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let permit = ctx
+        .query_slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError {
+            error_type: "unavailable",
+            message: "shutting down".into(),
+        })?;
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work(&ctx)
+    })
+    .await
+    .map_err(|e| ApiError {
+        error_type: "internal",
+        message: e.to_string(),
+    })?
+}
+
+fn engine_for(ctx: &ApiContext, params: &Params) -> Result<Engine, ApiError> {
+    let mut timeout = ctx.query_timeout;
+    if let Some(ms) = params.duration_ms("timeout")? {
+        timeout = timeout.min(Duration::from_millis(ms.max(0) as u64));
+    }
+    let mut engine = Engine {
+        max_samples: ctx.max_query_samples,
+        timeout: Some(timeout),
+        ..Engine::default()
+    };
+    if let Some(ms) = params.duration_ms("lookback_delta")? {
+        if ms > 0 {
+            engine.lookback_delta_ms = ms;
+        }
+    }
+    Ok(engine)
+}
+
+async fn query(
+    State(ctx): Ctx,
+    Extension(grant): Extension<Grant>,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?
+            .to_string();
+        let at = params.time("time")?.unwrap_or_else(now_ms);
+        let engine = engine_for(&ctx, &params)?;
+        run_blocking(&ctx, move |ctx| {
+            let expr = engine::parse(&text)?;
+            let source = StoreSource {
+                store: &ctx.store,
+                grant: &grant,
+                max_samples: ctx.max_query_samples,
+            };
+            Ok(encode_result(&engine.instant(&source, &expr, at)?))
+        })
+        .await
+    }
+    .await;
+    finish(&ctx, "query", started, result)
+}
+
+async fn query_range(
+    State(ctx): Ctx,
+    Extension(grant): Extension<Grant>,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
+    let started = Instant::now();
+    let result = async {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?
+            .to_string();
+        let start = params
+            .time("start")?
+            .ok_or_else(|| bad_data("invalid parameter \"start\": missing"))?;
+        let end = params
+            .time("end")?
+            .ok_or_else(|| bad_data("invalid parameter \"end\": missing"))?;
+        if end < start {
+            return Err(bad_data("invalid parameter \"end\": end timestamp must not be before start time"));
+        }
+        let step = params
+            .duration_ms("step")?
+            .ok_or_else(|| bad_data("invalid parameter \"step\": missing"))?;
+        if step <= 0 {
+            return Err(bad_data(
+                "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
+            ));
+        }
+        if (end - start) / step > MAX_POINTS {
+            return Err(bad_data(
+                "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
+            ));
+        }
+        let engine = engine_for(&ctx, &params)?;
+        run_blocking(&ctx, move |ctx| {
+            let expr = engine::parse(&text)?;
+            let source = StoreSource {
+                store: &ctx.store,
+                grant: &grant,
+                max_samples: ctx.max_query_samples,
+            };
+            Ok(encode_result(&engine.range(&source, &expr, start, end, step)?))
+        })
+        .await
+    }
+    .await;
+    finish(&ctx, "query_range", started, result)
+}
+
+fn finish(
+    ctx: &ApiContext,
+    endpoint: &'static str,
+    started: Instant,
+    result: Result<String, ApiError>,
+) -> Response {
+    let outcome = if result.is_ok() { "success" } else { "error" };
+    ctx.metrics.add(
+        "ringdb_queries_total",
+        &[("endpoint", endpoint), ("outcome", outcome)],
+        1,
+    );
+    ctx.metrics.add(
+        "ringdb_query_duration_microseconds_total",
+        &[("endpoint", endpoint)],
+        started.elapsed().as_micros() as u64,
+    );
+    match result {
+        Ok(data) => success(&data),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Series (as label sets) matching any `match[]` in the time range.
+async fn matching(
+    ctx: &Arc<ApiContext>,
+    grant: Grant,
+    params: &Params,
+    required: bool,
+) -> Result<Vec<Labels>, ApiError> {
+    let sets = selectors(params)?;
+    if required && sets.is_empty() {
+        return Err(bad_data("no match[] parameter provided"));
+    }
+    let start = params.time("start")?.unwrap_or(i64::MIN / 2);
+    let end = params.time("end")?.unwrap_or(i64::MAX / 2);
+    run_blocking(ctx, move |ctx| {
+        let source = StoreSource {
+            store: &ctx.store,
+            grant: &grant,
+            max_samples: ctx.max_query_samples,
+        };
+        let mut found: BTreeSet<Labels> = BTreeSet::new();
+        if sets.is_empty() {
+            found.extend(source.series(&[], start, end));
+        }
+        for matchers in &sets {
+            found.extend(source.series(matchers, start, end));
+        }
+        Ok(found.into_iter().collect())
+    })
+    .await
+}
+
+fn limit(params: &Params) -> Result<usize, ApiError> {
+    match params.get("limit").filter(|s| !s.is_empty()) {
+        None => Ok(usize::MAX),
+        Some(s) => match s.parse::<usize>() {
+            Ok(0) => Ok(usize::MAX),
+            Ok(n) => Ok(n),
+            Err(_) => Err(bad_data(format!(
+                "invalid parameter \"limit\": {s:?} is not a number"
+            ))),
+        },
+    }
+}
+
+async fn series(
+    State(ctx): Ctx,
+    Extension(grant): Extension<Grant>,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
+    let result = async {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let limit = limit(&params)?;
+        let found = matching(&ctx, grant, &params, true).await?;
+        let mut out = String::from("[");
+        for (i, labels) in found.iter().take(limit).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            write_labels(&mut out, labels);
+        }
+        out.push(']');
+        Ok(out)
+    }
+    .await;
+    finish(&ctx, "series", Instant::now(), result)
+}
+
+fn string_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
+    let body: Vec<String> = items.map(json_string).collect();
+    format!("[{}]", body.join(","))
+}
+
+async fn labels(
+    State(ctx): Ctx,
+    Extension(grant): Extension<Grant>,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
+    let result = async {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let limit = limit(&params)?;
+        let found = matching(&ctx, grant, &params, false).await?;
+        let names: BTreeSet<&str> = found
+            .iter()
+            .flat_map(|l| l.iter().map(|(k, _)| k.as_str()))
+            .collect();
+        Ok(string_array(names.into_iter().take(limit)))
+    }
+    .await;
+    finish(&ctx, "labels", Instant::now(), result)
+}
+
+/// Undoes Grafana's `U__` escaping of label names.
+fn unescape_label_name(name: &str) -> String {
+    let Some(rest) = name.strip_prefix("U__") else {
+        return name.to_string();
+    };
+    let mut out = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '_' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'_') {
+            chars.next();
+            out.push('_');
+            continue;
+        }
+        let hex: String = chars.by_ref().take_while(|c| *c != '_').collect();
+        match u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+            Some(ch) => out.push(ch),
+            None => return name.to_string(),
+        }
+    }
+    out
+}
+
+async fn label_values(
+    State(ctx): Ctx,
+    Extension(grant): Extension<Grant>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let result = async {
+        let params = Params::parse(q.as_deref(), "")?;
+        let limit = limit(&params)?;
+        let name = unescape_label_name(&name);
+        if !crate::model::is_label_name(&name) {
+            return Err(bad_data(format!("invalid label name: {name:?}")));
+        }
+        let found = matching(&ctx, grant, &params, false).await?;
+        let values: BTreeSet<&str> = found
+            .iter()
+            .filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()))
+            .collect();
+        Ok(string_array(values.into_iter().take(limit)))
+    }
+    .await;
+    finish(&ctx, "label_values", Instant::now(), result)
+}
+
+async fn metadata(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
+    let result = (|| {
+        let params = Params::parse(q.as_deref(), "")?;
+        let limit = limit(&params)?;
+        let metric = params.get("metric").filter(|m| !m.is_empty());
+        let mut out = String::from("{");
+        let entries = ctx
+            .store
+            .metadata()
+            .into_iter()
+            .filter(|(name, _)| metric.is_none_or(|m| m == name))
+            .take(limit);
+        for (i, (name, m)) in entries.enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{}:[{{\"type\":{},\"help\":{},\"unit\":{}}}]",
+                json_string(&name),
+                json_string(&m.kind),
+                json_string(&m.help),
+                json_string(&m.unit)
+            );
+        }
+        out.push('}');
+        Ok(out)
+    })();
+    finish(&ctx, "metadata", Instant::now(), result)
+}
+
+async fn buildinfo() -> Response {
+    success(&format!(
+        "{{\"version\":\"{COMPAT_VERSION}\",\"revision\":\"ringdb-{}\",\"branch\":\"main\",\"buildUser\":\"ringdb\",\"buildDate\":\"\",\"goVersion\":\"none (ringdb is written in Rust)\"}}",
+        env!("CARGO_PKG_VERSION")
+    ))
+}
+
+/// ringdb keeps no exemplars (remote_write skips and counts them), so every
+/// query has none; the query is still checked.
+async fn query_exemplars(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
+    let result = (|| {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?;
+        engine::parse(text)?;
+        Ok("[]".to_string())
+    })();
+    finish(&ctx, "query_exemplars", Instant::now(), result)
+}
+
+async fn format_query(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
+    let result = (|| {
+        let params = Params::parse(q.as_deref(), &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?;
+        Ok(json_string(&engine::parse(text)?.prettify()))
+    })();
+    finish(&ctx, "format_query", Instant::now(), result)
+}
+
+/// 405 (not 404) for a method an endpoint lacks: Grafana then retries as GET.
+async fn method_not_allowed(method: Method) -> Response {
+    let body = format!(
+        "{{\"status\":\"error\",\"errorType\":\"bad_data\",\"error\":{}}}",
+        json_string(&format!("method {method} not allowed for this endpoint"))
+    );
+    json_response(StatusCode::METHOD_NOT_ALLOWED, body)
+}
+
+fn get_and_post<H, T>(handler: H) -> MethodRouter<Arc<ApiContext>>
+where
+    H: axum::handler::Handler<T, Arc<ApiContext>> + Clone,
+    T: 'static,
+{
+    get(handler.clone()).post(handler)
+}
+
+/// The Prometheus API routes.
+pub fn router() -> Router<Arc<ApiContext>> {
+    Router::new()
+        .route("/api/v1/query", get_and_post(query))
+        .route("/api/v1/query_range", get_and_post(query_range))
+        .route("/api/v1/series", get_and_post(series))
+        .route("/api/v1/labels", get_and_post(labels))
+        .route("/api/v1/label/{name}/values", get(label_values))
+        .route("/api/v1/metadata", get(metadata))
+        .route("/api/v1/status/buildinfo", get(buildinfo))
+        .route("/api/v1/query_exemplars", get_and_post(query_exemplars))
+        .route("/api/v1/format_query", get_and_post(format_query))
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_float_format() {
+        let cases = [
+            (1.0, "1"),
+            (0.5, "0.5"),
+            (-0.0, "-0"),
+            (0.0, "0"),
+            (1e21, "1e+21"),
+            (1e20, "100000000000000000000"),
+            (1e-7, "1e-07"),
+            (1.5e-7, "1.5e-07"),
+            (0.000001, "0.000001"),
+            (123456789.125, "123456789.125"),
+            (f64::NAN, "NaN"),
+            (f64::INFINITY, "+Inf"),
+            (f64::NEG_INFINITY, "-Inf"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+        ];
+        for (v, want) in cases {
+            assert_eq!(format_value(v), want, "case {v:?}");
+        }
+    }
+
+    #[test]
+    fn timestamps_and_inputs() {
+        assert_eq!(format_timestamp(1435781451781), "1435781451.781");
+        assert_eq!(format_timestamp(1435781451000), "1435781451");
+        assert_eq!(format_timestamp(1435781451050), "1435781451.050");
+        assert_eq!(parse_time("1435781451.781"), Ok(1435781451781));
+        assert_eq!(parse_time("2015-07-01T20:10:51.781Z"), Ok(1435781451781));
+        assert!(parse_time("yesterday").is_err());
+        assert_eq!(parse_duration_ms("15"), Ok(15_000));
+        assert_eq!(parse_duration_ms("0.5"), Ok(500));
+        assert_eq!(parse_duration_ms("1m30s"), Ok(90_000));
+        assert!(parse_duration_ms("1.5h").is_err());
+        assert_eq!(unescape_label_name("U__my_2e_label__x"), "my.label_x");
+        assert_eq!(unescape_label_name("job"), "job");
+    }
+}

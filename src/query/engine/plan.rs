@@ -1,0 +1,284 @@
+//! Works out, before evaluation, which samples each selector can need
+//! (offsets, `@`, ranges, subqueries and lookback taken into account) and
+//! reads them with one `Storage::select` per distinct selector.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use promql_parser::label::MatchOp as PMatchOp;
+use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
+
+use super::{EngineError, MatchOp, Matcher, SeriesData, Storage};
+
+/// Selector data keyed by the address of its `VectorSelector` node.
+pub(crate) type SelectorData = HashMap<usize, Rc<Vec<SeriesData>>>;
+
+/// Key identifying a selector node for the lifetime of one evaluation.
+pub(crate) fn node_key(vs: &VectorSelector) -> usize {
+    vs as *const VectorSelector as usize
+}
+
+/// Milliseconds since the epoch of a `SystemTime` (negative before it).
+pub(crate) fn system_time_ms(t: &SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis() as i64,
+        Err(e) => -(e.duration().as_millis() as i64),
+    }
+}
+
+/// The signed offset in ms (`offset -5m` is -300000).
+pub(crate) fn offset_ms(o: &Option<Offset>) -> i64 {
+    match o {
+        None => 0,
+        Some(Offset::Pos(d)) => d.as_millis() as i64,
+        Some(Offset::Neg(d)) => -(d.as_millis() as i64),
+    }
+}
+
+/// The time an `@` modifier pins to, if any.
+pub(crate) fn at_ms(at: &Option<AtModifier>, query_start: i64, query_end: i64) -> Option<i64> {
+    match at {
+        None => None,
+        Some(AtModifier::Start) => Some(query_start),
+        Some(AtModifier::End) => Some(query_end),
+        Some(AtModifier::At(t)) => Some(system_time_ms(t)),
+    }
+}
+
+/// The selector's matchers in storage form: the metric name becomes a
+/// `__name__` matcher. Each element is one alternative (3.x `or` groups).
+pub(crate) fn selector_matchers(vs: &VectorSelector) -> Vec<Vec<Matcher>> {
+    let convert = |ms: &[promql_parser::label::Matcher]| -> Vec<Matcher> {
+        let mut out: Vec<Matcher> = ms
+            .iter()
+            .map(|m| Matcher {
+                name: m.name.clone(),
+                op: match &m.op {
+                    PMatchOp::Equal => MatchOp::Equal(m.value.clone()),
+                    PMatchOp::NotEqual => MatchOp::NotEqual(m.value.clone()),
+                    PMatchOp::Re(r) => MatchOp::Regex(r.clone()),
+                    PMatchOp::NotRe(r) => MatchOp::NotRegex(r.clone()),
+                },
+            })
+            .collect();
+        if let Some(name) = &vs.name {
+            if !out.iter().any(|m| m.name == "__name__") {
+                out.insert(
+                    0,
+                    Matcher {
+                        name: "__name__".into(),
+                        op: MatchOp::Equal(name.clone()),
+                    },
+                );
+            }
+        }
+        out
+    };
+    if vs.matchers.or_matchers.is_empty() {
+        vec![convert(&vs.matchers.matchers)]
+    } else {
+        vs.matchers.or_matchers.iter().map(|g| convert(g)).collect()
+    }
+}
+
+fn matcher_key(groups: &[Vec<Matcher>]) -> String {
+    let mut parts: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            let mut ms: Vec<String> = g
+                .iter()
+                .map(|m| match &m.op {
+                    MatchOp::Equal(v) => format!("{}={:?}", m.name, v),
+                    MatchOp::NotEqual(v) => format!("{}!={:?}", m.name, v),
+                    MatchOp::Regex(r) => format!("{}=~{:?}", m.name, r.as_str()),
+                    MatchOp::NotRegex(r) => format!("{}!~{:?}", m.name, r.as_str()),
+                })
+                .collect();
+            ms.sort();
+            ms.join(",")
+        })
+        .collect();
+    parts.sort();
+    parts.join(" or ")
+}
+
+struct Need<'e> {
+    vs: &'e VectorSelector,
+    /// Earliest evaluation time of the selector itself (after @/offset).
+    from: i64,
+    /// Latest evaluation time (after @/offset).
+    to: i64,
+    /// Range of a matrix selector; `None` for an instant selector.
+    range_ms: Option<i64>,
+}
+
+struct Walker<'e> {
+    query_start: i64,
+    query_end: i64,
+    needs: Vec<Need<'e>>,
+}
+
+impl<'e> Walker<'e> {
+    fn selector_times(&self, vs: &VectorSelector, lo: i64, hi: i64) -> (i64, i64) {
+        let off = offset_ms(&vs.offset);
+        match at_ms(&vs.at, self.query_start, self.query_end) {
+            Some(a) => (a - off, a - off),
+            None => (lo - off, hi - off),
+        }
+    }
+
+    fn walk(&mut self, e: &'e Expr, lo: i64, hi: i64) {
+        match e {
+            Expr::VectorSelector(vs) => {
+                let (from, to) = self.selector_times(vs, lo, hi);
+                self.needs.push(Need {
+                    vs,
+                    from,
+                    to,
+                    range_ms: None,
+                });
+            }
+            Expr::MatrixSelector(ms) => {
+                let (from, to) = self.selector_times(&ms.vs, lo, hi);
+                self.needs.push(Need {
+                    vs: &ms.vs,
+                    from,
+                    to,
+                    range_ms: Some(ms.range.as_millis() as i64),
+                });
+            }
+            Expr::Subquery(sq) => {
+                let off = offset_ms(&sq.offset);
+                let (from, to) = match at_ms(&sq.at, self.query_start, self.query_end) {
+                    Some(a) => (a - off, a - off),
+                    None => (lo - off, hi - off),
+                };
+                self.walk(&sq.expr, from - sq.range.as_millis() as i64, to);
+            }
+            Expr::Aggregate(a) => {
+                if let Some(p) = &a.param {
+                    self.walk(p, lo, hi);
+                }
+                self.walk(&a.expr, lo, hi);
+            }
+            Expr::Unary(u) => self.walk(&u.expr, lo, hi),
+            Expr::Binary(b) => {
+                self.walk(&b.lhs, lo, hi);
+                self.walk(&b.rhs, lo, hi);
+            }
+            Expr::Paren(p) => self.walk(&p.expr, lo, hi),
+            Expr::Call(c) => {
+                for a in &c.args.args {
+                    self.walk(a, lo, hi);
+                }
+            }
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+}
+
+/// Reads every selector's series for an evaluation over
+/// `[query_start, query_end]`.
+///
+/// # Errors
+/// The storage's error, as [`EngineError::Execution`].
+pub(crate) fn fetch(
+    storage: &dyn Storage,
+    expr: &Expr,
+    query_start: i64,
+    query_end: i64,
+    lookback_ms: i64,
+) -> Result<SelectorData, EngineError> {
+    let mut w = Walker {
+        query_start,
+        query_end,
+        needs: Vec::new(),
+    };
+    w.walk(expr, query_start, query_end);
+
+    // Group by distinct matcher set; one select per group over the union.
+    struct Group {
+        matchers: Vec<Vec<Matcher>>,
+        start: i64,
+        end: i64,
+        has_instant: bool,
+        nodes: Vec<usize>,
+    }
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    for n in &w.needs {
+        let matchers = selector_matchers(n.vs);
+        let key = matcher_key(&matchers);
+        let start = n.from - n.range_ms.unwrap_or(lookback_ms);
+        let idx = *by_key.entry(key).or_insert_with(|| {
+            groups.push(Group {
+                matchers,
+                start,
+                end: n.to,
+                has_instant: false,
+                nodes: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        let g = &mut groups[idx];
+        g.start = g.start.min(start);
+        g.end = g.end.max(n.to);
+        g.has_instant |= n.range_ms.is_none();
+        g.nodes.push(node_key(n.vs));
+    }
+
+    let mut data = SelectorData::new();
+    for g in groups {
+        let mut series = select_all(storage, &g.matchers, g.start, g.end)?;
+        // A coarse archive needs a longer lookback than the default: read
+        // again from further back when one showed up.
+        if g.has_instant {
+            let max_res = series
+                .iter()
+                .filter_map(|s| s.resolution_ms)
+                .max()
+                .unwrap_or(0);
+            if max_res > lookback_ms {
+                series = select_all(
+                    storage,
+                    &g.matchers,
+                    g.start - (max_res - lookback_ms),
+                    g.end,
+                )?;
+            }
+        }
+        series.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let rc = Rc::new(series);
+        for n in g.nodes {
+            data.insert(n, rc.clone());
+        }
+    }
+    Ok(data)
+}
+
+fn select_all(
+    storage: &dyn Storage,
+    groups: &[Vec<Matcher>],
+    start: i64,
+    end: i64,
+) -> Result<Vec<SeriesData>, EngineError> {
+    if groups.len() == 1 {
+        return storage
+            .select(&groups[0], start, end)
+            .map_err(EngineError::Execution);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for g in groups {
+        for s in storage
+            .select(g, start, end)
+            .map_err(EngineError::Execution)?
+        {
+            if seen.insert(s.labels.clone()) {
+                out.push(s);
+            }
+        }
+    }
+    Ok(out)
+}
