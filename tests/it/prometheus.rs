@@ -21,7 +21,11 @@ impl Drop for Prometheus {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn encode(s: &str) -> String {
@@ -36,7 +40,11 @@ fn encode(s: &str) -> String {
 fn plain_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = String::new();
     s.read_to_string(&mut raw).ok()?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
@@ -44,7 +52,10 @@ fn plain_get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 fn ringdb_rows(d: &Daemon, key: &str, from: u64, to: u64) -> Vec<Json> {
-    let v = d.get_json(&format!("/paths/{}/raw/slice?from={from}&to={to}", encode(key)), 200);
+    let v = d.get_json(
+        &format!("/paths/{}/raw/slice?from={from}&to={to}", encode(key)),
+        200,
+    );
     v["answer"].as_array().cloned().unwrap_or_default()
 }
 
@@ -61,11 +72,17 @@ fn key_of(metric: &serde_json::Map<String, Json>) -> String {
 
 #[test]
 fn prometheus_remote_writes_what_it_scrapes() {
-    if Command::new("prometheus").arg("--version").output().is_err() {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("SKIPPED prometheus_remote_writes_what_it_scrapes: `prometheus` is not installed (apt-get install prometheus)");
         return;
     }
-    let d = Daemon::start("rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n");
+    let d = Daemon::start(
+        "rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n",
+    );
     let port = free_port();
     let prom_addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = d.dir.path();
@@ -85,8 +102,14 @@ fn prometheus_remote_writes_what_it_scrapes() {
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
     let _prom = Prometheus(
         Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("prom").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prom").display()
+            ))
             .arg(format!("--web.listen-address={prom_addr}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -99,12 +122,19 @@ fn prometheus_remote_writes_what_it_scrapes() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let now = crate::common::now_secs();
-        let (code, body) = d.get(&format!("/paths/{}/raw/slice?from={}&to={now}", encode(&up_key), now - 60));
+        let (code, body) = d.get(&format!(
+            "/paths/{}/raw/slice?from={}&to={now}",
+            encode(&up_key),
+            now - 60
+        ));
         let filled = body.matches(",1.0]").count();
         if code == 200 && filled >= 6 {
             break;
         }
-        assert!(Instant::now() < deadline, "ringdb did not receive 6 scrapes of up: {code} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "ringdb did not receive 6 scrapes of up: {code} {body}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 
@@ -113,11 +143,18 @@ fn prometheus_remote_writes_what_it_scrapes() {
     let until = crate::common::now_secs() - 3;
     std::thread::sleep(Duration::from_secs(3));
     let query = r#"{__name__=~"up|prometheus_tsdb_head_series|scrape_samples_scraped|prometheus_http_requests_total"}[1m]"#;
-    let body = plain_get(prom_addr, &format!("/api/v1/query?query={}&time={until}", encode(query)))
-        .expect("prometheus answers its API");
+    let body = plain_get(
+        prom_addr,
+        &format!("/api/v1/query?query={}&time={until}", encode(query)),
+    )
+    .expect("prometheus answers its API");
     let v: Json = serde_json::from_str(&body).unwrap();
     let result = v["data"]["result"].as_array().unwrap();
-    assert!(result.len() >= 4, "prometheus returned {} series", result.len());
+    assert!(
+        result.len() >= 4,
+        "prometheus returned {} series",
+        result.len()
+    );
     let (mut compared, mut mismatches) = (0, Vec::new());
     for series in result {
         let key = key_of(series["metric"].as_object().unwrap());
@@ -136,7 +173,12 @@ fn prometheus_remote_writes_what_it_scrapes() {
         }
     }
     assert!(compared >= 10, "only {compared} samples compared");
-    assert!(mismatches.is_empty(), "{} of {compared} differ:\n{}", mismatches.len(), mismatches.join("\n"));
+    assert!(
+        mismatches.is_empty(),
+        "{} of {compared} differ:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
     let rejected: f64 = {
         let (_, text) = d.get("/metrics");
         text.lines()
@@ -145,6 +187,9 @@ fn prometheus_remote_writes_what_it_scrapes() {
             .sum()
     };
     assert_eq!(rejected, 0.0, "ringdb refused samples from Prometheus");
-    assert!(d.metric("ringdb_remote_write_metadata_total") > 0.0, "metadata-only requests arrive and are accepted");
+    assert!(
+        d.metric("ringdb_remote_write_metadata_total") > 0.0,
+        "metadata-only requests arrive and are accepted"
+    );
     eprintln!("prometheus e2e: {compared} samples compared, all equal");
 }
