@@ -6,12 +6,18 @@ use serde_json::{json, Value as Json};
 
 fn get(d: &Daemon, path: &str) -> (u16, Json) {
     let (code, body) = d.get(path);
-    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
 }
 
 fn post(d: &Daemon, path: &str, form: &str) -> (u16, Json) {
     let (code, body) = http_request(&d.pki, "client", d.http, "POST", path, form);
-    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")))
+    (
+        code,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
 }
 
 fn enc(s: &str) -> String {
@@ -42,7 +48,12 @@ fn load_history(d: &Daemon, now: u64) {
     bytes.extend(frame(false, now, 42, "cpu_busy-host1"));
     let n = (bytes.len() / 44) as f64;
     d.send_raw("client", &bytes);
-    assert!(d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", n - 1.0) >= n - 1.0);
+    assert!(
+        d.wait_metric(
+            "ringdb_samples_accepted_total{protocol=\"socket\"}",
+            n - 1.0
+        ) >= n - 1.0
+    );
 }
 
 #[test]
@@ -55,36 +66,75 @@ fn resolution_follows_the_query_range_and_the_rule_label() {
     let t = (now - 1800) / 60 * 60;
     let (code, v) = get(&d, &format!("/api/v1/query?query=x&time={t}"));
     assert_eq!(code, 200, "{v}");
-    assert_eq!(v["data"]["result"][0]["value"], json!([t, t.to_string()]), "10s archive");
-    assert_eq!(v["data"]["result"][0]["metric"], json!({"__name__": "x", "path": "x-host1"}));
+    assert_eq!(
+        v["data"]["result"][0]["value"],
+        json!([t, t.to_string()]),
+        "10s archive"
+    );
+    assert_eq!(
+        v["data"]["result"][0]["metric"],
+        json!({"__name__": "x", "path": "x-host1"})
+    );
 
     // The same instant forced to the 1m archive: the minute's last sample.
-    let (_, v) = get(&d, &format!("/api/v1/query?query={}&time={t}", enc("x{rule=\"x_1m\"}")));
-    assert_eq!(v["data"]["result"][0]["value"][1], json!((t + 50).to_string()), "1m archive");
+    let (_, v) = get(
+        &d,
+        &format!("/api/v1/query?query={}&time={t}", enc("x{rule=\"x_1m\"}")),
+    );
+    assert_eq!(
+        v["data"]["result"][0]["value"][1],
+        json!((t + 50).to_string()),
+        "1m archive"
+    );
 
     // A one-hour range: 10s archive, every point its own timestamp.
-    let (code, v) = get(&d, &format!("/api/v1/query_range?query=x&start={}&end={}&step=60", t - 1200, t));
+    let (code, v) = get(
+        &d,
+        &format!(
+            "/api/v1/query_range?query=x&start={}&end={}&step=60",
+            t - 1200,
+            t
+        ),
+    );
     assert_eq!(code, 200, "{v}");
     for p in v["data"]["result"][0]["values"].as_array().unwrap() {
-        assert_eq!(p[1].as_str().unwrap(), p[0].as_u64().unwrap().to_string(), "1h range from the 10s archive");
+        assert_eq!(
+            p[1].as_str().unwrap(),
+            p[0].as_u64().unwrap().to_string(),
+            "1h range from the 10s archive"
+        );
     }
 
     // A 30-day range reaches past the 10s and 1m windows: the 1h archive.
     let start = (now - 29 * 86400) / 3600 * 3600;
     let end = start + 27 * 86400;
-    let (code, v) = get(&d, &format!("/api/v1/query_range?query=x&start={start}&end={end}&step=3600"));
+    let (code, v) = get(
+        &d,
+        &format!("/api/v1/query_range?query=x&start={start}&end={end}&step=3600"),
+    );
     assert_eq!(code, 200, "{v}");
     let points = v["data"]["result"][0]["values"].as_array().unwrap();
     assert_eq!(points.len(), 27 * 24 + 1);
-    assert!(points.iter().all(|p| p[1].as_str().unwrap() == p[0].as_u64().unwrap().to_string()));
+    assert!(points
+        .iter()
+        .all(|p| p[1].as_str().unwrap() == p[0].as_u64().unwrap().to_string()));
 
     // The 1h archive's lookback is its timeframe: 30 minutes after an hourly
     // bucket still sees it.
     let at = start + 86400 + 1800;
-    let (_, v) = get(&d, &format!("/api/v1/query?query={}&time={at}", enc("x{rule=\"x_1h\"}")));
-    assert_eq!(v["data"]["result"][0]["value"][1], json!((at - 1800).to_string()));
+    let (_, v) = get(
+        &d,
+        &format!("/api/v1/query?query={}&time={at}", enc("x{rule=\"x_1h\"}")),
+    );
+    assert_eq!(
+        v["data"]["result"][0]["value"][1],
+        json!((at - 1800).to_string())
+    );
     // ... while the 10s archive has nothing that old.
-    let (_, v) = get(&d, &format!("/api/v1/query?query={}&time={at}", enc("x{rule=\"x_10s\"}")));
+    let (_, v) = get(
+        &d,
+        &format!("/api/v1/query?query={}&time={at}", enc("x{rule=\"x_10s\"}")),
+    );
     assert_eq!(v["data"]["result"], json!([]));
 }
 
@@ -147,7 +197,10 @@ fn grafana_requests() {
         Case {
             name: "format_query",
             post: false,
-            path: format!("/api/v1/format_query?query={}", enc("sum(rate(x[5m]))by(path)")),
+            path: format!(
+                "/api/v1/format_query?query={}",
+                enc("sum(rate(x[5m]))by(path)")
+            ),
             form: String::new(),
             want: json!({"status":"success","data":"sum by (path) (rate(x[5m]))"}),
         },
@@ -160,17 +213,28 @@ fn grafana_requests() {
         },
     ];
     for c in cases {
-        let (code, got) = if c.post { post(&d, &c.path, &c.form) } else { get(&d, &c.path) };
+        let (code, got) = if c.post {
+            post(&d, &c.path, &c.form)
+        } else {
+            get(&d, &c.path)
+        };
         assert_eq!(code, 200, "case {}: {got}", c.name);
         assert_eq!(got, c.want, "case {}", c.name);
     }
     // A range panel: POST form with float seconds, start/end aligned to the step.
     let step = 15.0;
     let end = (now as f64 / step).floor() * step;
-    let (code, v) = post(&d, "/api/v1/query_range", &format!("query=x&start={}&end={end}&step={step}", end - 600.0));
+    let (code, v) = post(
+        &d,
+        "/api/v1/query_range",
+        &format!("query=x&start={}&end={end}&step={step}", end - 600.0),
+    );
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["data"]["resultType"], "matrix");
-    assert_eq!(v["data"]["result"][0]["values"].as_array().unwrap().len(), 41);
+    assert_eq!(
+        v["data"]["result"][0]["values"].as_array().unwrap().len(),
+        41
+    );
     // buildinfo: a semver version and no features map (plain Prometheus).
     let (code, v) = get(&d, "/api/v1/status/buildinfo");
     assert_eq!(code, 200);
@@ -188,27 +252,59 @@ fn errors_have_prometheus_types_and_codes() {
     load_history(&d, now_secs());
     let now = now_secs();
     let cases = [
-        ("parse error", format!("/api/v1/query?query={}", enc("sum((")), 400, "bad_data"),
+        (
+            "parse error",
+            format!("/api/v1/query?query={}", enc("sum((")),
+            400,
+            "bad_data",
+        ),
         ("no query", "/api/v1/query".to_string(), 400, "bad_data"),
-        ("bad time", "/api/v1/query?query=1&time=yesterday".to_string(), 400, "bad_data"),
+        (
+            "bad time",
+            "/api/v1/query?query=1&time=yesterday".to_string(),
+            400,
+            "bad_data",
+        ),
         (
             "too many points",
             format!("/api/v1/query_range?query=x&start=0&end={now}&step=1"),
             400,
             "bad_data",
         ),
-        ("end before start", "/api/v1/query_range?query=x&start=100&end=50&step=1".to_string(), 400, "bad_data"),
-        ("zero step", "/api/v1/query_range?query=x&start=0&end=50&step=0".to_string(), 400, "bad_data"),
-        ("series without match[]", "/api/v1/series".to_string(), 400, "bad_data"),
+        (
+            "end before start",
+            "/api/v1/query_range?query=x&start=100&end=50&step=1".to_string(),
+            400,
+            "bad_data",
+        ),
+        (
+            "zero step",
+            "/api/v1/query_range?query=x&start=0&end=50&step=0".to_string(),
+            400,
+            "bad_data",
+        ),
+        (
+            "series without match[]",
+            "/api/v1/series".to_string(),
+            400,
+            "bad_data",
+        ),
         (
             "too many samples",
-            format!("/api/v1/query?query={}&time={now}", enc("count_over_time(x[1d])")),
+            format!(
+                "/api/v1/query?query={}&time={now}",
+                enc("count_over_time(x[1d])")
+            ),
             422,
             "execution",
         ),
         (
             "range vector in a range query",
-            format!("/api/v1/query_range?query={}&start={}&end={now}&step=60", enc("x[5m]"), now - 600),
+            format!(
+                "/api/v1/query_range?query={}&start={}&end={now}&step=60",
+                enc("x[5m]"),
+                now - 600
+            ),
             400,
             "bad_data",
         ),
@@ -220,8 +316,17 @@ fn errors_have_prometheus_types_and_codes() {
         assert_eq!(v["errorType"], error_type, "case {name}: {v}");
         assert!(!v["error"].as_str().unwrap().is_empty(), "case {name}");
     }
-    let (_, v) = get(&d, &format!("/api/v1/query_range?query=x&start=0&end={now}&step=1"));
-    assert!(v["error"].as_str().unwrap().contains("11,000 points"), "{v}");
+    let (_, v) = get(
+        &d,
+        &format!("/api/v1/query_range?query=x&start=0&end={now}&step=1"),
+    );
+    assert!(
+        v["error"].as_str().unwrap().contains("11,000 points"),
+        "{v}"
+    );
     let (code, _) = http_request(&d.pki, "client", d.http, "PUT", "/api/v1/query", "");
-    assert_eq!(code, 405, "unsupported methods are 405 so Grafana retries with GET");
+    assert_eq!(
+        code, 405,
+        "unsupported methods are 405 so Grafana retries with GET"
+    );
 }

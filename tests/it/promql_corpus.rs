@@ -8,8 +8,13 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
 
-use ringdb::query::engine::{self, Engine, Labels, Matcher, SeriesData, Storage, Value, STALE_NAN_BITS};
+use promql_parser::parser::{AtModifier, Expr};
+
+use ringdb::query::engine::{
+    self, Engine, Labels, Matcher, Sample, SeriesData, Storage, Value, STALE_NAN_BITS,
+};
 
 const CORPUS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/promqltest");
 const FLOOR_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/promql_floor.txt");
@@ -24,26 +29,146 @@ struct MemStorage {
 }
 
 impl Storage for MemStorage {
-    fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<SeriesData>, String> {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesData>, String> {
         let mut out = Vec::new();
         for s in &self.series {
             let ok = matchers.iter().all(|m| {
-                let v = s.labels.iter().find(|(n, _)| *n == m.name).map(|(_, v)| v.as_str()).unwrap_or("");
+                let v = s
+                    .labels
+                    .iter()
+                    .find(|(n, _)| *n == m.name)
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
                 m.matches(v)
             });
             if !ok {
                 continue;
             }
-            let samples: Vec<(i64, f64)> =
-                s.samples.iter().copied().filter(|(t, _)| *t >= start_ms && *t <= end_ms).collect();
-            out.push(SeriesData { labels: s.labels.clone(), samples, resolution_ms: None });
+            let samples: Vec<(i64, f64)> = s
+                .samples
+                .iter()
+                .copied()
+                .filter(|(t, _)| *t >= start_ms && *t <= end_ms)
+                .collect();
+            out.push(SeriesData {
+                labels: s.labels.clone(),
+                samples,
+                resolution_ms: None,
+            });
         }
         Ok(out)
     }
 }
 
-/// Loads parsed series into the storage; loads add to earlier loads.
-/// The one place to switch to the real store.
+/// What the test file loaded, and the real ringdb store it is read through
+/// (shared/promqltest/README.md): one `"*"` rule of type `last`, float
+/// cells, a timeframe dividing every load interval (whole seconds, so the
+/// one `load 1ms` block collapses), enough buckets for every sample. The
+/// store is rebuilt after each load. Stale markers are accepted and not
+/// stored (DESIGN §2), so evals that depend on them may fail here.
+#[derive(Default)]
+struct Loaded {
+    raw: MemStorage,
+    intervals_ms: Vec<i64>,
+    store: Option<ringdb::store::Store>,
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+impl Loaded {
+    fn load(&mut self, interval_ms: i64, series: Vec<(Labels, Vec<(i64, f64)>)>) {
+        self.intervals_ms.push(interval_ms);
+        load_into(&mut self.raw, series);
+        self.store = None;
+    }
+
+    fn store(&mut self) -> &ringdb::store::Store {
+        use ringdb::model::{series_key, Sample, Value as V};
+        use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
+        use ringdb::rules::{Rule, RuleSet};
+        use ringdb::store::{SeriesId, Store, StoreLimits};
+        if self.store.is_none() {
+            let tf = self
+                .intervals_ms
+                .iter()
+                .map(|ms| (*ms as u64 / 1000).max(1))
+                .fold(0, gcd)
+                .max(1);
+            let max_t = self
+                .raw
+                .series
+                .iter()
+                .flat_map(|s| s.samples.iter().map(|(t, _)| *t))
+                .max()
+                .unwrap_or(0)
+                .max(0) as u64;
+            let rule = Rule {
+                name: "corpus".into(),
+                prefix: "*".into(),
+                shape: Shape {
+                    consolidation: Consolidation::Last,
+                    timeframe_secs: tf,
+                    limit: (max_t / 1000 / tf + 2) as u32,
+                    split: Split::Backward,
+                    value_size: ValueSize::Float,
+                    specials: vec![],
+                },
+                autoremove: false,
+            };
+            let store = Store::new(
+                RuleSet::new(vec![rule]),
+                StoreLimits {
+                    max_future_ms: 0,
+                    max_series: u64::MAX,
+                },
+            );
+            for s in &self.raw.series {
+                let name = s
+                    .labels
+                    .iter()
+                    .find(|(k, _)| k == "__name__")
+                    .map_or("", |(_, v)| v.as_str());
+                let key = series_key(
+                    name,
+                    s.labels
+                        .iter()
+                        .filter(|(k, _)| k != "__name__")
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                );
+                let labels = || s.labels.clone();
+                let samples: Vec<Sample> = s
+                    .samples
+                    .iter()
+                    .map(|(t, v)| Sample {
+                        timestamp_ms: *t as u64,
+                        value: V::Float(*v),
+                    })
+                    .collect();
+                let id = SeriesId {
+                    key: &key,
+                    prefix: name,
+                    labels: Some(&labels),
+                };
+                store.write_batch(&id, &samples, u64::MAX / 2, |_| {});
+            }
+            self.store = Some(store);
+        }
+        self.store.as_ref().expect("just built")
+    }
+}
+
+/// Loads parsed series into the raw copy; loads add to earlier loads.
 fn load_into(storage: &mut MemStorage, series: Vec<(Labels, Vec<(i64, f64)>)>) {
     for (labels, samples) in series {
         match storage.series.iter_mut().find(|s| s.labels == labels) {
@@ -52,7 +177,11 @@ fn load_into(storage: &mut MemStorage, series: Vec<(Labels, Vec<(i64, f64)>)>) {
                 s.samples.sort_by_key(|(t, _)| *t);
                 s.samples.dedup_by_key(|(t, _)| *t);
             }
-            None => storage.series.push(SeriesData { labels, samples, resolution_ms: None }),
+            None => storage.series.push(SeriesData {
+                labels,
+                samples,
+                resolution_ms: None,
+            }),
         }
     }
 }
@@ -78,7 +207,9 @@ fn parse_duration_ms(s: &str) -> Result<i64, String> {
         if start == i {
             return Err(format!("bad duration {s:?}"));
         }
-        let n: i64 = s[start..i].parse().map_err(|_| format!("bad duration {s:?}"))?;
+        let n: i64 = s[start..i]
+            .parse()
+            .map_err(|_| format!("bad duration {s:?}"))?;
         let ustart = i;
         while i < bytes.len() && bytes[i].is_ascii_alphabetic() {
             i += 1;
@@ -136,7 +267,9 @@ fn parse_quoted(s: &str) -> Result<(String, &str), String> {
 /// `name{a="b", ...}` (either part optional) → labels and the rest.
 fn parse_series_desc(s: &str) -> Result<(Labels, &str), String> {
     let s = s.trim_start();
-    let name_end = s.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(s.len());
+    let name_end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .unwrap_or(s.len());
     let mut labels: Labels = Vec::new();
     if name_end > 0 {
         labels.push(("__name__".into(), s[..name_end].to_string()));
@@ -153,13 +286,18 @@ fn parse_series_desc(s: &str) -> Result<(Labels, &str), String> {
             let (name, r) = if rest.starts_with('"') {
                 parse_quoted(rest)?
             } else {
-                let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(rest.len());
                 if end == 0 {
                     return Err(format!("bad label name at {rest:?}"));
                 }
                 (rest[..end].to_string(), &rest[end..])
             };
-            let r = r.trim_start().strip_prefix('=').ok_or_else(|| format!("expected '=' at {r:?}"))?;
+            let r = r
+                .trim_start()
+                .strip_prefix('=')
+                .ok_or_else(|| format!("expected '=' at {r:?}"))?;
             let (value, r) = parse_quoted(r.trim_start())?;
             labels.retain(|(n, _)| *n != name);
             labels.push((name, value));
@@ -189,9 +327,10 @@ fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
             continue;
         }
         let (base, times) = match tok.rfind('x') {
-            Some(i) if tok[i + 1..].chars().all(|c| c.is_ascii_digit()) && i + 1 < tok.len() => {
-                (&tok[..i], Some(tok[i + 1..].parse::<u64>().map_err(|e| e.to_string())?))
-            }
+            Some(i) if tok[i + 1..].chars().all(|c| c.is_ascii_digit()) && i + 1 < tok.len() => (
+                &tok[..i],
+                Some(tok[i + 1..].parse::<u64>().map_err(|e| e.to_string())?),
+            ),
             _ => (tok, None),
         };
         let Some(n) = times else {
@@ -225,7 +364,11 @@ fn expand_values(s: &str) -> Result<Vec<Option<f64>>, String> {
                 }
             }
             None => {
-                let v = if base == "stale" { f64::from_bits(STALE_NAN_BITS) } else { parse_float(base)? };
+                let v = if base == "stale" {
+                    f64::from_bits(STALE_NAN_BITS)
+                } else {
+                    parse_float(base)?
+                };
                 out.extend((0..=n).map(|_| Some(v)));
             }
         }
@@ -268,15 +411,82 @@ fn fmt_labels(l: &Labels) -> String {
     format!("{{{}}}", inner.join(", "))
 }
 
-fn check(ev: &Eval, engine: &Engine, storage: &MemStorage) -> Result<(), String> {
-    let result = engine::parse(&ev.expr).and_then(|e| engine.instant(storage, &e, ev.at_ms));
-    if ev.fail {
-        return match result {
-            Err(_) => Ok(()),
-            Ok(v) => Err(format!("expected an error, got {v:?}")),
+/// Functions whose result depends on the evaluation time even when every
+/// selector is pinned with `@` (Prometheus's `AtModifierUnsafeFunctions`).
+const AT_UNSAFE_FUNCTIONS: &[&str] = &[
+    "days_in_month",
+    "day_of_month",
+    "day_of_week",
+    "day_of_year",
+    "hour",
+    "minute",
+    "month",
+    "year",
+    "predict_linear",
+    "time",
+    "timestamp",
+];
+
+/// Pins every selector and outermost subquery without `@` to `ts` (ms), as
+/// Prometheus's runner does; returns false when the expression calls an
+/// `@`-unsafe function.
+fn pin_at(e: &mut Expr, ts: i64) -> bool {
+    let at = || {
+        let t = if ts >= 0 {
+            UNIX_EPOCH + Duration::from_millis(ts as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_millis(ts.unsigned_abs())
         };
+        Some(AtModifier::At(t))
+    };
+    match e {
+        Expr::VectorSelector(vs) => {
+            if vs.at.is_none() {
+                vs.at = at();
+            }
+            true
+        }
+        Expr::MatrixSelector(ms) => {
+            if ms.vs.at.is_none() {
+                ms.vs.at = at();
+            }
+            true
+        }
+        Expr::Subquery(sq) => {
+            if sq.at.is_none() {
+                sq.at = at();
+            }
+            // Selectors inside keep their own times; only look for unsafe calls.
+            !calls_unsafe(&sq.expr)
+        }
+        Expr::Aggregate(a) => {
+            let p = a.param.as_mut().is_none_or(|p| pin_at(p, ts));
+            pin_at(&mut a.expr, ts) && p
+        }
+        Expr::Unary(u) => pin_at(&mut u.expr, ts),
+        Expr::Binary(b) => {
+            let l = pin_at(&mut b.lhs, ts);
+            pin_at(&mut b.rhs, ts) && l
+        }
+        Expr::Paren(p) => pin_at(&mut p.expr, ts),
+        Expr::Call(c) => {
+            let mut ok = !AT_UNSAFE_FUNCTIONS.contains(&c.func.name);
+            for a in c.args.args.iter_mut() {
+                ok &= pin_at(a, ts);
+            }
+            ok
+        }
+        _ => true,
     }
-    let value = result.map_err(|e| format!("error: {e}"))?;
+}
+
+fn calls_unsafe(e: &Expr) -> bool {
+    let mut copy = e.clone();
+    !pin_at(&mut copy, 0)
+}
+
+/// Compares one result with the expectations of `ev`.
+fn compare(ev: &Eval, value: Value) -> Result<(), String> {
     match value {
         Value::Scalar(_, v) => match ev.expected.as_slice() {
             [Expected::Scalar(x)] if almost_equal(*x, v) => Ok(()),
@@ -291,24 +501,40 @@ fn check(ev: &Eval, engine: &Engine, storage: &MemStorage) -> Result<(), String>
                         want.insert(l, (i, vals[0]));
                     }
                     Expected::Series(..) => return Err("expected a matrix, got a vector".into()),
-                    Expected::Scalar(_) => return Err(format!("expected a scalar, got vector {samples:?}")),
+                    Expected::Scalar(_) => {
+                        return Err(format!("expected a scalar, got vector {samples:?}"))
+                    }
                 }
             }
             for (pos, s) in samples.iter().enumerate() {
                 let Some((epos, v)) = want.get(&s.labels) else {
-                    return Err(format!("unexpected metric {} {} in result", fmt_labels(&s.labels), s.v));
+                    return Err(format!(
+                        "unexpected metric {} {} in result",
+                        fmt_labels(&s.labels),
+                        s.v
+                    ));
                 };
                 if ev.ordered && *epos != pos {
-                    return Err(format!("{} at position {pos}, expected {epos}", fmt_labels(&s.labels)));
+                    return Err(format!(
+                        "{} at position {pos}, expected {epos}",
+                        fmt_labels(&s.labels)
+                    ));
                 }
                 if !almost_equal(*v, s.v) {
-                    return Err(format!("expected {v} for {} but got {}", fmt_labels(&s.labels), s.v));
+                    return Err(format!(
+                        "expected {v} for {} but got {}",
+                        fmt_labels(&s.labels),
+                        s.v
+                    ));
                 }
             }
             if samples.len() != want.len() {
                 let got: Vec<&Labels> = samples.iter().map(|s| &s.labels).collect();
-                let missing: Vec<String> =
-                    want.keys().filter(|l| !got.contains(l)).map(|l| fmt_labels(l)).collect();
+                let missing: Vec<String> = want
+                    .keys()
+                    .filter(|l| !got.contains(l))
+                    .map(|l| fmt_labels(l))
+                    .collect();
                 return Err(format!("expected metrics not found: {}", missing.join(" ")));
             }
             Ok(())
@@ -328,11 +554,22 @@ fn check(ev: &Eval, engine: &Engine, storage: &MemStorage) -> Result<(), String>
             }
             for s in &series {
                 let Some(vals) = want.get(&s.labels) else {
-                    return Err(format!("unexpected metric {} in result", fmt_labels(&s.labels)));
+                    return Err(format!(
+                        "unexpected metric {} in result",
+                        fmt_labels(&s.labels)
+                    ));
                 };
                 let got: Vec<f64> = s.points.iter().map(|p| p.1).collect();
-                if got.len() != vals.len() || !got.iter().zip(vals.iter()).all(|(a, b)| almost_equal(*a, *b)) {
-                    return Err(format!("expected {vals:?} for {} but got {got:?}", fmt_labels(&s.labels)));
+                if got.len() != vals.len()
+                    || !got
+                        .iter()
+                        .zip(vals.iter())
+                        .all(|(a, b)| almost_equal(*a, *b))
+                {
+                    return Err(format!(
+                        "expected {vals:?} for {} but got {got:?}",
+                        fmt_labels(&s.labels)
+                    ));
                 }
             }
             if series.len() != want.len() {
@@ -343,17 +580,100 @@ fn check(ev: &Eval, engine: &Engine, storage: &MemStorage) -> Result<(), String>
     }
 }
 
+/// Runs one eval the way Prometheus 2.42's runner does: as an instant
+/// query, then as a range query (t-1m..t+1m, step 1m) compared at t, and
+/// again with `@ t` pinned on every selector at other evaluation times.
+fn check(
+    ev: &Eval,
+    engine: &Engine,
+    storage: &dyn Storage,
+    runs: &mut usize,
+) -> Result<(), String> {
+    let parsed = engine::parse(&ev.expr);
+    let mut variants: Vec<(Expr, i64)> = Vec::new();
+    if let Ok(expr) = &parsed {
+        variants.push((expr.clone(), ev.at_ms));
+        let mut pinned = expr.clone();
+        if pin_at(&mut pinned, ev.at_ms) {
+            let ts = ev.at_ms;
+            let times = if ts == 0 {
+                vec![-1000, 0, 1000]
+            } else {
+                vec![-10 * ts, 0, ts / 5, ts, 10 * ts]
+            };
+            variants.extend(times.into_iter().map(|t| (pinned.clone(), t)));
+        }
+    }
+    if ev.fail {
+        let Ok(expr) = parsed else { return Ok(()) };
+        return match engine.instant(storage, &expr, ev.at_ms) {
+            Err(_) => Ok(()),
+            Ok(v) => Err(format!("expected an error, got {v:?}")),
+        };
+    }
+    if let Err(e) = parsed {
+        return Err(format!("error: {e}"));
+    }
+    for (i, (expr, t)) in variants.iter().enumerate() {
+        *runs += if ev.ordered { 1 } else { 2 };
+        let tag = if i == 0 {
+            String::new()
+        } else {
+            format!(" [@-pinned, at {t}ms]")
+        };
+        let value = engine
+            .instant(storage, expr, *t)
+            .map_err(|e| format!("error{tag}: {e}"))?;
+        let is_scalar = matches!(value, Value::Scalar(..));
+        compare(ev, value).map_err(|e| format!("{e}{tag}"))?;
+        if ev.ordered {
+            continue;
+        }
+        let range = engine
+            .range(storage, expr, t - 60_000, t + 60_000, 60_000)
+            .map_err(|e| format!("range mode{tag}: error: {e}"))?;
+        let Value::Matrix(series) = range else {
+            return Err(format!("range mode{tag}: not a matrix"));
+        };
+        let mut vec = Vec::new();
+        for s in series {
+            if let Some(p) = s.points.iter().find(|p| p.0 == *t) {
+                vec.push(Sample {
+                    labels: s.labels,
+                    t: *t,
+                    v: p.1,
+                });
+            }
+        }
+        let as_value = if is_scalar {
+            match vec.first() {
+                Some(s) => Value::Scalar(*t, s.v),
+                None => return Err(format!("range mode{tag}: no scalar point at t")),
+            }
+        } else {
+            Value::Vector(vec)
+        };
+        compare(ev, as_value).map_err(|e| format!("range mode{tag}: {e}"))?;
+    }
+    Ok(())
+}
+
 #[derive(Default)]
 struct FileStats {
+    /// Queries executed (instant, range-mode and `@`-pinned variants).
+    runs: usize,
     passed: usize,
     total: usize,
     failures: Vec<String>,
 }
 
 fn run_file(text: &str, engine: &Engine) -> Result<FileStats, String> {
-    let lines: Vec<&str> =
-        text.lines().map(|l| l.trim()).map(|l| if l.starts_with('#') { "" } else { l }).collect();
-    let mut storage = MemStorage::default();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.trim())
+        .map(|l| if l.starts_with('#') { "" } else { l })
+        .collect();
+    let mut loaded = Loaded::default();
     let mut stats = FileStats::default();
     let mut i = 0;
     while i < lines.len() {
@@ -364,14 +684,15 @@ fn run_file(text: &str, engine: &Engine) -> Result<FileStats, String> {
             continue;
         }
         if line == "clear" {
-            storage = MemStorage::default();
+            loaded = Loaded::default();
             continue;
         }
         if let Some(rest) = line.strip_prefix("load ") {
             let interval = parse_duration_ms(rest).map_err(|e| format!("line {lineno}: {e}"))?;
             let mut batch = Vec::new();
             while i < lines.len() && !lines[i].is_empty() {
-                let (labels, values) = parse_series_desc(lines[i]).map_err(|e| format!("line {}: {e}", i + 1))?;
+                let (labels, values) =
+                    parse_series_desc(lines[i]).map_err(|e| format!("line {}: {e}", i + 1))?;
                 let vals = expand_values(values).map_err(|e| format!("line {}: {e}", i + 1))?;
                 let samples: Vec<(i64, f64)> = vals
                     .into_iter()
@@ -384,20 +705,24 @@ fn run_file(text: &str, engine: &Engine) -> Result<FileStats, String> {
                 batch.push((labels, samples));
                 i += 1;
             }
-            load_into(&mut storage, batch);
+            loaded.load(interval, batch);
             continue;
         }
-        let (cmd, rest) = line.split_once(' ').ok_or_else(|| format!("line {lineno}: bad command {line:?}"))?;
+        let (cmd, rest) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("line {lineno}: bad command {line:?}"))?;
         let (fail, ordered) = match cmd {
             "eval" => (false, false),
             "eval_fail" => (true, false),
             "eval_ordered" => (false, true),
             _ => return Err(format!("line {lineno}: unknown command {cmd:?}")),
         };
-        let rest = rest
-            .strip_prefix("instant at ")
-            .ok_or_else(|| format!("line {lineno}: only `instant at` evals are supported: {line:?}"))?;
-        let (at, expr) = rest.split_once(' ').ok_or_else(|| format!("line {lineno}: no expression"))?;
+        let rest = rest.strip_prefix("instant at ").ok_or_else(|| {
+            format!("line {lineno}: only `instant at` evals are supported: {line:?}")
+        })?;
+        let (at, expr) = rest
+            .split_once(' ')
+            .ok_or_else(|| format!("line {lineno}: no expression"))?;
         let at_ms = parse_duration_ms(at).map_err(|e| format!("line {lineno}: {e}"))?;
         let mut expected = Vec::new();
         while i < lines.len() && !lines[i].is_empty() {
@@ -405,17 +730,36 @@ fn run_file(text: &str, engine: &Engine) -> Result<FileStats, String> {
             if let Ok(v) = parse_float(l) {
                 expected.push(Expected::Scalar(v));
             } else {
-                let (labels, values) = parse_series_desc(l).map_err(|e| format!("line {}: {e}", i + 1))?;
+                let (labels, values) =
+                    parse_series_desc(l).map_err(|e| format!("line {}: {e}", i + 1))?;
                 let vals = expand_values(values).map_err(|e| format!("line {}: {e}", i + 1))?;
-                expected.push(Expected::Series(labels, vals.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect()));
+                expected.push(Expected::Series(
+                    labels,
+                    vals.into_iter().map(|v| v.unwrap_or(f64::NAN)).collect(),
+                ));
             }
             i += 1;
         }
-        let ev = Eval { line: lineno, expr: expr.trim().to_string(), at_ms, fail, ordered, expected };
+        let ev = Eval {
+            line: lineno,
+            expr: expr.trim().to_string(),
+            at_ms,
+            fail,
+            ordered,
+            expected,
+        };
         stats.total += 1;
-        match check(&ev, engine, &storage) {
+        let source = ringdb::query::source::StoreSource {
+            store: loaded.store(),
+            grant: &ringdb::access::Grant::All,
+            max_samples: usize::MAX,
+        };
+        match check(&ev, engine, &source, &mut stats.runs) {
             Ok(()) => stats.passed += 1,
-            Err(why) => stats.failures.push(format!("line {}: {} @ {}ms: {why}", ev.line, ev.expr, ev.at_ms)),
+            Err(why) => stats.failures.push(format!(
+                "line {}: {} @ {}ms: {why}",
+                ev.line, ev.expr, ev.at_ms
+            )),
         }
     }
     Ok(stats)
@@ -428,7 +772,10 @@ fn promqltest_corpus_v2_42() {
         println!("SKIPPED promqltest corpus: {} not found", dir.display());
         return;
     }
-    let engine = Engine { timeout: None, ..Engine::default() };
+    let engine = Engine {
+        timeout: None,
+        ..Engine::default()
+    };
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .expect("read corpus dir")
         .filter_map(|e| e.ok())
@@ -438,9 +785,16 @@ fn promqltest_corpus_v2_42() {
     files.sort();
     let verbose = std::env::var_os("PROMQL_CORPUS_VERBOSE").is_some();
     let (mut passed, mut total) = (0, 0);
-    println!("\n{:<22} {:>6} {:>6} {:>7}", "file", "passed", "evals", "pct");
+    println!(
+        "\n{:<22} {:>6} {:>6} {:>7} {:>8}",
+        "file", "passed", "evals", "pct", "queries"
+    );
     for path in &files {
-        let name = path.file_name().unwrap_or_default().to_string_lossy().to_string();
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let text = std::fs::read_to_string(path).expect("read corpus file");
         let stats = run_file(&text, &engine).unwrap_or_else(|e| panic!("{name}: {e}"));
         let excluded = EXCLUDED_FILES.contains(&name.as_str());
@@ -448,14 +802,23 @@ fn promqltest_corpus_v2_42() {
             passed += stats.passed;
             total += stats.total;
         }
-        let pct = if stats.total == 0 { 100.0 } else { 100.0 * stats.passed as f64 / stats.total as f64 };
+        let pct = if stats.total == 0 {
+            100.0
+        } else {
+            100.0 * stats.passed as f64 / stats.total as f64
+        };
         println!(
-            "{:<22} {:>6} {:>6} {:>6.1}%{}",
+            "{:<22} {:>6} {:>6} {:>6.1}% {:>8}{}",
             name,
             stats.passed,
             stats.total,
             pct,
-            if excluded { "  (excluded from total)" } else { "" }
+            stats.runs,
+            if excluded {
+                "  (excluded from total)"
+            } else {
+                ""
+            }
         );
         if verbose {
             for f in &stats.failures {
@@ -463,13 +826,20 @@ fn promqltest_corpus_v2_42() {
             }
         }
     }
-    let pct = if total == 0 { 100.0 } else { 100.0 * passed as f64 / total as f64 };
+    let pct = if total == 0 {
+        100.0
+    } else {
+        100.0 * passed as f64 / total as f64
+    };
     println!("{:<22} {:>6} {:>6} {:>6.1}%", "TOTAL", passed, total, pct);
     let floor: usize = std::fs::read_to_string(FLOOR_FILE)
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(0);
-    assert!(passed >= floor, "promqltest corpus: {passed} evals passed, floor is {floor} ({FLOOR_FILE})");
+    assert!(
+        passed >= floor,
+        "promqltest corpus: {passed} evals passed, floor is {floor} ({FLOOR_FILE})"
+    );
 }
 
 #[test]
@@ -480,17 +850,49 @@ fn expanding_notation() {
         want: Vec<Option<f64>>,
     }
     let cases = [
-        Case { name: "plain", input: "1 2", want: vec![Some(1.0), Some(2.0)] },
-        Case { name: "increment", input: "1+2x3", want: vec![Some(1.0), Some(3.0), Some(5.0), Some(7.0)] },
-        Case { name: "decrement", input: "1-1x2", want: vec![Some(1.0), Some(0.0), Some(-1.0)] },
-        Case { name: "negative start", input: "-2+1x1", want: vec![Some(-2.0), Some(-1.0)] },
-        Case { name: "repeat", input: "0x2", want: vec![Some(0.0), Some(0.0), Some(0.0)] },
-        Case { name: "blanks", input: "_ _x2 3", want: vec![None, None, None, Some(3.0)] },
-        Case { name: "exponent", input: "1e3", want: vec![Some(1000.0)] },
+        Case {
+            name: "plain",
+            input: "1 2",
+            want: vec![Some(1.0), Some(2.0)],
+        },
+        Case {
+            name: "increment",
+            input: "1+2x3",
+            want: vec![Some(1.0), Some(3.0), Some(5.0), Some(7.0)],
+        },
+        Case {
+            name: "decrement",
+            input: "1-1x2",
+            want: vec![Some(1.0), Some(0.0), Some(-1.0)],
+        },
+        Case {
+            name: "negative start",
+            input: "-2+1x1",
+            want: vec![Some(-2.0), Some(-1.0)],
+        },
+        Case {
+            name: "repeat",
+            input: "0x2",
+            want: vec![Some(0.0), Some(0.0), Some(0.0)],
+        },
+        Case {
+            name: "blanks",
+            input: "_ _x2 3",
+            want: vec![None, None, None, Some(3.0)],
+        },
+        Case {
+            name: "exponent",
+            input: "1e3",
+            want: vec![Some(1000.0)],
+        },
     ];
     for c in cases {
         assert_eq!(expand_values(c.input).unwrap(), c.want, "case {}", c.name);
     }
     let stale = expand_values("stale").unwrap();
-    assert_eq!(stale[0].map(f64::to_bits), Some(STALE_NAN_BITS), "case stale");
+    assert_eq!(
+        stale[0].map(f64::to_bits),
+        Some(STALE_NAN_BITS),
+        "case stale"
+    );
 }

@@ -178,7 +178,8 @@ fn bad_bodies_are_refused_with_a_message() {
     let mut bomb = Vec::new();
     snap_len_header(&mut bomb, 1 << 30);
     bomb.extend_from_slice(&[0; 16]);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "oversized body",
             PROTOBUF.to_vec(),

@@ -280,7 +280,7 @@ pub(crate) fn aggregate(
                         std::cmp::Ordering::Equal
                     }
                 });
-                out.extend(g.heap.into_iter());
+                out.extend(g.heap);
                 continue;
             }
             T_QUANTILE => quantile(param, &mut g.values),

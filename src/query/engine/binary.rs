@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use promql_parser::parser::token::*;
 use promql_parser::parser::{BinaryExpr, LabelModifier, VectorMatchCardinality};
 
-use super::eval::{drop_name, label_value, set_label, Evaluator, Val};
+use super::eval::{check_duplicates, drop_name, label_value, set_label, Evaluator, Val};
 use super::{EngineError, Labels, Sample};
 
 /// How the two sides of a vector/vector operation are matched.
@@ -32,8 +32,16 @@ impl Evaluator<'_> {
                     Ok(Val::Scalar(v))
                 }
             }
-            (Val::Vector(l), Val::Scalar(r)) => Ok(Val::Vector(vector_scalar(op, l, r, false, return_bool)?)),
-            (Val::Scalar(l), Val::Vector(r)) => Ok(Val::Vector(vector_scalar(op, r, l, true, return_bool)?)),
+            (Val::Vector(l), Val::Scalar(r)) => {
+                let out = vector_scalar(op, l, r, false, return_bool)?;
+                check_duplicates(&out)?;
+                Ok(Val::Vector(out))
+            }
+            (Val::Scalar(l), Val::Vector(r)) => {
+                let out = vector_scalar(op, r, l, true, return_bool)?;
+                check_duplicates(&out)?;
+                Ok(Val::Vector(out))
+            }
             (Val::Vector(l), Val::Vector(r)) => {
                 let default_card = if is_set_op(op) {
                     VectorMatchCardinality::ManyToMany
@@ -62,6 +70,7 @@ impl Evaluator<'_> {
                     T_LUNLESS => unless(l, r, &m),
                     _ => vector_binop(op, l, r, &m, return_bool)?,
                 };
+                check_duplicates(&out)?;
                 Ok(Val::Vector(out))
             }
             (l, r) => Err(EngineError::BadData(format!(
@@ -90,9 +99,10 @@ fn is_set_op(op: TokenId) -> bool {
     matches!(op, T_LAND | T_LOR | T_LUNLESS)
 }
 
-/// Arithmetic operators drop the metric name; comparisons keep it.
+/// Arithmetic operators drop the metric name; comparisons keep it, and so
+/// does `atan2` in 2.42.
 fn drops_name(op: TokenId) -> bool {
-    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW | T_ATAN2)
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_MOD | T_POW)
 }
 
 /// Prometheus's `vectorElemBinop`: the value and, for comparisons,

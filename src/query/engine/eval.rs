@@ -159,7 +159,7 @@ impl<'a> Evaluator<'a> {
     fn tick(&self) -> Result<(), EngineError> {
         let n = self.ticks.get().wrapping_add(1);
         self.ticks.set(n);
-        if n % 256 == 0 {
+        if n.is_multiple_of(256) {
             self.check_deadline()?;
         }
         Ok(())
@@ -174,9 +174,12 @@ impl<'a> Evaluator<'a> {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Val::Scalar(x) => Ok(Val::Scalar(-x)),
-                Val::Vector(vs) => Ok(Val::Vector(
-                    vs.into_iter().map(|s| Sample { labels: drop_name(&s.labels), t: s.t, v: -s.v }).collect(),
-                )),
+                Val::Vector(vs) => {
+                    let out: Vec<Sample> =
+                        vs.into_iter().map(|s| Sample { labels: drop_name(&s.labels), t: s.t, v: -s.v }).collect();
+                    check_duplicates(&out)?;
+                    Ok(Val::Vector(out))
+                }
                 other => Err(EngineError::BadData(format!(
                     "unary expression only allowed on expressions of type scalar or instant vector, got \"{}\"",
                     other.type_name()

@@ -1,1 +1,645 @@
+//! Table-driven tests of the engine's tricky corners: lookback and
+//! staleness, window edges, subquery alignment, `@`/offset in range
+//! queries, limits, error kinds and planning (one select per selector).
 
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const STALE: f64 = f64::from_bits(STALE_NAN_BITS);
+
+/// One stored series: labels, samples, archive resolution.
+type SeriesDef<'a> = (&'a [(&'a str, &'a str)], &'a [(i64, f64)], Option<i64>);
+
+struct Mem {
+    series: Vec<SeriesData>,
+    calls: Mutex<Vec<(Vec<String>, i64, i64)>>,
+}
+
+impl Mem {
+    fn new(series: &[SeriesDef]) -> Self {
+        let series = series
+            .iter()
+            .map(|(labels, samples, res)| {
+                let mut labels: Labels = labels
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect();
+                labels.sort();
+                SeriesData {
+                    labels,
+                    samples: samples.to_vec(),
+                    resolution_ms: *res,
+                }
+            })
+            .collect();
+        Mem {
+            series,
+            calls: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Storage for Mem {
+    fn select(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+    ) -> Result<Vec<SeriesData>, String> {
+        let names = matchers.iter().map(|m| m.name.clone()).collect();
+        self.calls
+            .lock()
+            .map_err(|e| e.to_string())?
+            .push((names, start_ms, end_ms));
+        Ok(self
+            .series
+            .iter()
+            .filter(|s| {
+                matchers.iter().all(|m| {
+                    let v = s
+                        .labels
+                        .iter()
+                        .find(|(n, _)| *n == m.name)
+                        .map(|(_, v)| v.as_str())
+                        .unwrap_or("");
+                    m.matches(v)
+                })
+            })
+            .map(|s| SeriesData {
+                labels: s.labels.clone(),
+                samples: s
+                    .samples
+                    .iter()
+                    .copied()
+                    .filter(|(t, _)| *t >= start_ms && *t <= end_ms)
+                    .collect(),
+                resolution_ms: s.resolution_ms,
+            })
+            .collect())
+    }
+}
+
+fn engine() -> Engine {
+    Engine {
+        timeout: None,
+        ..Engine::default()
+    }
+}
+
+fn instant(storage: &Mem, q: &str, t: i64) -> Result<Value, EngineError> {
+    let expr = parse(q)?;
+    engine().instant(storage, &expr, t)
+}
+
+/// The instant result as (labels rendered, value) pairs; a scalar is `("", v)`.
+fn flat(v: Value) -> Vec<(String, f64)> {
+    let render = |l: &Labels| {
+        l.iter()
+            .map(|(n, v)| format!("{n}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match v {
+        Value::Scalar(_, x) => vec![(String::new(), x)],
+        Value::Vector(s) => s.iter().map(|s| (render(&s.labels), s.v)).collect(),
+        Value::Matrix(m) => m
+            .iter()
+            .flat_map(|s| s.points.iter().map(move |p| (render(&s.labels), p.1)))
+            .collect(),
+        Value::String(_, s) => vec![(s, f64::NAN)],
+    }
+}
+
+#[test]
+fn instant_selector_lookback_and_staleness() {
+    struct Case {
+        name: &'static str,
+        samples: &'static [(i64, f64)],
+        resolution_ms: Option<i64>,
+        at_ms: i64,
+        want: Option<f64>,
+    }
+    let cases = [
+        Case {
+            name: "latest sample",
+            samples: &[(0, 1.0), (10_000, 2.0)],
+            resolution_ms: None,
+            at_ms: 15_000,
+            want: Some(2.0),
+        },
+        Case {
+            name: "lookback edge is inclusive",
+            samples: &[(0, 1.0)],
+            resolution_ms: None,
+            at_ms: 300_000,
+            want: Some(1.0),
+        },
+        Case {
+            name: "past lookback",
+            samples: &[(0, 1.0)],
+            resolution_ms: None,
+            at_ms: 300_001,
+            want: None,
+        },
+        Case {
+            name: "stale marker ends series",
+            samples: &[(0, 1.0), (10_000, STALE)],
+            resolution_ms: None,
+            at_ms: 15_000,
+            want: None,
+        },
+        Case {
+            name: "sample after stale",
+            samples: &[(0, 1.0), (10_000, STALE), (20_000, 3.0)],
+            resolution_ms: None,
+            at_ms: 25_000,
+            want: Some(3.0),
+        },
+        Case {
+            name: "ordinary NaN is a value",
+            samples: &[(0, f64::NAN)],
+            resolution_ms: None,
+            at_ms: 1,
+            want: Some(f64::NAN),
+        },
+        Case {
+            name: "coarse archive widens lookback",
+            samples: &[(0, 7.0)],
+            resolution_ms: Some(3_600_000),
+            at_ms: 3_000_000,
+            want: Some(7.0),
+        },
+        Case {
+            name: "coarse archive lookback still ends",
+            samples: &[(0, 7.0)],
+            resolution_ms: Some(3_600_000),
+            at_ms: 3_600_001,
+            want: None,
+        },
+        Case {
+            name: "before first sample",
+            samples: &[(10_000, 1.0)],
+            resolution_ms: None,
+            at_ms: 5_000,
+            want: None,
+        },
+    ];
+    for c in cases {
+        let mem = Mem::new(&[(&[("__name__", "m")], c.samples, c.resolution_ms)]);
+        let got =
+            flat(instant(&mem, "m", c.at_ms).unwrap_or_else(|e| panic!("case {}: {e}", c.name)));
+        match c.want {
+            None => assert!(got.is_empty(), "case {}: got {got:?}", c.name),
+            Some(w) => {
+                assert_eq!(got.len(), 1, "case {}: got {got:?}", c.name);
+                assert!(
+                    got[0].1 == w || (w.is_nan() && got[0].1.is_nan()),
+                    "case {}: got {got:?}",
+                    c.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn expressions() {
+    struct Case {
+        name: &'static str,
+        query: &'static str,
+        at_ms: i64,
+        want: &'static [(&'static str, f64)],
+    }
+    // m: 0,1,2,... every 10s from 0 to 600s; n{a="x"} 10 at 0 and 60s.
+    let m: Vec<(i64, f64)> = (0..=60).map(|i| (i * 10_000, i as f64)).collect();
+    let mem = Mem::new(&[
+        (&[("__name__", "m")], &m, None),
+        (
+            &[("__name__", "n"), ("a", "x")],
+            &[(0, 10.0), (60_000, 10.0)],
+            None,
+        ),
+        (
+            &[("__name__", "c"), ("a", "x")],
+            &[(0, 1.0), (10_000, 1.0), (20_000, 1.0)],
+            None,
+        ),
+        (
+            &[("__name__", "c"), ("a", "y")],
+            &[(0, 2.0), (10_000, 2.0), (20_000, 2.0)],
+            None,
+        ),
+    ]);
+    let cases = [
+        Case {
+            name: "range selector closed at both ends",
+            query: "count_over_time(m[30s])",
+            at_ms: 60_000,
+            want: &[("", 4.0)],
+        },
+        Case {
+            name: "offset",
+            query: "m offset 1m",
+            at_ms: 120_000,
+            want: &[("__name__=m", 6.0)],
+        },
+        Case {
+            name: "negative offset",
+            query: "m offset -1m",
+            at_ms: 0,
+            want: &[("__name__=m", 6.0)],
+        },
+        Case {
+            name: "at pins time",
+            query: "m @ 30",
+            at_ms: 500_000,
+            want: &[("__name__=m", 3.0)],
+        },
+        Case {
+            name: "at start() in instant query",
+            query: "m @ start()",
+            at_ms: 70_000,
+            want: &[("__name__=m", 7.0)],
+        },
+        Case {
+            name: "subquery aligned to step",
+            query: "count_over_time(m[1m:20s])",
+            at_ms: 70_000,
+            want: &[("", 3.0)],
+        },
+        Case {
+            name: "subquery includes left edge",
+            query: "count_over_time(m[1m:20s])",
+            at_ms: 80_000,
+            want: &[("", 4.0)],
+        },
+        Case {
+            name: "rate extrapolates",
+            query: "rate(m[1m])",
+            at_ms: 120_000,
+            want: &[("", 0.1)],
+        },
+        Case {
+            name: "unary minus drops name",
+            query: "-m",
+            at_ms: 10_000,
+            want: &[("", -1.0)],
+        },
+        Case {
+            name: "comparison keeps name",
+            query: "m > 0",
+            at_ms: 10_000,
+            want: &[("__name__=m", 1.0)],
+        },
+        Case {
+            name: "bool drops name",
+            query: "m > bool 5",
+            at_ms: 10_000,
+            want: &[("", 0.0)],
+        },
+        Case {
+            name: "scalar comparison with bool",
+            query: "1 < bool 2",
+            at_ms: 0,
+            want: &[("", 1.0)],
+        },
+        Case {
+            name: "on() one-to-one",
+            query: "m + on() n",
+            at_ms: 10_000,
+            want: &[("", 11.0)],
+        },
+        Case {
+            name: "group_left copies labels",
+            query: "m * on() group_left(a) n",
+            at_ms: 10_000,
+            want: &[("a=x", 10.0)],
+        },
+        Case {
+            name: "or fills from rhs",
+            query: "n or m",
+            at_ms: 10_000,
+            want: &[("__name__=n,a=x", 10.0), ("__name__=m", 1.0)],
+        },
+        Case {
+            name: "unless",
+            query: "c unless on(a) n",
+            at_ms: 10_000,
+            want: &[("__name__=c,a=y", 2.0)],
+        },
+        Case {
+            name: "count_values formats like Go",
+            query: "count_values(\"v\", c / 4)",
+            at_ms: 10_000,
+            want: &[("v=0.25", 1.0), ("v=0.5", 1.0)],
+        },
+        Case {
+            name: "topk orders descending",
+            query: "topk(2, c)",
+            at_ms: 10_000,
+            want: &[("__name__=c,a=y", 2.0), ("__name__=c,a=x", 1.0)],
+        },
+        Case {
+            name: "quantile interpolates",
+            query: "quantile(0.5, c)",
+            at_ms: 10_000,
+            want: &[("", 1.5)],
+        },
+        Case {
+            name: "label_replace",
+            query: "label_replace(n, \"b\", \"$1-z\", \"a\", \"(.*)\")",
+            at_ms: 0,
+            want: &[("__name__=n,a=x,b=x-z", 10.0)],
+        },
+        Case {
+            name: "absent labels from equality matchers",
+            query: "absent(nope{a=\"1\", b=~\"x\"})",
+            at_ms: 0,
+            want: &[("a=1", 1.0)],
+        },
+        Case {
+            name: "timestamp of sample, not eval time",
+            query: "timestamp(n)",
+            at_ms: 30_000,
+            want: &[("a=x", 0.0)],
+        },
+        Case {
+            name: "day_of_week of epoch is Thursday",
+            query: "day_of_week(vector(0))",
+            at_ms: 0,
+            want: &[("", 4.0)],
+        },
+        Case {
+            name: "days_in_month leap February",
+            query: "days_in_month(vector(951782400))",
+            at_ms: 0,
+            want: &[("", 29.0)],
+        },
+        Case {
+            name: "holt_winters parses",
+            query: "holt_winters(m[1m], 0.5, 0.5)",
+            at_ms: 60_000,
+            want: &[("", 6.0)],
+        },
+        Case {
+            name: "clamp_max keeps NaN",
+            query: "clamp_max(vector(NaN), 1)",
+            at_ms: 0,
+            want: &[("", f64::NAN)],
+        },
+    ];
+    for c in cases {
+        let got = flat(
+            instant(&mem, c.query, c.at_ms).unwrap_or_else(|e| panic!("case {}: {e}", c.name)),
+        );
+        let ok = got.len() == c.want.len()
+            && got.iter().zip(c.want.iter()).all(|(g, w)| {
+                g.0 == w.0
+                    && (w.1.is_nan() && g.1.is_nan()
+                        || (g.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0))
+            });
+        assert!(ok, "case {}: got {got:?}, want {:?}", c.name, c.want);
+    }
+}
+
+#[test]
+fn range_queries() {
+    struct Case {
+        name: &'static str,
+        query: &'static str,
+        want: &'static [(&'static str, &'static [(i64, f64)])],
+    }
+    let m: Vec<(i64, f64)> = (0..=10).map(|i| (i * 60_000, i as f64)).collect();
+    let mem = Mem::new(&[(&[("__name__", "m")], &m, None)]);
+    let cases = [
+        Case {
+            name: "every step",
+            query: "m",
+            want: &[("m", &[(60_000, 1.0), (120_000, 2.0), (180_000, 3.0)])],
+        },
+        Case {
+            name: "scalar",
+            query: "time()",
+            want: &[("", &[(60_000, 60.0), (120_000, 120.0), (180_000, 180.0)])],
+        },
+        Case {
+            name: "at end() is step invariant",
+            query: "m @ end()",
+            want: &[("m", &[(60_000, 3.0), (120_000, 3.0), (180_000, 3.0)])],
+        },
+        Case {
+            name: "offset shifts each step",
+            query: "m offset 1m",
+            want: &[("m", &[(60_000, 0.0), (120_000, 1.0), (180_000, 2.0)])],
+        },
+    ];
+    for c in cases {
+        let expr = parse(c.query).unwrap_or_else(|e| panic!("case {}: {e}", c.name));
+        let got = engine()
+            .range(&mem, &expr, 60_000, 180_000, 60_000)
+            .unwrap_or_else(|e| panic!("case {}: {e}", c.name));
+        let Value::Matrix(series) = got else {
+            panic!("case {}: not a matrix", c.name)
+        };
+        let got: Vec<(String, Vec<(i64, f64)>)> = series
+            .into_iter()
+            .map(|s| {
+                (
+                    s.labels
+                        .iter()
+                        .map(|(_, v)| v.clone())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    s.points,
+                )
+            })
+            .collect();
+        let want: Vec<(String, Vec<(i64, f64)>)> = c
+            .want
+            .iter()
+            .map(|(l, p)| (l.to_string(), p.to_vec()))
+            .collect();
+        assert_eq!(got, want, "case {}", c.name);
+    }
+}
+
+#[test]
+fn errors_map_to_prometheus_kinds() {
+    struct Case {
+        name: &'static str,
+        query: &'static str,
+        range: bool,
+        want_type: &'static str,
+    }
+    let mem = Mem::new(&[
+        (&[("__name__", "a"), ("x", "1")], &[(0, 1.0)], None),
+        (&[("__name__", "b"), ("x", "1")], &[(0, 1.0)], None),
+        (
+            &[("__name__", "c"), ("x", "1"), ("y", "1")],
+            &[(0, 1.0)],
+            None,
+        ),
+        (
+            &[("__name__", "c"), ("x", "1"), ("y", "2")],
+            &[(0, 1.0)],
+            None,
+        ),
+    ]);
+    let cases = [
+        Case {
+            name: "parse error",
+            query: "sum(",
+            range: false,
+            want_type: "bad_data",
+        },
+        Case {
+            name: "range query over a range vector",
+            query: "a[5m]",
+            range: true,
+            want_type: "bad_data",
+        },
+        Case {
+            name: "many-to-many",
+            query: "a + on(x) c",
+            range: false,
+            want_type: "execution",
+        },
+        Case {
+            name: "duplicate labelset after dropping name",
+            query: "ceil({x=\"1\", __name__=~\"a|b\"})",
+            range: false,
+            want_type: "execution",
+        },
+        Case {
+            name: "bad label_replace regex",
+            query: "label_replace(a, \"d\", \"\", \"x\", \"(\")",
+            range: false,
+            want_type: "execution",
+        },
+    ];
+    for c in cases {
+        let res = parse(c.query).and_then(|e| {
+            if c.range {
+                engine().range(&mem, &e, 0, 60_000, 10_000)
+            } else {
+                engine().instant(&mem, &e, 0)
+            }
+        });
+        let err = res.expect_err(c.name);
+        assert_eq!(err.error_type(), c.want_type, "case {}: {err}", c.name);
+    }
+}
+
+#[test]
+fn limits() {
+    let m: Vec<(i64, f64)> = (0..100).map(|i| (i * 1000, 1.0)).collect();
+    let mem = Mem::new(&[(&[("__name__", "m")], &m, None)]);
+    let expr = parse("sum_over_time(m[1m])").unwrap();
+    let small = Engine {
+        max_samples: 10,
+        ..engine()
+    };
+    let err = small.instant(&mem, &expr, 99_000).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "query processing would load too many samples into memory in query execution",
+        "case too many samples"
+    );
+    assert_eq!(err.http_status(), 422, "case too many samples status");
+
+    let past = Instant::now()
+        .checked_sub(Duration::from_millis(1))
+        .unwrap_or_else(Instant::now);
+    let err = engine()
+        .instant_with_deadline(&mem, &expr, 99_000, Some(past))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "query timed out in expression evaluation",
+        "case deadline passed"
+    );
+    assert_eq!(err.http_status(), 503, "case deadline status");
+}
+
+#[test]
+fn one_select_per_distinct_selector_with_full_window() {
+    struct Case {
+        name: &'static str,
+        query: &'static str,
+        start: i64,
+        end: i64,
+        want: &'static [(i64, i64)],
+    }
+    let cases = [
+        Case {
+            name: "instant selector: lookback",
+            query: "m",
+            start: 1_000_000,
+            end: 1_000_000,
+            want: &[(700_000, 1_000_000)],
+        },
+        Case {
+            name: "same selector twice: one select",
+            query: "m + m",
+            start: 1_000_000,
+            end: 1_000_000,
+            want: &[(700_000, 1_000_000)],
+        },
+        Case {
+            name: "range and offset",
+            query: "rate(m[1m] offset 1m)",
+            start: 1_000_000,
+            end: 1_060_000,
+            want: &[(880_000, 1_000_000)],
+        },
+        Case {
+            name: "at pins the window",
+            query: "m @ 100",
+            start: 1_000_000,
+            end: 2_000_000,
+            want: &[(-200_000, 100_000)],
+        },
+        Case {
+            name: "subquery widens",
+            query: "max_over_time(m[10m:1m])",
+            start: 1_000_000,
+            end: 1_000_000,
+            want: &[(100_000, 1_000_000)],
+        },
+    ];
+    for c in cases {
+        let mem = Mem::new(&[(&[("__name__", "m")], &[(0, 1.0)], None)]);
+        let expr = parse(c.query).unwrap();
+        if c.start == c.end {
+            engine().instant(&mem, &expr, c.start).unwrap();
+        } else {
+            engine().range(&mem, &expr, c.start, c.end, 60_000).unwrap();
+        }
+        let calls: Vec<(i64, i64)> = mem
+            .calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| (c.1, c.2))
+            .collect();
+        assert_eq!(calls, c.want, "case {}", c.name);
+    }
+}
+
+#[test]
+fn go_float_formatting() {
+    let cases = [
+        ("integer", 2.0, "2"),
+        ("fraction", 0.25, "0.25"),
+        ("no exponent when large", 1e21, "1000000000000000000000"),
+        ("no exponent when small", 1e-7, "0.0000001"),
+        ("positive infinity", f64::INFINITY, "+Inf"),
+        ("negative infinity", f64::NEG_INFINITY, "-Inf"),
+        ("nan", f64::NAN, "NaN"),
+    ];
+    for (name, v, want) in cases {
+        assert_eq!(functions::format_go_float(v), want, "case {name}");
+    }
+}
