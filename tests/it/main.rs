@@ -12,6 +12,7 @@ mod mtls;
 mod prometheus;
 mod promql;
 mod promql_corpus;
+mod promql_diff;
 mod remote_write;
 mod rest;
 mod snapshot;
