@@ -73,7 +73,7 @@ fn dechunk(mut body: &str) -> String {
             break;
         }
         out.push_str(&rest[..n]);
-        body = &rest[n..].trim_start_matches("\r\n");
+        body = rest[n..].trim_start_matches("\r\n");
     }
     out
 }
@@ -90,7 +90,10 @@ impl Rng {
 }
 
 /// The data set: counters with resets and gauges, sampled every 15 s.
-fn dataset(start: u64) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
+/// Labels and samples of one series.
+type SeriesRows = (Vec<(String, String)>, Vec<(i64, f64)>);
+
+fn dataset(start: u64) -> Vec<SeriesRows> {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut out = Vec::new();
     for job in ["api", "db"] {
@@ -139,7 +142,7 @@ fn dataset(start: u64) -> Vec<(Vec<(String, String)>, Vec<(i64, f64)>)> {
 
 /// Remote-write bodies in time order (all series per step), so Prometheus's
 /// head accepts every sample.
-fn bodies(data: &[(Vec<(String, String)>, Vec<(i64, f64)>)]) -> Vec<Vec<u8>> {
+fn bodies(data: &[SeriesRows]) -> Vec<Vec<u8>> {
     (0..POINTS as usize)
         .collect::<Vec<_>>()
         .chunks(20)
