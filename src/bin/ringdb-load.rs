@@ -66,6 +66,12 @@ enum Command {
         /// Parallel connections.
         #[arg(long, default_value_t = 4)]
         connections: u64,
+        /// Milliseconds between rounds' timestamps (the last round is now).
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: i64,
+        /// Distinct metric names the series are spread over.
+        #[arg(long, default_value_t = 50)]
+        metrics: u64,
     },
 }
 
@@ -182,7 +188,7 @@ async fn socket(
     Ok(())
 }
 
-fn batch_body(first: u64, batch: u64, series: u64, ts: i64) -> Bytes {
+fn batch_body(first: u64, batch: u64, series: u64, metrics: u64, ts: i64) -> Bytes {
     let timeseries = (first..first + batch)
         .map(|i| {
             let i = i % series;
@@ -237,12 +243,20 @@ async fn remote_write(
     );
     let connector = if secure { Some(connector(&tls)?) } else { None };
     // Encode every body first so the measurement is of the server.
-    let start_ts = now_ms() - rounds as i64 * 1000;
+    let start_ts = now_ms() - (rounds as i64 - 1) * interval_ms;
     let per_round = series.div_ceil(batch);
     let encode_started = Instant::now();
     let bodies: Vec<Bytes> = (0..rounds)
         .flat_map(|r| (0..per_round).map(move |b| (r, b)))
-        .map(|(r, b)| batch_body(b * batch, batch, series, start_ts + r as i64 * 1000))
+        .map(|(r, b)| {
+            batch_body(
+                b * batch,
+                batch,
+                series,
+                metrics.max(1),
+                start_ts + r as i64 * interval_ms,
+            )
+        })
         .collect();
     eprintln!(
         "encoded {} bodies in {:.1} s",

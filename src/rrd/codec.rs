@@ -70,6 +70,8 @@ pub struct Dirty {
     pub header: Option<Vec<u8>>,
     /// Changed pages: (page number, bytes).
     pub pages: Vec<(u32, Vec<u8>)>,
+    /// Every saved page of this archive must go first (its shape changed).
+    pub replace_all: bool,
 }
 
 impl Dirty {
@@ -135,7 +137,10 @@ impl Archive {
         series_prefix: &str,
         series_labels: Option<&[(String, String)]>,
     ) -> Dirty {
-        let mut dirty = Dirty::default();
+        let mut dirty = Dirty {
+            replace_all: std::mem::take(&mut self.rewrite),
+            ..Dirty::default()
+        };
         if self.header_dirty {
             dirty.header = Some(encode(&Header {
                 version: CODEC_VERSION,

@@ -223,6 +223,17 @@ pub struct Archive {
     /// One bit per page changed since the last `take_dirty`.
     dirty_pages: Box<[u64]>,
     header_dirty: bool,
+    /// The saved copy has another shape: replace all its pages on save.
+    rewrite: bool,
+}
+
+/// What a migration moved.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Old buckets written into the new archive.
+    pub moved: u64,
+    /// Old buckets the new shape could not take.
+    pub dropped: u64,
 }
 
 impl Archive {
@@ -241,6 +252,7 @@ impl Archive {
             means,
             dirty_pages: vec![0; pages.div_ceil(64)].into_boxed_slice(),
             header_dirty: true,
+            rewrite: false,
         }
     }
 
@@ -276,6 +288,10 @@ impl Archive {
     /// The first [`Reject`] met. When a split sample's first half was
     /// stored and its second half refused, the first half stays.
     pub fn update(&mut self, sample: Sample) -> Result<(), Reject> {
+        self.update_with(sample, self.shape.split)
+    }
+
+    fn update_with(&mut self, sample: Sample, split: Split) -> Result<(), Reject> {
         let tf = self.shape.timeframe_ms();
         let t = sample.timestamp_ms;
         let lo = t / tf;
@@ -284,7 +300,7 @@ impl Archive {
         if offset == 0 || matches!(part, Part::Special(_)) {
             return self.apply(lo, part);
         }
-        match self.shape.split {
+        match split {
             Split::Backward => self.apply(lo, part),
             Split::Forward => self.apply(lo + 1, part),
             Split::Equal => {
@@ -520,6 +536,48 @@ impl Archive {
                 Reading::Empty => None,
                 r => Some((b * tf, r)),
             })
+    }
+
+    /// This archive's history re-bucketed into a new shape (a changed
+    /// rule): every filled bucket, oldest first, is written into an empty
+    /// archive of `shape` as a sample at the bucket's start, consolidated
+    /// with the new type and always split backward (a bucket goes whole into
+    /// the new bucket that contains its start). Means of avg archives move as
+    /// one sample each (rounded for integer cells); specials move by name.
+    /// Buckets the new shape cannot hold (older than its window, values out
+    /// of its range, specials it does not define) are dropped and counted.
+    pub fn migrate(&self, shape: Shape) -> (Archive, Migration) {
+        let mut next = Archive::new(shape);
+        let mut report = Migration::default();
+        for (secs, reading) in self.filled() {
+            let value = match reading {
+                Reading::Uint(v) => Some(Value::Uint(v)),
+                Reading::Float(v)
+                    if next.shape.value_size.is_integer() && v.is_finite() && v >= 0.0 =>
+                {
+                    Some(Value::Float(v.round()))
+                }
+                Reading::Float(v) => Some(Value::Float(v)),
+                Reading::Special(name) => next
+                    .shape
+                    .specials
+                    .iter()
+                    .position(|s| s.name == name)
+                    .map(|i| Value::Special(i as u64 + 1)),
+                Reading::Empty => None,
+            };
+            let sample = value.map(|value| Sample {
+                timestamp_ms: secs * 1000,
+                value,
+            });
+            match sample.map(|s| next.update_with(s, Split::Backward)) {
+                Some(Ok(())) => report.moved += 1,
+                _ => report.dropped += 1,
+            }
+        }
+        next.mark_all_dirty();
+        next.rewrite = true;
+        (next, report)
     }
 
     /// Whether anything changed since the last `take_dirty`.

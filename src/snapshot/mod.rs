@@ -192,6 +192,15 @@ impl Snapshotter {
             }
             let mut batch = sled::Batch::default();
             for d in &dirty {
+                if d.dirty.replace_all {
+                    for key in self
+                        .db
+                        .scan_prefix(series_rule_key(b'p', &d.series, &d.rule))
+                        .keys()
+                    {
+                        batch.remove(key.map_err(|e| self.err(e))?);
+                    }
+                }
                 if let Some(h) = &d.dirty.header {
                     batch.insert(series_rule_key(b'h', &d.series, &d.rule), h.as_slice());
                 }
@@ -222,6 +231,31 @@ impl Snapshotter {
         self.db.flush().map_err(|e| self.err(e))?;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Removes saved archives (autoremove sweeps) from disk.
+    ///
+    /// # Errors
+    /// sled fails.
+    pub fn delete_archives(&self, archives: &[(String, String)]) -> Result<(), SnapshotError> {
+        if archives.is_empty() {
+            return Ok(());
+        }
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut batch = sled::Batch::default();
+        for (series, rule) in archives {
+            batch.remove(series_rule_key(b'h', series, rule));
+            for key in self
+                .db
+                .scan_prefix(series_rule_key(b'p', series, rule))
+                .keys()
+            {
+                batch.remove(key.map_err(|e| self.err(e))?);
+            }
+        }
+        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        self.db.flush().map_err(|e| self.err(e))?;
+        Ok(())
     }
 
     /// Removes a series from the store and every saved archive of it from

@@ -155,6 +155,10 @@ pub struct StoreStats {
     /// Archive-level refusals by reason (a sample aimed at three archives
     /// may count up to three).
     pub archive_rejects: Vec<(&'static str, u64)>,
+    /// Archives migrated into a changed rule's shape.
+    pub migrations: u64,
+    /// Old buckets dropped by migrations.
+    pub migration_dropped_buckets: u64,
 }
 
 /// Metadata of one metric family, as remote_write senders report it.
@@ -183,6 +187,19 @@ pub struct Store {
     archives: AtomicU64,
     archive_bytes: AtomicU64,
     archive_rejects: [AtomicU64; WriteReject::ALL.len()],
+    migrations: AtomicU64,
+    migration_dropped: AtomicU64,
+}
+
+/// What a rule change did to the archives held.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RulesChange {
+    /// Archives migrated into a new shape.
+    pub migrated: u64,
+    /// Old buckets the new shapes could not take.
+    pub dropped_buckets: u64,
+    /// Archives whose rule no longer applies: out of memory, still on disk.
+    pub unloaded: u64,
 }
 
 impl Store {
@@ -198,6 +215,8 @@ impl Store {
             archives: AtomicU64::new(0),
             archive_bytes: AtomicU64::new(0),
             archive_rejects: Default::default(),
+            migrations: AtomicU64::new(0),
+            migration_dropped: AtomicU64::new(0),
         }
     }
 
@@ -390,9 +409,7 @@ impl Store {
         let Some(series) = removed else { return false };
         self.series.fetch_sub(1, Ordering::Relaxed);
         for a in &series.archives {
-            self.archives.fetch_sub(1, Ordering::Relaxed);
-            self.archive_bytes
-                .fetch_sub(a.archive.memory_bytes() as u64, Ordering::Relaxed);
+            self.forget_archive(&a.archive);
         }
         true
     }
@@ -448,7 +465,8 @@ impl Store {
     }
 
     /// Puts a restored archive in place, if a configured rule of that name
-    /// applies to the prefix with the same shape.
+    /// applies to the prefix; an archive saved for another shape of that
+    /// rule is migrated into the current one.
     ///
     /// # Errors
     /// Why it was not taken; the caller keeps the record on disk.
@@ -466,9 +484,15 @@ impl Store {
             .iter()
             .find(|r| r.name == rule_name)
             .ok_or(RestoreSkip::NoSuchRule)?;
-        if rule.shape != *archive.shape() {
-            return Err(RestoreSkip::ShapeChanged);
-        }
+        let archive = if rule.shape == *archive.shape() {
+            archive
+        } else {
+            let (migrated, report) = archive.migrate(rule.shape.clone());
+            self.migrations.fetch_add(1, Ordering::Relaxed);
+            self.migration_dropped
+                .fetch_add(report.dropped, Ordering::Relaxed);
+            migrated
+        };
         let mut shard = self.write_shard(self.shard_of(key));
         if !shard.contains_key(key) {
             self.insert_series(&mut shard, key, prefix, labels.map(Arc::from));
@@ -483,6 +507,87 @@ impl Store {
             archive,
         });
         Ok(())
+    }
+
+    /// Replaces the rule set. Archives whose rule changed shape are migrated
+    /// (see [`Archive::migrate`]); archives whose rule is gone (or no longer
+    /// applies to the series' prefix) leave memory but stay on disk until
+    /// the series is deleted; a series left with no archive leaves memory.
+    pub fn set_rules(&self, rules: RuleSet) -> RulesChange {
+        let rules = Arc::new(rules);
+        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules.clone();
+        let mut change = RulesChange::default();
+        for i in 0..self.shards.len() {
+            let mut shard = self.write_shard(i);
+            shard.retain(|_, series| {
+                let applying = rules.for_prefix(&series.prefix);
+                series.archives.retain_mut(|a| {
+                    let Some(rule) = applying.iter().find(|r| r.name == a.rule.name) else {
+                        change.unloaded += 1;
+                        self.forget_archive(&a.archive);
+                        return false;
+                    };
+                    if rule.shape != a.rule.shape {
+                        let before = a.archive.memory_bytes() as u64;
+                        let (migrated, report) = a.archive.migrate(rule.shape.clone());
+                        self.archive_bytes.fetch_sub(before, Ordering::Relaxed);
+                        self.archive_bytes
+                            .fetch_add(migrated.memory_bytes() as u64, Ordering::Relaxed);
+                        a.archive = migrated;
+                        change.migrated += 1;
+                        change.dropped_buckets += report.dropped;
+                    }
+                    a.rule = rule.clone();
+                    true
+                });
+                let keep = !series.archives.is_empty();
+                if !keep {
+                    self.series.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
+        self.migrations
+            .fetch_add(change.migrated, Ordering::Relaxed);
+        self.migration_dropped
+            .fetch_add(change.dropped_buckets, Ordering::Relaxed);
+        change
+    }
+
+    fn forget_archive(&self, archive: &Archive) {
+        self.archives.fetch_sub(1, Ordering::Relaxed);
+        self.archive_bytes
+            .fetch_sub(archive.memory_bytes() as u64, Ordering::Relaxed);
+    }
+
+    /// Drops the archives of `autoremove` rules idle for a whole window
+    /// (newest bucket older than `now − limit·timeframe`), and series left
+    /// with none. Returns the (series, rule) pairs removed, for the caller
+    /// to delete from disk.
+    pub fn sweep(&self, now_ms: TimestampMs) -> Vec<(String, String)> {
+        let mut removed = Vec::new();
+        for i in 0..self.shards.len() {
+            let mut shard = self.write_shard(i);
+            shard.retain(|key, series| {
+                series.archives.retain(|a| {
+                    let idle = a.rule.autoremove
+                        && a.archive.newest_timestamp_secs().is_none_or(|newest| {
+                            (newest * 1000).saturating_add(a.rule.window_ms()) < now_ms
+                        });
+                    if idle {
+                        removed.push((key.to_string(), a.rule.name.clone()));
+                        self.forget_archive(&a.archive);
+                    }
+                    !idle
+                });
+                let keep = !series.archives.is_empty();
+                if !keep {
+                    self.series.fetch_sub(1, Ordering::Relaxed);
+                }
+                keep
+            });
+        }
+        removed
     }
 
     /// Records a metric family's metadata (the newest report wins; at most
@@ -513,6 +618,8 @@ impl Store {
                 .zip(&self.archive_rejects)
                 .map(|(r, c)| (r.as_str(), c.load(Ordering::Relaxed)))
                 .collect(),
+            migrations: self.migrations.load(Ordering::Relaxed),
+            migration_dropped_buckets: self.migration_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -523,10 +630,6 @@ pub enum RestoreSkip {
     /// No rule of that name applies to the series' prefix any more.
     #[error("its rule is no longer configured for this prefix")]
     NoSuchRule,
-    /// The rule's timeframe, limit, type, split, value size or specials
-    /// changed.
-    #[error("its rule changed shape")]
-    ShapeChanged,
 }
 
 #[cfg(test)]

@@ -140,7 +140,7 @@ fn a_write_after_take_dirty_stays_dirty() {
 }
 
 #[test]
-fn restore_requires_same_rule_and_shape() {
+fn restore_requires_the_rule_and_migrates_a_changed_shape() {
     let s = store();
     let r = rule("t_min", "traffic", 60, ValueSize::Large);
     let mut a = Archive::new(r.shape.clone());
@@ -149,11 +149,17 @@ fn restore_requires_same_rule_and_shape() {
         s.restore("traffic-a", "traffic", None, "gone", a.clone()),
         Err(RestoreSkip::NoSuchRule)
     );
-    let other = Archive::new(rule("t_min", "traffic", 30, ValueSize::Large).shape);
-    assert_eq!(
-        s.restore("traffic-a", "traffic", None, "t_min", other),
-        Err(RestoreSkip::ShapeChanged)
-    );
+    // Saved with 30s buckets: re-bucketed into the rule's 60s ones.
+    let mut old = Archive::new(rule("t_min", "traffic", 30, ValueSize::Large).shape);
+    old.update(sample(NOW, 4)).unwrap();
+    old.update(sample(NOW + 30_000, 5)).unwrap();
+    s.restore("traffic-b", "traffic", None, "t_min", old)
+        .unwrap();
+    let got = s.read("traffic-b", |x| {
+        x.archive("t_min").unwrap().get(NOW / 60_000).as_f64()
+    });
+    assert_eq!(got, Some(Some(9.0)), "two 30s sums in one 60s bucket");
+    assert_eq!(s.stats().migrations, 1);
     s.restore("traffic-a", "traffic", None, "t_min", a).unwrap();
     let got = s.read("traffic-a", |series| {
         series.archive("t_min").unwrap().get(NOW / 60_000).as_f64()
@@ -163,4 +169,95 @@ fn restore_requires_same_rule_and_shape() {
         x.archive("t_min").map(|a| a.get(0) == Reading::Empty)
     });
     assert_eq!(empty, Some(Some(true)));
+}
+
+/// An independent model of a migration: sum the old buckets into the new
+/// timeframe's buckets and keep the newest `limit`.
+fn rebucket(old: &[(u64, u64)], tf: u64, limit: u64) -> Vec<(u64, u64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for (t, v) in old {
+        *sums.entry(t / tf * tf).or_insert(0) += v;
+    }
+    let newest = *sums.keys().last().unwrap();
+    sums.into_iter()
+        .filter(|(t, _)| *t + (limit - 1) * tf >= newest)
+        .collect()
+}
+
+#[test]
+fn changed_rules_migrate_unloaded_rules_leave_memory() {
+    let s = store();
+    let mut old = Vec::new();
+    for i in 0..90u64 {
+        let t = NOW / 60_000 * 60 + i * 60;
+        s.write(
+            "traffic-a",
+            "traffic",
+            sample(t * 1000, i + 1),
+            t * 1000 + 1,
+        )
+        .unwrap();
+        old.push((t, i + 1));
+    }
+    s.write("other-a", "other", sample(NOW, 1), NOW).unwrap();
+    let before = s.stats();
+    assert_eq!((before.series, before.archives), (2, 3));
+
+    // t_min: 60s x 100 → 300s x 10 (sum); t_small and the "*" rule are gone.
+    let mut changed = rule("t_min", "traffic", 300, ValueSize::Large);
+    changed.shape.limit = 10;
+    let change = s.set_rules(RuleSet::new(vec![changed]));
+    assert_eq!(change.migrated, 1);
+    assert_eq!(change.unloaded, 2);
+    let got: Vec<(u64, u64)> = s
+        .read("traffic-a", |x| {
+            x.archive("t_min")
+                .unwrap()
+                .filled()
+                .map(|(t, r)| (t, r.as_f64().unwrap() as u64))
+                .collect()
+        })
+        .unwrap();
+    assert_eq!(got, rebucket(&old, 300, 10));
+    assert!(
+        s.read("other-a", |_| ()).is_none(),
+        "a series with no archive left is gone"
+    );
+    let after = s.stats();
+    assert_eq!((after.series, after.archives), (1, 1));
+    assert!(s.take_dirty(s.shard_of("traffic-a"))[0].dirty.replace_all);
+}
+
+#[test]
+fn autoremove_sweeps_idle_archives_by_the_given_clock() {
+    let mut r = rule("t_auto", "traffic", 60, ValueSize::Large);
+    r.autoremove = true;
+    r.shape.limit = 10; // a 10-minute window
+    let s = Store::new(
+        RuleSet::new(vec![r, rule("t_keep", "load", 60, ValueSize::Large)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 100,
+        },
+    );
+    s.write("traffic-a", "traffic", sample(NOW, 1), NOW)
+        .unwrap();
+    s.write("load-a", "load", sample(NOW, 1), NOW).unwrap();
+    // Older than the window by the clock: ignored on write.
+    assert_eq!(
+        s.write("traffic-b", "traffic", sample(NOW - 11 * 60_000, 1), NOW),
+        Err(Reject::TooOld.into())
+    );
+    assert!(
+        s.sweep(NOW + 9 * 60_000).is_empty(),
+        "still inside the window"
+    );
+    let removed = s.sweep(NOW + 11 * 60_000);
+    assert_eq!(removed, [("traffic-a".to_string(), "t_auto".to_string())]);
+    assert!(s.read("traffic-a", |_| ()).is_none());
+    assert!(
+        s.read("load-a", |_| ()).is_some(),
+        "rules without autoremove stay"
+    );
+    assert!(!s.series_keys().iter().any(|(k, _)| &**k == "traffic-a"));
 }
