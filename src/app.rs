@@ -19,6 +19,9 @@ use crate::telemetry::{Metrics, RateLimited};
 use crate::tls::{self, ListenerKind};
 use anyhow::Context;
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use tokio::signal::unix::{signal, SignalKind};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -76,7 +79,7 @@ fn dev_tls(settings: &Settings) -> anyhow::Result<TlsFiles> {
 /// # Errors
 /// Startup failures (certificates, snapshot store, binding), or a failed
 /// final snapshot.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data_dir {}", settings.data_dir.display()))?;
     let tls_files = match &settings.tls {
@@ -143,7 +146,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
 
     let shutdown = Shutdown::new();
-    let access = Arc::new(Access::new(settings.clients.as_deref()));
+    let access = Arc::new(SharedAccess::new(Access::new(settings.clients.as_deref())));
     let api_ctx = Arc::new(ApiContext {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -172,7 +175,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 metrics.clone(),
                 shutdown.clone(),
                 move |stream, peer| {
-                    let grant = access.grant(peer.name.as_deref());
+                    let grant = access.current().grant(peer.name.as_deref());
                     socket::handle(stream, grant, socket_ctx.clone(), token.clone())
                 },
             ),
@@ -203,7 +206,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 metrics.clone(),
                 shutdown.clone(),
                 move |stream, peer| {
-                    let grant = access.grant(peer.name.as_deref());
+                    let grant = access.current().grant(peer.name.as_deref());
                     crate::http::serve_connection(stream, router.clone(), grant, token.clone())
                 },
             ),
@@ -215,6 +218,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             snapshotter.clone(),
             store.clone(),
             metrics.clone(),
+            system_clock(),
             settings.snapshot_interval,
             shutdown.clone(),
         ),
@@ -232,7 +236,20 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     let _ = out.flush();
 
-    wait_for_signal().await?;
+    let mut running = settings;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM"); break }
+            _ = int.recv() => { tracing::info!("SIGINT"); break }
+            _ = hangup.recv() => {
+                let outcome = reload(config_file.as_deref(), &mut running, &store, &access);
+                metrics.add("ringdb_reloads_total", &[("outcome", outcome)], 1);
+            }
+        }
+    }
     tracing::info!("shutting down: no new connections, finishing in-flight work");
     shutdown.trigger();
     if let Err(late) = shutdown.drain(DRAIN_DEADLINE).await {
@@ -245,13 +262,63 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+/// The `clients:` permissions, swapped whole on reload; each connection
+/// takes the grant current when it starts.
+struct SharedAccess(RwLock<Arc<Access>>);
+
+impl SharedAccess {
+    fn new(access: Access) -> SharedAccess {
+        SharedAccess(RwLock::new(Arc::new(access)))
     }
-    Ok(())
+
+    fn current(&self) -> Arc<Access> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, access: Access) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+    }
+}
+
+/// SIGHUP: validate the file first; on any error keep everything running
+/// as it is and log every problem; else swap rules (migrating changed
+/// archives) and client permissions. Listener, TLS, data_dir and limit
+/// changes need a restart and are reported as such.
+fn reload(
+    file: Option<&Path>,
+    running: &mut Settings,
+    store: &Store,
+    access: &SharedAccess,
+) -> &'static str {
+    let Some(file) = file else {
+        tracing::warn!("SIGHUP: running on the embedded configuration, nothing to reload");
+        return "no_file";
+    };
+    let next = match crate::config::load(file) {
+        Ok(next) => next,
+        Err(e) => {
+            tracing::error!("SIGHUP: configuration not reloaded, the running one stays:\n{e}");
+            return "error";
+        }
+    };
+    let change = store.set_rules(RuleSet::new(next.rules.clone()));
+    access.set(Access::new(next.clients.as_deref()));
+    let restart_needed = next.listen.socket != running.listen.socket
+        || next.listen.http != running.listen.http
+        || next.listen.admin != running.listen.admin
+        || next.data_dir != running.data_dir
+        || next.snapshot_interval != running.snapshot_interval
+        || format!("{:?}{:?}", next.tls, next.limits) != format!("{:?}{:?}", running.tls, running.limits);
+    if restart_needed {
+        tracing::warn!("SIGHUP: listen, tls, data_dir, snapshot and limits changes take effect on restart");
+    }
+    tracing::info!(
+        rules = next.rules.len(),
+        migrated = change.migrated,
+        dropped_buckets = change.dropped_buckets,
+        unloaded = change.unloaded,
+        "SIGHUP: configuration reloaded"
+    );
+    *running = next;
+    "ok"
 }

@@ -58,6 +58,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "HTTP requests by listener, route and status code.",
     ),
+    (
+        "ringdb_scrapes_total",
+        Kind::Counter,
+        "Scrapes by job and result (up, or why the target was down).",
+    ),
+    (
+        "ringdb_scrape_malformed_lines_total",
+        Kind::Counter,
+        "Scraped lines that could not be parsed (skipped), by job.",
+    ),
     ("ringdb_series", Kind::Gauge, "Series held in memory."),
     ("ringdb_archives", Kind::Gauge, "Archives held in memory."),
     (
@@ -135,6 +145,9 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Time spent answering Prometheus API requests, by endpoint.",
     ),
+    ("ringdb_reloads_total", Kind::Counter, "SIGHUP reloads by outcome (ok, error, no_file)."),
+    ("ringdb_autoremoved_archives_total", Kind::Counter, "Idle autoremove archives dropped from memory and disk."),
+    ("ringdb_migrations_total", Kind::Gauge, "Archives migrated into a changed rule's shape since start."),
 ];
 
 /// A registry of labelled counters and gauges. Hot paths keep the

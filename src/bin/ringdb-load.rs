@@ -196,11 +196,11 @@ fn batch_body(first: u64, batch: u64, series: u64, metrics: u64, ts: i64) -> Byt
                 labels: vec![
                     proto::Label {
                         name: b"__name__".to_vec(),
-                        value: format!("bench_metric_{}", i % 50).into_bytes(),
+                        value: format!("bench_metric_{}", i % metrics).into_bytes(),
                     },
                     proto::Label {
                         name: b"instance".to_vec(),
-                        value: format!("host-{}.example.net:9100", i / 50).into_bytes(),
+                        value: format!("host-{}.example.net:9100", i / metrics).into_bytes(),
                     },
                     proto::Label {
                         name: b"job".to_vec(),
@@ -221,14 +221,25 @@ fn batch_body(first: u64, batch: u64, series: u64, metrics: u64, ts: i64) -> Byt
     }))
 }
 
-async fn remote_write(
-    url: String,
-    tls: TlsArgs,
+/// Shape of a remote_write load.
+struct RemoteWriteLoad {
     series: u64,
     batch: u64,
     rounds: u64,
     connections: u64,
-) -> anyhow::Result<()> {
+    interval_ms: i64,
+    metrics: u64,
+}
+
+async fn remote_write(url: String, tls: TlsArgs, load: RemoteWriteLoad) -> anyhow::Result<()> {
+    let RemoteWriteLoad {
+        series,
+        batch,
+        rounds,
+        connections,
+        interval_ms,
+        metrics,
+    } = load;
     let uri: hyper::Uri = url.parse()?;
     let host = uri.host().unwrap_or("localhost").to_string();
     let secure = uri.scheme_str() == Some("https");
@@ -337,7 +348,19 @@ fn main() -> anyhow::Result<()> {
                 batch,
                 rounds,
                 connections,
-            } => remote_write(url, tls, series, batch, rounds, connections).await,
+                interval_ms,
+                metrics,
+            } => {
+                let load = RemoteWriteLoad {
+                    series,
+                    batch,
+                    rounds,
+                    connections,
+                    interval_ms,
+                    metrics,
+                };
+                remote_write(url, tls, load).await
+            }
         }
     })
 }

@@ -18,6 +18,7 @@ pub struct RawConfig {
     pub snapshot: Option<SnapshotConfig>,
     pub limits: Option<LimitsConfig>,
     pub clients: Option<Vec<ClientConfig>>,
+    pub scrape: Option<Vec<ScrapeConfig>>,
     pub rules: Option<Vec<RuleConfig>>,
     #[serde(flatten)]
     pub unknown: Unknown,
@@ -71,6 +72,23 @@ pub struct ClientConfig {
     pub write: Option<Value>,
     pub read: Option<Value>,
     pub admin: Option<Value>,
+    #[serde(flatten)]
+    pub unknown: Unknown,
+}
+
+/// One entry of `scrape:`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ScrapeConfig {
+    pub job: Option<Value>,
+    pub interval: Option<Value>,
+    pub timeout: Option<Value>,
+    pub targets: Option<Value>,
+    pub scheme: Option<Value>,
+    pub ca: Option<Value>,
+    pub cert: Option<Value>,
+    pub key: Option<Value>,
+    pub metrics_path: Option<Value>,
+    pub body_limit_bytes: Option<Value>,
     #[serde(flatten)]
     pub unknown: Unknown,
 }

@@ -2,7 +2,7 @@
 //! instead of stopping at the first.
 
 use super::raw::{self, RawConfig, Unknown};
-use super::{ClientSettings, Issue, Limits, Listen, Settings, TlsFiles};
+use super::{ClientSettings, Issue, Limits, Listen, ScrapeJob, ScrapeScheme, Settings, TlsFiles};
 use crate::rrd::{Consolidation, Shape, Special, Split, Strength, ValueSize, MAX_SPECIALS};
 use crate::rules::{Rule, FALLBACK_PREFIX};
 use serde_yaml::Value;
@@ -180,7 +180,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
     c.unknown(
         "",
         &raw.unknown,
-        "data_dir, listen, tls, snapshot, limits, clients, rules",
+        "data_dir, listen, tls, snapshot, limits, clients, scrape, rules",
     );
     let resolve = |p: String| -> PathBuf {
         let p = PathBuf::from(p);
@@ -296,6 +296,8 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
             .collect()
     });
 
+    let scrape = scrape_jobs(&mut c, raw.scrape, base);
+
     let mut rules = Vec::new();
     match raw.rules {
         None => c.issue("rules", "missing; expected a list of rules (DESIGN §2)"),
@@ -322,6 +324,7 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
             snapshot_interval,
             limits,
             clients,
+            scrape,
             rules,
         })
     } else {
@@ -564,4 +567,195 @@ fn specials(c: &mut Checker, at: &str, value: Option<&Value>) -> Option<Vec<Spec
         }
     }
     (c.issues.len() == before && out.len() <= MAX_SPECIALS).then_some(out)
+}
+
+/// Default cap on a scraped body.
+const SCRAPE_BODY_LIMIT_BYTES: u64 = 16 << 20;
+
+const SCHEMES: &[(&str, ScrapeScheme)] =
+    &[("http", ScrapeScheme::Http), ("https", ScrapeScheme::Https)];
+
+/// `scrape:`: jobs with unique names, `timeout ≤ interval`, `host:port`
+/// targets, and TLS files (relative to `base`) only where https uses them.
+fn scrape_jobs(
+    c: &mut Checker,
+    list: Option<Vec<raw::ScrapeConfig>>,
+    base: &Path,
+) -> Vec<ScrapeJob> {
+    let mut names = HashSet::new();
+    let mut jobs = Vec::new();
+    for (i, j) in list.unwrap_or_default().into_iter().enumerate() {
+        let at = format!("scrape[{i}]");
+        c.unknown(
+            &at,
+            &j.unknown,
+            "job, interval, timeout, targets, scheme, ca, cert, key, metrics_path, body_limit_bytes",
+        );
+        let before = c.issues.len();
+        let job = match j.job.as_ref() {
+            None => {
+                c.issue(
+                    join(&at, "job"),
+                    "missing; expected the job name (its `job` label)",
+                );
+                String::new()
+            }
+            Some(v) => c.string(&join(&at, "job"), v).unwrap_or_default(),
+        };
+        if j.job.is_some() && job.is_empty() {
+            c.issue(join(&at, "job"), "empty; expected a job name");
+        } else if !job.is_empty() && !names.insert(job.clone()) {
+            c.issue(join(&at, "job"), format!("duplicate job name {job:?}"));
+        }
+        let interval = c.duration(
+            &join(&at, "interval"),
+            j.interval.as_ref(),
+            Duration::from_secs(60),
+        );
+        if interval.is_zero() {
+            c.issue(
+                join(&at, "interval"),
+                "expected a positive duration, found 0",
+            );
+        }
+        let timeout = c.duration(
+            &join(&at, "timeout"),
+            j.timeout.as_ref(),
+            interval.min(Duration::from_secs(10)),
+        );
+        if timeout.is_zero() {
+            c.issue(
+                join(&at, "timeout"),
+                "expected a positive duration, found 0",
+            );
+        } else if timeout > interval {
+            c.issue(
+                join(&at, "timeout"),
+                format!("timeout {timeout:?} is longer than the interval {interval:?}; expected at most the interval"),
+            );
+        }
+        let targets = match j.targets.as_ref() {
+            None => {
+                c.issue(
+                    join(&at, "targets"),
+                    "missing; expected a list of host:port",
+                );
+                Vec::new()
+            }
+            Some(v) => c.string_list(&join(&at, "targets"), Some(v)),
+        };
+        if j.targets.is_some() && targets.is_empty() && c.issues.len() == before {
+            c.issue(
+                join(&at, "targets"),
+                "empty; expected at least one host:port",
+            );
+        }
+        let mut seen = HashSet::new();
+        for (k, t) in targets.iter().enumerate() {
+            let t_at = format!("{at}.targets[{k}]");
+            if !is_host_port(t) {
+                c.issue(
+                    &t_at,
+                    format!("expected host:port such as 127.0.0.1:9100 or [::1]:9100, found {t:?}"),
+                );
+            } else if !seen.insert(t.as_str()) {
+                c.issue(&t_at, format!("duplicate target {t:?}"));
+            }
+        }
+        let scheme = match j.scheme.as_ref() {
+            None => Some(ScrapeScheme::Http),
+            Some(v) => c.enum_value(&join(&at, "scheme"), v, SCHEMES),
+        };
+        let mut file = |key: &str, v: Option<&Value>| -> Option<PathBuf> {
+            let text = c.string(&join(&at, key), v?)?;
+            let p = PathBuf::from(text);
+            Some(if p.is_absolute() { p } else { base.join(p) })
+        };
+        let ca = file("ca", j.ca.as_ref());
+        let cert = file("cert", j.cert.as_ref());
+        let key = file("key", j.key.as_ref());
+        if scheme == Some(ScrapeScheme::Https) && ca.is_none() && j.ca.is_none() {
+            c.issue(
+                join(&at, "ca"),
+                "missing; scheme https needs ca, the CA file that signed the targets' certificates",
+            );
+        }
+        if scheme == Some(ScrapeScheme::Http) {
+            for (name, v) in [("ca", &j.ca), ("cert", &j.cert), ("key", &j.key)] {
+                if v.is_some() {
+                    c.issue(
+                        join(&at, name),
+                        "only used with scheme: https; remove it or set scheme: https",
+                    );
+                }
+            }
+        }
+        if j.cert.is_some() != j.key.is_some() {
+            let missing = if j.cert.is_some() { "key" } else { "cert" };
+            c.issue(
+                join(&at, missing),
+                "missing; a client certificate needs both cert and key",
+            );
+        }
+        let metrics_path = match j.metrics_path.as_ref() {
+            None => Some("/metrics".to_string()),
+            Some(v) => c.string(&join(&at, "metrics_path"), v),
+        }
+        .unwrap_or_default();
+        if !metrics_path.starts_with('/')
+            || metrics_path
+                .chars()
+                .any(|ch| ch.is_whitespace() || ch.is_control())
+        {
+            c.issue(
+                join(&at, "metrics_path"),
+                format!("expected an absolute path such as /metrics, found {metrics_path:?}"),
+            );
+        }
+        let body_limit_bytes = c.unsigned(
+            &join(&at, "body_limit_bytes"),
+            j.body_limit_bytes.as_ref(),
+            SCRAPE_BODY_LIMIT_BYTES,
+        );
+        if body_limit_bytes == 0 {
+            c.issue(
+                join(&at, "body_limit_bytes"),
+                "expected a positive number of bytes, found 0",
+            );
+        }
+        if c.issues.len() == before {
+            jobs.push(ScrapeJob {
+                job,
+                interval,
+                timeout,
+                targets,
+                scheme: scheme.unwrap_or(ScrapeScheme::Http),
+                ca,
+                cert,
+                key,
+                metrics_path,
+                body_limit_bytes,
+            });
+        }
+    }
+    jobs
+}
+
+/// `host:port` with a non-empty host (a name, an IPv4 address or a
+/// bracketed IPv6 address) and a port in 1..=65535.
+fn is_host_port(text: &str) -> bool {
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '.' || ch == '-' || ch == '_')
+        }
+    };
+    port_ok && host_ok
 }

@@ -5,6 +5,7 @@
 //! Keys: `h` + u16 len + series + rule → header; `p` + u16 len + series +
 //! u16 len + rule + u32 page → page. Blocking calls run on the blocking pool.
 
+use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
 use crate::rrd::Archive;
 use crate::shutdown::Shutdown;
@@ -290,6 +291,22 @@ fn log_codec_error(series: &str, rule: &str, e: &CodecError) {
     tracing::warn!(series, rule, error = %e, "snapshot: corrupt page skipped (left empty)");
 }
 
+/// Drops idle autoremove archives from memory, then from disk.
+async fn sweep(snapshotter: &Arc<Snapshotter>, store: &Arc<Store>, metrics: &Metrics, now_ms: u64) {
+    let removed = store.sweep(now_ms);
+    if removed.is_empty() {
+        return;
+    }
+    metrics.add("ringdb_autoremoved_archives_total", &[], removed.len() as u64);
+    let s = snapshotter.clone();
+    let n = removed.len();
+    match tokio::task::spawn_blocking(move || s.delete_archives(&removed)).await {
+        Ok(Ok(())) => tracing::info!(archives = n, "autoremove: idle archives removed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "autoremove: archives left on disk"),
+        Err(e) => tracing::error!(error = %e, "autoremove task failed"),
+    }
+}
+
 /// Saves on blocking threads and records the outcome in self-metrics.
 pub async fn save_now(
     snapshotter: &Arc<Snapshotter>,
@@ -331,12 +348,14 @@ pub async fn save_now(
     }
 }
 
-/// Saves every `interval` until shutdown. The final snapshot is the
+/// Every `interval` until shutdown: sweeps idle `autoremove` archives out
+/// of memory and disk, then saves what changed. The final snapshot is the
 /// caller's, after the listeners have drained.
 pub async fn run_flusher(
     snapshotter: Arc<Snapshotter>,
     store: Arc<Store>,
     metrics: Arc<Metrics>,
+    clock: Clock,
     interval: Duration,
     shutdown: Shutdown,
 ) {
@@ -347,6 +366,7 @@ pub async fn run_flusher(
         tokio::select! {
             _ = shutdown.token().cancelled() => break,
             _ = ticker.tick() => {
+                sweep(&snapshotter, &store, &metrics, clock()).await;
                 save_now(&snapshotter, &store, &metrics).await;
             }
         }

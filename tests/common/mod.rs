@@ -198,6 +198,17 @@ impl Daemon {
         wait_with_deadline(&mut child, Duration::from_secs(30))
     }
 
+    /// Replaces the config file's `extra` part (ports, TLS and data dir stay).
+    pub fn rewrite_config(&self, extra: &str) {
+        write_config(self.dir.path(), extra);
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&self) {
+        let child = self.child.as_ref().expect("running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+    }
+
     /// SIGKILL and wait.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("running");

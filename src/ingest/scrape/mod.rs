@@ -1,0 +1,431 @@
+//! Scraping (DESIGN §6): every target of every `scrape:` job is fetched at
+//! its job's interval, its text exposition body parsed ([`text`], sans-I/O)
+//! and written through the store like any other write ([`write`]), with
+//! `job`/`instance` labels and the `up`, `scrape_duration_seconds`,
+//! `scrape_samples_scraped` series.
+//!
+//! One task per target: scrapes of a target never overlap (the task is
+//! sequential, and a task replaced on reload waits for its predecessor's
+//! scrape in flight), are spread over the interval by a hash of job and
+//! target, and are each bounded by the job's timeout and body cap. A down
+//! target costs only its own task. Parsing and store writes run on the
+//! blocking pool. On shutdown each task finishes the scrape in flight and
+//! stops. [`Scraper::set_jobs`] swaps the job list at run time (reload):
+//! targets whose settings did not change keep running undisturbed.
+//!
+//! It may use the store, telemetry, rustls/hyper for its own client
+//! connections; it must never read the environment or the wall clock on
+//! its own (the [`Clock`] comes in), nor keep anything unbounded.
+
+pub mod client;
+pub mod text;
+pub mod write;
+
+use crate::config::ScrapeJob;
+use crate::model::Clock;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use write::{Health, Origin};
+
+/// Scrapes every target of every job until shutdown (no reload; see
+/// [`Scraper`] for that).
+pub async fn run(
+    jobs: Vec<ScrapeJob>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+    shutdown: Shutdown,
+) {
+    Scraper::new(jobs, store, metrics, clock)
+        .run(shutdown)
+        .await;
+}
+
+/// The scrape scheduler, whose job list can be replaced while it runs.
+pub struct Scraper {
+    jobs: watch::Sender<Arc<Vec<ScrapeJob>>>,
+    shared: Arc<Shared>,
+}
+
+/// What every target task needs.
+struct Shared {
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    clock: Clock,
+}
+
+/// One running target task.
+struct Running {
+    /// The job's settings, `targets` emptied (what the task was started with).
+    settings: Arc<ScrapeJob>,
+    stop: CancellationToken,
+}
+
+type TargetKey = (String, String);
+
+impl Scraper {
+    /// A scraper for `jobs`; nothing runs until [`Scraper::run`].
+    pub fn new(
+        jobs: Vec<ScrapeJob>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Scraper {
+        let (jobs, _) = watch::channel(Arc::new(jobs));
+        Scraper {
+            jobs,
+            shared: Arc::new(Shared {
+                store,
+                metrics,
+                clock,
+            }),
+        }
+    }
+
+    /// Replaces the job list: new targets start, removed ones stop after
+    /// their scrape in flight, targets of a job whose settings changed
+    /// restart with the new settings, the others are left alone. Call it
+    /// with validated settings (`config::load`).
+    pub fn set_jobs(&self, jobs: Vec<ScrapeJob>) {
+        self.jobs.send_replace(Arc::new(jobs));
+    }
+
+    /// The job list in force.
+    pub fn jobs(&self) -> Arc<Vec<ScrapeJob>> {
+        self.jobs.borrow().clone()
+    }
+
+    /// Runs the target tasks (tracked by `shutdown`) until shutdown,
+    /// following [`Scraper::set_jobs`].
+    pub async fn run(&self, shutdown: Shutdown) {
+        let mut changes = self.jobs.subscribe();
+        let mut running: HashMap<TargetKey, Running> = HashMap::new();
+        let mut slots: HashMap<TargetKey, Arc<tokio::sync::Mutex<()>>> = HashMap::new();
+        loop {
+            let jobs = changes.borrow_and_update().clone();
+            self.reconcile(&jobs, &mut running, &mut slots, &shutdown);
+            tokio::select! {
+                _ = shutdown.token().cancelled() => break,
+                changed = changes.changed() => if changed.is_err() { break },
+            }
+        }
+        // Target tasks watch child tokens of the shutdown token: they are
+        // already stopping; `shutdown.drain` waits for them.
+        tracing::debug!(targets = running.len(), "scraper stopping");
+    }
+
+    fn reconcile(
+        &self,
+        jobs: &[ScrapeJob],
+        running: &mut HashMap<TargetKey, Running>,
+        slots: &mut HashMap<TargetKey, Arc<tokio::sync::Mutex<()>>>,
+        shutdown: &Shutdown,
+    ) {
+        let mut wanted: HashMap<TargetKey, Arc<ScrapeJob>> = HashMap::new();
+        for job in jobs {
+            let settings = Arc::new(ScrapeJob {
+                targets: Vec::new(),
+                ..job.clone()
+            });
+            for target in &job.targets {
+                wanted.insert((job.job.clone(), target.clone()), settings.clone());
+            }
+        }
+        running.retain(|key, r| {
+            let keep = wanted.get(key).is_some_and(|s| *s == r.settings);
+            if !keep {
+                r.stop.cancel();
+                tracing::info!(job = %key.0, target = %key.1, "scrape target stopped");
+            }
+            keep
+        });
+        // A slot no task holds any more and no target wants is dropped.
+        slots.retain(|key, slot| wanted.contains_key(key) || Arc::strong_count(slot) > 1);
+        for (key, settings) in wanted {
+            if running.contains_key(&key) {
+                continue;
+            }
+            let stop = shutdown.token().child_token();
+            let slot = slots.entry(key.clone()).or_default().clone();
+            tracing::info!(job = %key.0, target = %key.1, interval = ?settings.interval, "scrape target started");
+            let task = TargetTask {
+                shared: self.shared.clone(),
+                job: settings.clone(),
+                target: key.1.clone(),
+                stop: stop.clone(),
+                slot,
+            };
+            shutdown.spawn(format!("scrape {} {}", key.0, key.1), task.run());
+            running.insert(key, Running { settings, stop });
+        }
+    }
+}
+
+/// Where in the interval a target's scrapes fall: a stable hash of job and
+/// target, so restarts and reloads keep the phase and targets spread out.
+fn offset(job: &str, target: &str, interval: Duration) -> Duration {
+    let mut h = std::hash::DefaultHasher::new();
+    (job, target).hash(&mut h);
+    let interval_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    Duration::from_millis(h.finish() % interval_ms)
+}
+
+/// How long from `now_ms` until the next multiple of `interval` plus `offset`.
+fn first_delay(now_ms: u64, interval: Duration, offset: Duration) -> Duration {
+    let interval_ms = u64::try_from(interval.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let offset_ms = u64::try_from(offset.as_millis()).unwrap_or(0) % interval_ms;
+    let base = now_ms - now_ms % interval_ms;
+    let mut next = base + offset_ms;
+    if next < now_ms {
+        next += interval_ms;
+    }
+    Duration::from_millis(next - now_ms)
+}
+
+/// What a target task remembers between scrapes, to log changes only.
+#[derive(Default)]
+struct Memory {
+    up: Option<bool>,
+    malformed: bool,
+}
+
+struct TargetTask {
+    shared: Arc<Shared>,
+    job: Arc<ScrapeJob>,
+    target: String,
+    stop: CancellationToken,
+    /// Held during a scrape; shared with a replacement task for the same
+    /// target so that the two never scrape at once.
+    slot: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl TargetTask {
+    async fn run(self) {
+        let job = &self.job;
+        let delay = first_delay(
+            (self.shared.clock)(),
+            job.interval,
+            offset(&job.job, &self.target, job.interval),
+        );
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + delay, job.interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut tls: Option<Option<TlsConnector>> = None;
+        let mut memory = Memory::default();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                _ = ticks.tick() => {}
+            }
+            let _slot = tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => break,
+                guard = self.slot.lock() => guard,
+            };
+            self.scrape(&mut tls, &mut memory).await;
+        }
+    }
+
+    /// One scrape, start to finish; never returns early on failure: a
+    /// failed scrape still writes `up 0`.
+    async fn scrape(&self, tls: &mut Option<Option<TlsConnector>>, memory: &mut Memory) {
+        let job = &self.job;
+        let scrape_ms = (self.shared.clock)();
+        let started = tokio::time::Instant::now();
+        // TLS files are read when the task starts and again after a failed
+        // scrape, so rotated certificates are picked up without a reload.
+        if tls.is_none() {
+            match client::connector(job) {
+                Ok(c) => *tls = Some(c),
+                Err(e) => {
+                    self.finish(Err(e), started, scrape_ms, memory).await;
+                    return;
+                }
+            }
+        }
+        let connector = tls.as_ref().and_then(Option::as_ref);
+        let fetched =
+            match tokio::time::timeout(job.timeout, client::fetch(job, &self.target, connector))
+                .await
+            {
+                Ok(result) => result,
+                Err(_) => Err(client::FetchError::Timeout(job.timeout)),
+            };
+        if fetched.is_err() {
+            *tls = None;
+        }
+        self.finish(fetched, started, scrape_ms, memory).await;
+    }
+
+    /// Parses and stores the body (if any) and the health series on the
+    /// blocking pool, then counts and logs.
+    async fn finish(
+        &self,
+        fetched: Result<hyper::body::Bytes, client::FetchError>,
+        started: tokio::time::Instant,
+        scrape_ms: u64,
+        memory: &mut Memory,
+    ) {
+        let duration = started.elapsed();
+        let (job, target) = (self.job.clone(), self.target.clone());
+        let shared = self.shared.clone();
+        let (failure, body) = match fetched {
+            Ok(body) => (None, Some(body)),
+            Err(e) => (Some(e), None),
+        };
+        let work = tokio::task::spawn_blocking(move || {
+            let origin = Origin {
+                job: &job.job,
+                instance: &target,
+            };
+            let now_ms = (shared.clock)();
+            let (mut report, scraped, first_error, malformed) = match body {
+                Some(body) => {
+                    let exposition = text::parse(&body);
+                    let report = write::write_exposition(
+                        &shared.store,
+                        &exposition,
+                        origin,
+                        scrape_ms,
+                        now_ms,
+                    );
+                    let first = exposition.errors.first().cloned();
+                    (
+                        report,
+                        exposition.samples.len() as u64,
+                        first,
+                        exposition.errors.len() as u64,
+                    )
+                }
+                None => (write::Report::default(), 0, None, 0),
+            };
+            let health = Health {
+                up: failure.is_none(),
+                duration,
+                samples_scraped: scraped,
+            };
+            write::write_health(
+                &shared.store,
+                origin,
+                health,
+                scrape_ms,
+                now_ms,
+                &mut report,
+            );
+            (report, failure, first_error, malformed)
+        })
+        .await;
+        let (report, failure, first_error, malformed) = match work {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::error!(job = %self.job.job, target = %self.target, error = %e, "scrape ingest task failed");
+                return;
+            }
+        };
+        self.count(&report, failure.as_ref(), malformed);
+        self.log(failure.as_ref(), first_error, malformed, memory);
+    }
+
+    fn count(&self, report: &write::Report, failure: Option<&client::FetchError>, malformed: u64) {
+        let m = &self.shared.metrics;
+        let protocol = ("protocol", "scrape");
+        m.add(
+            "ringdb_samples_accepted_total",
+            &[protocol],
+            report.accepted,
+        );
+        for (reason, n) in &report.rejected {
+            m.add(
+                "ringdb_samples_rejected_total",
+                &[protocol, ("reason", reason)],
+                *n,
+            );
+        }
+        let result = failure.map_or("up", client::FetchError::as_str);
+        m.add(
+            "ringdb_scrapes_total",
+            &[("job", &self.job.job), ("result", result)],
+            1,
+        );
+        m.add(
+            "ringdb_scrape_malformed_lines_total",
+            &[("job", &self.job.job)],
+            malformed,
+        );
+    }
+
+    /// Logs changes (up → down, down → up, malformed lines appearing), not
+    /// every scrape: a target down for a day must not flood the log.
+    fn log(
+        &self,
+        failure: Option<&client::FetchError>,
+        first_error: Option<text::LineError>,
+        malformed: u64,
+        memory: &mut Memory,
+    ) {
+        let (job, target) = (&self.job.job, &self.target);
+        let up = failure.is_none();
+        match (memory.up, failure) {
+            (Some(false), None) => tracing::info!(%job, %target, "scrape target up again"),
+            (None | Some(true), Some(e)) => {
+                tracing::warn!(%job, %target, error = %e, "scrape target down")
+            }
+            (_, Some(e)) => tracing::debug!(%job, %target, error = %e, "scrape failed"),
+            _ => {}
+        }
+        memory.up = Some(up);
+        if let Some(e) = first_error {
+            if !memory.malformed {
+                tracing::warn!(%job, %target, malformed, first = %e, "scrape body has malformed lines; the other lines were stored");
+            }
+        }
+        memory.malformed = malformed > 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_stable_and_inside_the_interval() {
+        let i = Duration::from_secs(15);
+        let a = offset("node", "h:9100", i);
+        assert_eq!(a, offset("node", "h:9100", i), "stable");
+        assert!(a < i);
+        let spread: std::collections::HashSet<_> = (0..50)
+            .map(|k| offset("node", &format!("h{k}:9100"), i))
+            .collect();
+        assert!(spread.len() > 40, "targets spread over the interval");
+    }
+
+    #[test]
+    fn first_delay_lands_on_the_offset() {
+        let i = Duration::from_secs(10);
+        let cases = [
+            ("offset ahead", 100_000, 3_000, 3_000),
+            ("offset passed", 105_000, 3_000, 8_000),
+            ("exactly now", 103_000, 3_000, 0),
+            ("zero offset", 100_001, 0, 9_999),
+        ];
+        for (case, now, off, want) in cases {
+            assert_eq!(
+                first_delay(now, i, Duration::from_millis(off)),
+                Duration::from_millis(want),
+                "case {case}"
+            );
+        }
+    }
+}
