@@ -7,6 +7,7 @@
 use crate::access::Access;
 use crate::config::{Settings, TlsFiles};
 use crate::ingest::remote_write::{self, handler::RemoteWriteContext, LabelLimits};
+use crate::ingest::scrape::Scraper;
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
 use crate::net::{self, ListenerLimits};
@@ -20,12 +21,12 @@ use crate::tls::{self, ListenerKind};
 use anyhow::Context;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use tokio::signal::unix::{signal, SignalKind};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
 
 /// Queries evaluated at once on the blocking pool.
@@ -224,6 +225,17 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         ),
     );
 
+    let scraper = Arc::new(Scraper::new(
+        settings.scrape.clone(),
+        store.clone(),
+        metrics.clone(),
+        system_clock(),
+    ));
+    {
+        let (scraper, stop) = (scraper.clone(), shutdown.clone());
+        shutdown.spawn("scraper", async move { scraper.run(stop).await });
+    }
+
     api_ctx.ready.store(true, Ordering::Relaxed);
     metrics.set("ringdb_ready", &[], 1.0);
     tracing::info!(socket = %addrs.0, http = %addrs.1, admin = %addrs.2, "ringdb ready");
@@ -245,7 +257,7 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
             _ = term.recv() => { tracing::info!("SIGTERM"); break }
             _ = int.recv() => { tracing::info!("SIGINT"); break }
             _ = hangup.recv() => {
-                let outcome = reload(config_file.as_deref(), &mut running, &store, &access);
+                let outcome = reload(config_file.as_deref(), &mut running, &store, &access, &scraper);
                 metrics.add("ringdb_reloads_total", &[("outcome", outcome)], 1);
             }
         }
@@ -283,12 +295,14 @@ impl SharedAccess {
 /// SIGHUP: validate the file first; on any error keep everything running
 /// as it is and log every problem; else swap rules (migrating changed
 /// archives) and client permissions. Listener, TLS, data_dir and limit
-/// changes need a restart and are reported as such.
+/// changes need a restart and are reported as such. Scrape jobs are swapped
+/// too; unchanged ones keep running.
 fn reload(
     file: Option<&Path>,
     running: &mut Settings,
     store: &Store,
     access: &SharedAccess,
+    scraper: &Scraper,
 ) -> &'static str {
     let Some(file) = file else {
         tracing::warn!("SIGHUP: running on the embedded configuration, nothing to reload");
@@ -303,14 +317,18 @@ fn reload(
     };
     let change = store.set_rules(RuleSet::new(next.rules.clone()));
     access.set(Access::new(next.clients.as_deref()));
+    scraper.set_jobs(next.scrape.clone());
     let restart_needed = next.listen.socket != running.listen.socket
         || next.listen.http != running.listen.http
         || next.listen.admin != running.listen.admin
         || next.data_dir != running.data_dir
         || next.snapshot_interval != running.snapshot_interval
-        || format!("{:?}{:?}", next.tls, next.limits) != format!("{:?}{:?}", running.tls, running.limits);
+        || format!("{:?}{:?}", next.tls, next.limits)
+            != format!("{:?}{:?}", running.tls, running.limits);
     if restart_needed {
-        tracing::warn!("SIGHUP: listen, tls, data_dir, snapshot and limits changes take effect on restart");
+        tracing::warn!(
+            "SIGHUP: listen, tls, data_dir, snapshot and limits changes take effect on restart"
+        );
     }
     tracing::info!(
         rules = next.rules.len(),

@@ -145,9 +145,21 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Time spent answering Prometheus API requests, by endpoint.",
     ),
-    ("ringdb_reloads_total", Kind::Counter, "SIGHUP reloads by outcome (ok, error, no_file)."),
-    ("ringdb_autoremoved_archives_total", Kind::Counter, "Idle autoremove archives dropped from memory and disk."),
-    ("ringdb_migrations_total", Kind::Gauge, "Archives migrated into a changed rule's shape since start."),
+    (
+        "ringdb_reloads_total",
+        Kind::Counter,
+        "SIGHUP reloads by outcome (ok, error, no_file).",
+    ),
+    (
+        "ringdb_autoremoved_archives_total",
+        Kind::Counter,
+        "Idle autoremove archives dropped from memory and disk.",
+    ),
+    (
+        "ringdb_migrations_total",
+        Kind::Gauge,
+        "Archives migrated into a changed rule's shape since start.",
+    ),
 ];
 
 /// A registry of labelled counters and gauges. Hot paths keep the

@@ -150,13 +150,10 @@ async fn socket(
     let connector = connector(&tls)?;
     let t = (now_ms() / 1000) as u64;
     let per_conn = frames / connections;
-    let mut tasks = Vec::new();
-    let started = Instant::now();
-    for c in 0..connections {
-        let (addr, connector) = (addr.clone(), connector.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut stream = connect(&addr, "localhost", Some(&connector)).await?;
-            let mut buf = Vec::with_capacity(1 << 20);
+    // Encode every frame first so the measurement is of the server.
+    let buffers: Vec<Vec<u8>> = (0..connections)
+        .map(|c| {
+            let mut buf = Vec::with_capacity(per_conn as usize * 40);
             for i in 0..per_conn {
                 let n = c * per_conn + i;
                 let path = format!("traffic-client{}-in", n % paths);
@@ -167,12 +164,19 @@ async fn socket(
                     n % 1000,
                     &path,
                 );
-                if buf.len() >= 1 << 20 {
-                    stream.write_all(&buf).await?;
-                    buf.clear();
-                }
             }
-            stream.write_all(&buf).await?;
+            buf
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    let started = Instant::now();
+    for buf in buffers {
+        let (addr, connector) = (addr.clone(), connector.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = connect(&addr, "localhost", Some(&connector)).await?;
+            for chunk in buf.chunks(1 << 20) {
+                stream.write_all(chunk).await?;
+            }
             stream.shutdown().await?;
             anyhow::Ok(())
         }));

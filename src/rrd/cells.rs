@@ -2,6 +2,10 @@
 //! top bits (0 number, 1..=14 special, 15 empty) as ecirca does; float cells
 //! mark specials and empty with reserved NaN payloads that real values can
 //! never carry (incoming NaNs are canonicalised).
+//!
+//! Cells are stored XOR the empty pattern, so an empty cell is all zero
+//! bits: a new archive is a zeroed allocation that the OS maps lazily, and
+//! memory is touched only where buckets are written.
 
 use super::ValueSize;
 
@@ -18,6 +22,8 @@ const EMPTY_TAG: u64 = 15;
 /// Float cells whose bits match this (low 4 bits masked) are tags.
 const FLOAT_TAG_BASE: u64 = 0x7ff4_2a00_0000_0000;
 const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
+/// A float cell's empty pattern (stored as zero).
+const FLOAT_EMPTY: u64 = FLOAT_TAG_BASE | EMPTY_TAG;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Cells {
@@ -30,22 +36,20 @@ pub(crate) enum Cells {
 impl Cells {
     pub(crate) fn new(kind: ValueSize, len: usize) -> Cells {
         match kind {
-            ValueSize::Small => Cells::Small(vec![u16::MAX; len].into_boxed_slice()),
-            ValueSize::Medium => Cells::Medium(vec![u32::MAX; len].into_boxed_slice()),
-            ValueSize::Large => Cells::Large(vec![u64::MAX; len].into_boxed_slice()),
-            ValueSize::Float => {
-                Cells::Float(vec![FLOAT_TAG_BASE | EMPTY_TAG; len].into_boxed_slice())
-            }
+            ValueSize::Small => Cells::Small(vec![0; len].into_boxed_slice()),
+            ValueSize::Medium => Cells::Medium(vec![0; len].into_boxed_slice()),
+            ValueSize::Large => Cells::Large(vec![0; len].into_boxed_slice()),
+            ValueSize::Float => Cells::Float(vec![0; len].into_boxed_slice()),
         }
     }
 
     pub(crate) fn get(&self, pos: usize) -> Cell {
         match self {
-            Cells::Small(c) => decode_int(u64::from(c[pos]), 12),
-            Cells::Medium(c) => decode_int(u64::from(c[pos]), 28),
-            Cells::Large(c) => decode_int(c[pos], 60),
+            Cells::Small(c) => decode_int(u64::from(c[pos] ^ u16::MAX), 12),
+            Cells::Medium(c) => decode_int(u64::from(c[pos] ^ u32::MAX), 28),
+            Cells::Large(c) => decode_int(c[pos] ^ u64::MAX, 60),
             Cells::Float(c) => {
-                let raw = c[pos];
+                let raw = c[pos] ^ FLOAT_EMPTY;
                 if raw & !0xf == FLOAT_TAG_BASE {
                     tag_cell(raw & 0xf)
                 } else {
@@ -57,15 +61,16 @@ impl Cells {
 
     pub(crate) fn set(&mut self, pos: usize, cell: Cell) {
         match self {
-            Cells::Small(c) => c[pos] = encode_int(cell, 12) as u16,
-            Cells::Medium(c) => c[pos] = encode_int(cell, 28) as u32,
-            Cells::Large(c) => c[pos] = encode_int(cell, 60),
+            Cells::Small(c) => c[pos] = encode_int(cell, 12) as u16 ^ u16::MAX,
+            Cells::Medium(c) => c[pos] = encode_int(cell, 28) as u32 ^ u32::MAX,
+            Cells::Large(c) => c[pos] = encode_int(cell, 60) ^ u64::MAX,
             Cells::Float(c) => {
-                c[pos] = match cell {
-                    Cell::Empty => FLOAT_TAG_BASE | EMPTY_TAG,
-                    Cell::Special(t) => FLOAT_TAG_BASE | u64::from(t),
-                    Cell::Num(bits) => bits,
-                }
+                c[pos] = FLOAT_EMPTY
+                    ^ match cell {
+                        Cell::Empty => FLOAT_EMPTY,
+                        Cell::Special(t) => FLOAT_TAG_BASE | u64::from(t),
+                        Cell::Num(bits) => bits,
+                    }
             }
         }
     }

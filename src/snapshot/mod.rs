@@ -297,7 +297,11 @@ async fn sweep(snapshotter: &Arc<Snapshotter>, store: &Arc<Store>, metrics: &Met
     if removed.is_empty() {
         return;
     }
-    metrics.add("ringdb_autoremoved_archives_total", &[], removed.len() as u64);
+    metrics.add(
+        "ringdb_autoremoved_archives_total",
+        &[],
+        removed.len() as u64,
+    );
     let s = snapshotter.clone();
     let n = removed.len();
     match tokio::task::spawn_blocking(move || s.delete_archives(&removed)).await {

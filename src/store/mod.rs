@@ -11,13 +11,16 @@ use crate::rrd::codec::Dirty;
 use crate::rrd::{self, Archive, Reject};
 use crate::rules::{Rule, RuleSet};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const SHARDS: usize = 64;
 
-type Shard = HashMap<Arc<str>, Series>;
+/// Series keys come from authenticated clients; foldhash's seeded hash is
+/// fast and not trivially collided.
+type Hasher = foldhash::fast::RandomState;
+type Shard = HashMap<Arc<str>, Series, Hasher>;
 
 /// Why a write was refused (by every archive it was aimed at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -180,7 +183,7 @@ const MAX_METADATA: usize = 100_000;
 pub struct Store {
     metadata: RwLock<HashMap<String, MetricMetadata>>,
     shards: Box<[RwLock<Shard>]>,
-    hasher: RandomState,
+    hasher: Hasher,
     rules: RwLock<Arc<RuleSet>>,
     limits: StoreLimits,
     series: AtomicU64,
@@ -208,7 +211,7 @@ impl Store {
         Store {
             metadata: RwLock::default(),
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            hasher: Hasher::default(),
             rules: RwLock::new(Arc::new(rules)),
             limits,
             series: AtomicU64::new(0),
@@ -272,7 +275,9 @@ impl Store {
         now_ms: TimestampMs,
         mut outcome: impl FnMut(Result<usize, WriteReject>),
     ) {
-        let rules = self.rules();
+        // The read guard (not a clone of the Arc) is held for the batch:
+        // `set_rules` swaps under the write lock before touching shards.
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
         let matching = rules.for_prefix(id.prefix);
         if matching.is_empty() {
             samples

@@ -16,5 +16,6 @@ mod promql_diff;
 mod reload;
 mod remote_write;
 mod rest;
+mod scrape;
 mod snapshot;
 mod socket;

@@ -13,13 +13,18 @@ fn rules(tf: u64, limit: u64) -> String {
 /// One sample per minute for 3 hours, valued 1..=180.
 fn history(d: &Daemon) -> Vec<(u64, u64)> {
     let end = now_secs() / 3600 * 3600;
-    let samples: Vec<(u64, u64)> = (0..180).map(|i| (end - 10_800 + i * 60 + 7, i + 1)).collect();
+    let samples: Vec<(u64, u64)> = (0..180)
+        .map(|i| (end - 10_800 + i * 60 + 7, i + 1))
+        .collect();
     let mut bytes = Vec::new();
     for (t, v) in &samples {
         bytes.extend(frame(false, *t, *v, "traffic-a"));
     }
     d.send_raw("client", &bytes);
-    assert_eq!(d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 180.0), 180.0);
+    assert_eq!(
+        d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 180.0),
+        180.0
+    );
     samples
 }
 
@@ -35,7 +40,9 @@ fn model(samples: &[(u64, u64)], tf: u64, limit: u64) -> Vec<(u64, u64)> {
         *sums.entry(t / tf * tf).or_insert(0) += v;
     }
     let newest = *sums.keys().last().unwrap();
-    sums.into_iter().filter(|(t, _)| t + (limit - 1) * tf >= newest).collect()
+    sums.into_iter()
+        .filter(|(t, _)| t + (limit - 1) * tf >= newest)
+        .collect()
 }
 
 fn filled(d: &Daemon, limit: u64) -> Vec<(u64, u64)> {
@@ -62,12 +69,24 @@ fn sighup_migrates_a_changed_rule() {
     let samples = history(&d);
     assert_eq!(filled(&d, 300), model(&samples, 60, 300));
     // 1m x 300 → 15m x 8: re-bucketed sums, only the newest 8 kept.
-    d.rewrite_config(&rules(900, 8).replace("  - {name: gone, prefix: traffic, type: max, timeframe: 60, limit: 10}\n", ""));
+    d.rewrite_config(&rules(900, 8).replace(
+        "  - {name: gone, prefix: traffic, type: max, timeframe: 60, limit: 10}\n",
+        "",
+    ));
     d.hup();
-    wait_for("the reload", || d.metric("ringdb_reloads_total{outcome=\"ok\"}") == 1.0);
+    wait_for("the reload", || {
+        d.metric("ringdb_reloads_total{outcome=\"ok\"}") == 1.0
+    });
     assert_eq!(filled(&d, 8), model(&samples, 900, 8));
-    assert_eq!(d.get_json("/paths/traffic-a/rules", 200)["answer"], serde_json::json!(["t"]));
-    assert_eq!(d.metric("ringdb_archives"), 1.0, "the removed rule's archive left memory");
+    assert_eq!(
+        d.get_json("/paths/traffic-a/rules", 200)["answer"],
+        serde_json::json!(["t"])
+    );
+    assert_eq!(
+        d.metric("ringdb_archives"),
+        1.0,
+        "the removed rule's archive left memory"
+    );
 }
 
 #[test]
@@ -76,9 +95,14 @@ fn a_broken_file_leaves_the_running_rules_untouched() {
     let samples = history(&d);
     d.rewrite_config("rules:\n  - {name: t, prefix: traffic, type: mean, timeframe: 60, limit: 300}\n  - {name: t, prefix: x, type: sum}\n");
     d.hup();
-    wait_for("the failed reload", || d.metric("ringdb_reloads_total{outcome=\"error\"}") == 1.0);
+    wait_for("the failed reload", || {
+        d.metric("ringdb_reloads_total{outcome=\"error\"}") == 1.0
+    });
     assert_eq!(filled(&d, 300), model(&samples, 60, 300));
-    assert_eq!(d.get_json("/paths/traffic-a/rules", 200)["answer"], serde_json::json!(["t", "gone"]));
+    assert_eq!(
+        d.get_json("/paths/traffic-a/rules", 200)["answer"],
+        serde_json::json!(["t", "gone"])
+    );
 }
 
 #[test]
@@ -94,5 +118,8 @@ fn restart_with_a_changed_rule_migrates_the_saved_history() {
     assert!(d.stop().success());
     d.spawn();
     assert_eq!(filled(&d, 48), model(&samples, 3600, 48));
-    assert_eq!(d.metric("ringdb_restore_skipped_total{reason=\"corrupt\"}"), 0.0);
+    assert_eq!(
+        d.metric("ringdb_restore_skipped_total{reason=\"corrupt\"}"),
+        0.0
+    );
 }

@@ -130,6 +130,19 @@ pub fn connector(job: &ScrapeJob) -> Result<Option<TlsConnector>, FetchError> {
     Ok(Some(TlsConnector::from(Arc::new(config))))
 }
 
+/// An error and its causes (hyper's own message is often only the step
+/// that failed, the reason, such as a TLS alert, is in the source).
+fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// The host part of `host:port`, brackets of an IPv6 address removed.
 fn host_of(target: &str) -> &str {
     let host = target.rsplit_once(':').map_or(target, |(h, _)| h);
@@ -178,7 +191,7 @@ async fn get<S>(job: &ScrapeJob, target: &str, io: S) -> Result<Bytes, FetchErro
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let http = |e: hyper::Error| FetchError::Http(e.to_string());
+    let http = |e: hyper::Error| FetchError::Http(with_causes(&e));
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
@@ -222,7 +235,7 @@ where
                 if e.is::<http_body_util::LengthLimitError>() {
                     FetchError::TooLarge { limit }
                 } else {
-                    FetchError::Http(e.to_string())
+                    FetchError::Http(with_causes(e.as_ref()))
                 }
             })?;
         Ok(body.to_bytes())

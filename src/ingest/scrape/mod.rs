@@ -247,7 +247,16 @@ impl TargetTask {
         // TLS files are read when the task starts and again after a failed
         // scrape, so rotated certificates are picked up without a reload.
         if tls.is_none() {
-            match client::connector(job) {
+            let settings = job.clone();
+            let loaded = tokio::task::spawn_blocking(move || client::connector(&settings))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(client::FetchError::TlsFiles {
+                        file: "-".into(),
+                        message: format!("loading task failed: {e}"),
+                    })
+                });
+            match loaded {
                 Ok(c) => *tls = Some(c),
                 Err(e) => {
                     self.finish(Err(e), started, scrape_ms, memory).await;

@@ -194,7 +194,8 @@ mod tests {
 
     #[test]
     fn target_labels_follow_honor_labels_false() {
-        let cases: &[(&str, &[(&str, &str)], &[(&str, &str)])] = &[
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [(&'a str, &'a str)]);
+        let cases: &[Case] = &[
             (
                 "plain",
                 &[("cpu", "0")],
