@@ -11,7 +11,7 @@
 use clap::{Args, Parser, Subcommand};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
-use ringdb::ingest::remote_write::{encode, proto};
+use ringdb::ingest::remote_write::{encode, label, proto};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use std::path::PathBuf;
@@ -198,18 +198,12 @@ fn batch_body(first: u64, batch: u64, series: u64, metrics: u64, ts: i64) -> Byt
             let i = i % series;
             proto::TimeSeries {
                 labels: vec![
-                    proto::Label {
-                        name: b"__name__".to_vec(),
-                        value: format!("bench_metric_{}", i % metrics).into_bytes(),
-                    },
-                    proto::Label {
-                        name: b"instance".to_vec(),
-                        value: format!("host-{}.example.net:9100", i / metrics).into_bytes(),
-                    },
-                    proto::Label {
-                        name: b"job".to_vec(),
-                        value: b"node".to_vec(),
-                    },
+                    label("__name__", &format!("bench_metric_{}", i % metrics)),
+                    label(
+                        "instance",
+                        &format!("host-{}.example.net:9100", i / metrics),
+                    ),
+                    label("job", "node"),
                 ],
                 samples: vec![proto::Sample {
                     value: (i as f64) * 1.5 + ts as f64 / 1e6,

@@ -20,7 +20,7 @@ const SHARDS: usize = 64;
 /// Series keys come from authenticated clients; foldhash's seeded hash is
 /// fast and not trivially collided.
 type Hasher = foldhash::fast::RandomState;
-type Shard = HashMap<Arc<str>, Series, Hasher>;
+type Shard = hashbrown::HashMap<Arc<str>, Series, Hasher>;
 
 /// Why a write was refused (by every archive it was aimed at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -285,26 +285,51 @@ impl Store {
                 .for_each(|_| outcome(Err(WriteReject::NoRule)));
             return;
         }
+        let max_future = now_ms.saturating_add(self.limits.max_future_ms);
+        // What a sample gets without touching the series, if anything.
+        let precheck = |s: &Sample| -> Option<Result<usize, WriteReject>> {
+            if s.timestamp_ms > max_future {
+                Some(Err(WriteReject::TooFarFuture))
+            } else if matches!(s.value, Value::Float(v) if rrd::is_stale_marker(v)) {
+                Some(Ok(0))
+            } else {
+                None
+            }
+        };
+        let mut rest = samples.iter();
+        let first = loop {
+            match rest.next() {
+                None => return,
+                Some(s) => match precheck(s) {
+                    Some(r) => outcome(r),
+                    None => break *s,
+                },
+            }
+        };
         let mut shard = self.write_shard(self.shard_of(id.key));
-        for &sample in samples {
-            if sample.timestamp_ms > now_ms.saturating_add(self.limits.max_future_ms) {
-                outcome(Err(WriteReject::TooFarFuture));
-                continue;
-            }
-            if matches!(sample.value, Value::Float(v) if rrd::is_stale_marker(v)) {
-                outcome(Ok(0));
-                continue;
-            }
-            if !shard.contains_key(id.key) {
+        // One hash lookup per batch; the key is copied only for a new series.
+        let series = match shard.entry_ref(id.key) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
                 if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
                     outcome(Err(WriteReject::TooManySeries));
-                    continue;
+                    for s in rest {
+                        outcome(precheck(s).unwrap_or(Err(WriteReject::TooManySeries)));
+                    }
+                    return;
                 }
-                let labels = id.labels.map(|make| Arc::from(make()));
-                self.insert_series(&mut shard, id.key, id.prefix, labels);
+                self.series.fetch_add(1, Ordering::Relaxed);
+                let series = Series {
+                    prefix: id.prefix.into(),
+                    labels: id.labels.map(|make| Arc::from(make())),
+                    archives: Vec::with_capacity(matching.len()),
+                };
+                v.insert_with_key(Arc::from(id.key), series)
             }
-            let series = shard.get_mut(id.key).expect("present or just inserted");
-            outcome(self.apply(series, matching, sample, now_ms));
+        };
+        outcome(self.apply(series, matching, first, now_ms));
+        for s in rest {
+            outcome(precheck(s).unwrap_or_else(|| self.apply(series, matching, *s, now_ms)));
         }
     }
 

@@ -4,7 +4,7 @@
 //! Skipped, with a message, where `prometheus` is not installed.
 
 use crate::common::{http_raw, now_secs, Daemon};
-use ringdb::ingest::remote_write::{encode, proto};
+use ringdb::ingest::remote_write::{encode, label, proto};
 use serde_json::Value as Json;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -150,13 +150,7 @@ fn bodies(data: &[SeriesRows]) -> Vec<Vec<u8>> {
             let timeseries = data
                 .iter()
                 .map(|(labels, samples)| proto::TimeSeries {
-                    labels: labels
-                        .iter()
-                        .map(|(n, v)| proto::Label {
-                            name: n.clone().into_bytes(),
-                            value: v.clone().into_bytes(),
-                        })
-                        .collect(),
+                    labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
                     samples: steps
                         .iter()
                         .map(|&i| proto::Sample {

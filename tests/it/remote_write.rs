@@ -3,17 +3,10 @@
 //! counted.
 
 use crate::common::{http_raw, now_secs, Daemon};
-use ringdb::ingest::remote_write::{encode, proto};
+use ringdb::ingest::remote_write::{encode, label, proto};
 use std::io::Write;
 
 const CONFIG: &str = "limits: {max_body_bytes: 20000}\nrules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n  - {name: up_min, prefix: up, type: max, timeframe: 60, limit: 60, value_size: small}\n";
-
-fn label(n: &str, v: &str) -> proto::Label {
-    proto::Label {
-        name: n.into(),
-        value: v.into(),
-    }
-}
 
 fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> proto::TimeSeries {
     proto::TimeSeries {

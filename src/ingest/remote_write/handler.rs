@@ -59,6 +59,43 @@ fn refuse(
         .into_response()
 }
 
+/// Most of a refused body read and discarded before answering, so that the
+/// close that follows does not become a reset that destroys the answer
+/// (Go's net/http does the same with 256 KiB).
+const DRAIN_BYTES: usize = 4 << 20;
+/// Longest the discard may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn drain(mut body: Body) {
+    use http_body_util::BodyExt;
+    let mut seen = 0;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while seen < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => seen += frame.data_ref().map_or(0, |d| d.len()),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// Reads the body, failing as soon as it passes `max` bytes.
+async fn read_capped(body: &mut Body, max: usize) -> Result<bytes::Bytes, String> {
+    use http_body_util::BodyExt;
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Some(data) = frame.data_ref() {
+            if out.len() + data.len() > max {
+                return Err("length limit exceeded".into());
+            }
+            out.extend_from_slice(data);
+        }
+    }
+    Ok(out.freeze())
+}
+
 fn check_headers(headers: &HeaderMap) -> Result<(), String> {
     let get = |name: header::HeaderName| {
         headers
@@ -86,6 +123,7 @@ async fn write(
     request: Request,
 ) -> Response {
     if let Err(message) = check_headers(request.headers()) {
+        drain(request.into_body()).await;
         return refuse(&ctx, StatusCode::BAD_REQUEST, "bad_headers", message);
     }
     let declared = request
@@ -93,6 +131,7 @@ async fn write(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|n| n > ctx.max_body_bytes) {
+        drain(request.into_body()).await;
         return refuse(
             &ctx,
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -117,9 +156,11 @@ async fn write(
         return response;
     };
     let body: Body = request.into_body();
-    let bytes = match axum::body::to_bytes(body, ctx.max_body_bytes).await {
+    let mut body = body;
+    let bytes = match read_capped(&mut body, ctx.max_body_bytes).await {
         Ok(b) => b,
         Err(e) => {
+            drain(body).await;
             return refuse(
                 &ctx,
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -128,7 +169,7 @@ async fn write(
                     "body over the limit of {} bytes or unreadable: {e}",
                     ctx.max_body_bytes
                 ),
-            )
+            );
         }
     };
     let work = ctx.clone();

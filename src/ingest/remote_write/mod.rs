@@ -84,7 +84,17 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<proto::WriteRequest, Deco
     let raw = snap::raw::Decoder::new()
         .decompress_vec(body)
         .map_err(|e| DecodeError::Snappy(e.to_string()))?;
-    proto::WriteRequest::decode(raw.as_slice()).map_err(|e| DecodeError::Protobuf(e.to_string()))
+    // Decoding from `Bytes` makes every label a slice of `raw`, not a copy.
+    proto::WriteRequest::decode(bytes::Bytes::from(raw))
+        .map_err(|e| DecodeError::Protobuf(e.to_string()))
+}
+
+/// A label (for tests, load generators and agents written in Rust).
+pub fn label(name: &str, value: &str) -> proto::Label {
+    proto::Label {
+        name: bytes::Bytes::copy_from_slice(name.as_bytes()),
+        value: bytes::Bytes::copy_from_slice(value.as_bytes()),
+    }
 }
 
 /// Encodes a request as a remote_write body (for tests, load generators and
@@ -133,7 +143,7 @@ fn check_labels(labels: &[proto::Label], limits: &LabelLimits) -> Result<(), &'s
     let mut previous: Option<&[u8]> = None;
     let mut name_seen = false;
     for label in labels {
-        let (name, value) = (label.name.as_slice(), label.value.as_slice());
+        let (name, value) = (label.name.as_ref(), label.value.as_ref());
         let (Ok(name_text), Ok(value_text)) =
             (std::str::from_utf8(name), std::str::from_utf8(value))
         else {
@@ -215,7 +225,7 @@ pub fn ingest(
         let name = series
             .labels
             .iter()
-            .find(|l| l.name == b"__name__")
+            .find(|l| l.name.as_ref() == b"__name__")
             .map_or("", |l| text(&l.value));
         if !grant.may_write(name) {
             report.reject(WriteReject::Forbidden.as_str(), n);
@@ -225,7 +235,7 @@ pub fn ingest(
             series
                 .labels
                 .iter()
-                .filter(|l| l.name != b"__name__")
+                .filter(|l| l.name.as_ref() != b"__name__")
                 .map(|l| (text(&l.name), text(&l.value)))
         };
         let key = model::series_key(name, others());
@@ -275,13 +285,6 @@ pub fn ingest(
 mod tests {
     use super::*;
 
-    fn label(n: &str, v: &str) -> proto::Label {
-        proto::Label {
-            name: n.as_bytes().to_vec(),
-            value: v.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn label_checks() {
         let limits = LabelLimits::default();
@@ -326,8 +329,8 @@ mod tests {
                 vec![
                     label("__name__", "up"),
                     proto::Label {
-                        name: b"a".to_vec(),
-                        value: vec![0xff],
+                        name: bytes::Bytes::from_static(b"a"),
+                        value: bytes::Bytes::from_static(&[0xff]),
                     },
                 ],
                 Err("bad_utf8"),
