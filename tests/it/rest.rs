@@ -181,3 +181,14 @@ fn multi_slice_and_admin_routes() {
         json!(["stats-a"])
     );
 }
+
+#[test]
+fn health_and_readiness() {
+    let d = Daemon::start(RULES);
+    let (code, body) = d.get("/-/healthy");
+    assert_eq!((code, body.as_str()), (200, "ringdb is Healthy.\n"));
+    // Listeners bind only after the restore, so a reachable daemon is ready.
+    let (code, body) = d.get("/-/ready");
+    assert_eq!((code, body.as_str()), (200, "ringdb is Ready.\n"));
+    assert_eq!(d.metric("ringdb_ready"), 1.0);
+}
