@@ -217,6 +217,23 @@ impl Metrics {
         }
     }
 
+    /// Counts samples of one protocol: accepted, and refused by reason.
+    pub fn count_samples<'a>(
+        &self,
+        protocol: &str,
+        accepted: u64,
+        rejected: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        self.add("ringdb_samples_accepted_total", &[("protocol", protocol)], accepted);
+        for (reason, n) in rejected {
+            self.add(
+                "ringdb_samples_rejected_total",
+                &[("protocol", protocol), ("reason", reason)],
+                n,
+            );
+        }
+    }
+
     /// Sets a gauge.
     pub fn set(&self, name: &'static str, labels: &[(&str, &str)], v: f64) {
         self.handle(name, labels)

@@ -44,18 +44,7 @@ impl Tally {
     }
 
     fn flush(&mut self, metrics: &Metrics) {
-        metrics.add(
-            "ringdb_samples_accepted_total",
-            &[("protocol", "socket")],
-            self.accepted,
-        );
-        for (reason, n) in std::mem::take(&mut self.rejected) {
-            metrics.add(
-                "ringdb_samples_rejected_total",
-                &[("protocol", "socket"), ("reason", reason)],
-                n,
-            );
-        }
+        metrics.count_samples("socket", self.accepted, std::mem::take(&mut self.rejected));
         self.accepted = 0;
     }
 }

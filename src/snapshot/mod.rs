@@ -98,8 +98,12 @@ impl Snapshotter {
     /// sled cannot open the folder (permissions, another process holds it).
     pub fn open(dir: &Path) -> Result<Snapshotter, SnapshotError> {
         let name = dir.display().to_string();
+        // The flusher calls `flush` itself after each save; sled's own
+        // periodic flush would only add fsyncs in between.
         let db = sled::Config::new()
             .path(dir)
+            .mode(sled::Mode::HighThroughput)
+            .flush_every_ms(None)
             .open()
             .map_err(|source| SnapshotError::Sled {
                 dir: name.clone(),

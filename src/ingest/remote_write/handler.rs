@@ -208,19 +208,11 @@ async fn write(
 /// 400 (no retry) naming the reasons when some samples were refused.
 fn answer(ctx: &RemoteWriteContext, report: &Report) -> Response {
     let m = &ctx.metrics;
-    let protocol = ("protocol", "remote_write");
-    m.add(
-        "ringdb_samples_accepted_total",
-        &[protocol],
+    m.count_samples(
+        "remote_write",
         report.accepted,
+        report.rejected.iter().map(|(r, n)| (*r, *n)),
     );
-    for (reason, n) in &report.rejected {
-        m.add(
-            "ringdb_samples_rejected_total",
-            &[protocol, ("reason", reason)],
-            *n,
-        );
-    }
     m.add(
         "ringdb_remote_write_stale_markers_total",
         &[],

@@ -349,19 +349,11 @@ impl TargetTask {
 
     fn count(&self, report: &write::Report, failure: Option<&client::FetchError>, malformed: u64) {
         let m = &self.shared.metrics;
-        let protocol = ("protocol", "scrape");
-        m.add(
-            "ringdb_samples_accepted_total",
-            &[protocol],
+        m.count_samples(
+            "scrape",
             report.accepted,
+            report.rejected.iter().map(|(r, n)| (*r, *n)),
         );
-        for (reason, n) in &report.rejected {
-            m.add(
-                "ringdb_samples_rejected_total",
-                &[protocol, ("reason", reason)],
-                *n,
-            );
-        }
         let result = failure.map_or("up", client::FetchError::as_str);
         m.add(
             "ringdb_scrapes_total",

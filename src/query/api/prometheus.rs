@@ -200,6 +200,12 @@ impl Params {
         Ok(Params(all))
     }
 
+    /// The required `query` parameter.
+    fn query(&self) -> Result<&str, ApiError> {
+        self.get("query")
+            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))
+    }
+
     fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
@@ -337,6 +343,26 @@ fn engine_for(ctx: &ApiContext, params: &Params) -> Result<Engine, ApiError> {
     Ok(engine)
 }
 
+/// Parses and evaluates a query on the blocking pool over the store, as
+/// the client's grant allows, and encodes the result.
+async fn evaluate(
+    ctx: &Arc<ApiContext>,
+    grant: Grant,
+    text: String,
+    run: impl FnOnce(&StoreSource<'_>, &engine::Expr) -> Result<Value, EngineError> + Send + 'static,
+) -> Result<String, ApiError> {
+    run_blocking(ctx, move |ctx| {
+        let expr = engine::parse(&text)?;
+        let source = StoreSource {
+            store: &ctx.store,
+            grant: &grant,
+            max_samples: ctx.max_query_samples,
+        };
+        Ok(encode_result(&run(&source, &expr)?))
+    })
+    .await
+}
+
 async fn query(
     State(ctx): Ctx,
     Extension(grant): Extension<Grant>,
@@ -346,20 +372,11 @@ async fn query(
     let started = Instant::now();
     let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?
-            .to_string();
+        let text = params.query()?.to_string();
         let at = params.time("time")?.unwrap_or_else(now_ms);
         let engine = engine_for(&ctx, &params)?;
-        run_blocking(&ctx, move |ctx| {
-            let expr = engine::parse(&text)?;
-            let source = StoreSource {
-                store: &ctx.store,
-                grant: &grant,
-                max_samples: ctx.max_query_samples,
-            };
-            Ok(encode_result(&engine.instant(&source, &expr, at)?))
+        evaluate(&ctx, grant, text, move |source, expr| {
+            engine.instant(source, expr, at)
         })
         .await
     }
@@ -376,10 +393,7 @@ async fn query_range(
     let started = Instant::now();
     let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?
-            .to_string();
+        let text = params.query()?.to_string();
         let start = params
             .time("start")?
             .ok_or_else(|| bad_data("invalid parameter \"start\": missing"))?;
@@ -403,14 +417,8 @@ async fn query_range(
             ));
         }
         let engine = engine_for(&ctx, &params)?;
-        run_blocking(&ctx, move |ctx| {
-            let expr = engine::parse(&text)?;
-            let source = StoreSource {
-                store: &ctx.store,
-                grant: &grant,
-                max_samples: ctx.max_query_samples,
-            };
-            Ok(encode_result(&engine.range(&source, &expr, start, end, step)?))
+        evaluate(&ctx, grant, text, move |source, expr| {
+            engine.range(source, expr, start, end, step)
         })
         .await
     }
@@ -627,9 +635,7 @@ async fn buildinfo() -> Response {
 async fn query_exemplars(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
     let result = (|| {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?;
+        let text = params.query()?;
         engine::parse(text)?;
         Ok("[]".to_string())
     })();
@@ -639,9 +645,7 @@ async fn query_exemplars(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -
 async fn format_query(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
     let result = (|| {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| bad_data("invalid parameter \"query\": no query given"))?;
+        let text = params.query()?;
         Ok(json_string(&engine::parse(text)?.prettify()))
     })();
     finish(&ctx, "format_query", Instant::now(), result)
