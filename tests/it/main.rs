@@ -13,6 +13,7 @@ mod prometheus;
 mod promql;
 mod promql_corpus;
 mod promql_diff;
+mod query_speed;
 mod reload;
 mod remote_write;
 mod rest;
