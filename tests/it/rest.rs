@@ -192,3 +192,91 @@ fn health_and_readiness() {
     assert_eq!((code, body.as_str()), (200, "ringdb is Ready.\n"));
     assert_eq!(d.metric("ringdb_ready"), 1.0);
 }
+
+#[test]
+fn aggregate_combines_paths_per_timestamp() {
+    let d = Daemon::start(RULES);
+    let t = 1_700_000_040u64;
+    let mut bytes = Vec::new();
+    for (path, values) in [("stats-a", [5u64, 7]), ("stats-b", [2, 4])] {
+        bytes.extend(frame(false, t, values[0], path));
+        bytes.extend(frame(false, t + 60, values[1], path));
+    }
+    bytes.extend(frame(false, t + 120, 9, "stats-a"));
+    d.send_raw("client", &bytes);
+    d.wait_metric("ringdb_samples_accepted_total{protocol=\"socket\"}", 5.0);
+    let agg = |q: &str, body: &str| {
+        let (code, text) = http_request(
+            &d.pki,
+            "client",
+            d.admin,
+            "POST",
+            &format!("/aggregate?{q}"),
+            body,
+        );
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        )
+    };
+    let range = format!("from={t}&to={}", t + 120);
+    let cases = [
+        ("sum", json!([[t, 7], [t + 60, 11], [t + 120, "empty"]])),
+        ("avg", json!([[t, 4], [t + 60, 6], [t + 120, "empty"]])),
+        ("max", json!([[t, 5], [t + 60, 7], [t + 120, "empty"]])),
+        ("min", json!([[t, 2], [t + 60, 4], [t + 120, "empty"]])),
+    ];
+    for (how, want) in cases {
+        let (code, v) = agg(
+            &format!("{range}&rule=m&aggregate={how}"),
+            "paths=stats-a,stats-b",
+        );
+        assert_eq!(code, 200, "case {how}: {v}");
+        assert_eq!(v["answer"], want, "case {how}");
+    }
+    let errors = [
+        (
+            "no from",
+            format!("to={t}&rule=m&aggregate=sum"),
+            "paths=stats-a",
+            400,
+            "no_from",
+        ),
+        (
+            "no rule",
+            format!("{range}&aggregate=sum"),
+            "paths=stats-a",
+            400,
+            "no_rule",
+        ),
+        (
+            "bad aggregate",
+            format!("{range}&rule=m&aggregate=median"),
+            "paths=stats-a",
+            400,
+            "no_aggregate",
+        ),
+        (
+            "no paths",
+            format!("{range}&rule=m&aggregate=sum"),
+            "paths=",
+            400,
+            "no_paths",
+        ),
+        (
+            "unknown path",
+            format!("{range}&rule=m&aggregate=sum"),
+            "paths=stats-zz",
+            404,
+            "path_not_found",
+        ),
+    ];
+    for (name, q, body, status, code) in errors {
+        let (got, v) = agg(&q, body);
+        assert_eq!(
+            (got, v["code"].as_str().unwrap()),
+            (status, code),
+            "case {name}: {v}"
+        );
+    }
+}

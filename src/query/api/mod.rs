@@ -70,6 +70,7 @@ pub fn admin_router(ctx: Arc<ApiContext>) -> Router {
         .route("/status", get(yawndb::status))
         .route("/paths/all", get(yawndb::all_paths))
         .route("/paths/{path}", delete(yawndb::delete_path))
+        .route("/aggregate", post(yawndb::aggregate))
         .route("/paths/slice", post(yawndb::multi_slice))
         .route("/paths/{path}/{rule}/slice", get(yawndb::slice))
         .route("/paths/{path}/{rule}/last", get(yawndb::last))

@@ -251,36 +251,14 @@ pub async fn rules(
 fn form_paths(query: Option<&str>, body: &str) -> Vec<String> {
     let mut found = Vec::new();
     for source in [body, query.unwrap_or("")] {
-        for pair in source.split('&') {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(source).unwrap_or_default();
+        for (k, v) in pairs {
             if k == "paths" {
-                let v = percent_decode(v);
                 found.extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_owned));
             }
         }
     }
     found
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 2;
-                }
-                Err(_) => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `POST /paths/slice?from&to` with body `paths=p1/r1,p2/r2`: rows keyed by
@@ -326,6 +304,120 @@ pub async fn multi_slice(
                     .map(|l| l.get(t).cloned().unwrap_or(json!("empty"))),
             );
             Json::Array(row)
+        })
+        .collect();
+    Ok(ok(Json::Array(rows)))
+}
+
+/// How `POST /aggregate` combines the paths' values at one timestamp.
+#[derive(Debug, Clone, Copy)]
+enum Aggregate {
+    Max,
+    Min,
+    Avg,
+    Sum,
+}
+
+/// Combines one timestamp's values: `"empty"` when any path has no number
+/// there (YAWNDB's rule; a special counts as no number, where YAWNDB
+/// crashed or compared atoms); integers stay integers, `avg` of integers is
+/// rounded as in YAWNDB.
+fn combine(values: &[&Json], how: Aggregate) -> Json {
+    if values.iter().any(|v| !v.is_number()) {
+        return json!("empty");
+    }
+    if let Some(ints) = values
+        .iter()
+        .map(|v| v.as_u64())
+        .collect::<Option<Vec<u64>>>()
+    {
+        let sum: u128 = ints.iter().map(|&v| u128::from(v)).sum();
+        let n = ints.len() as u128;
+        return match how {
+            Aggregate::Max => json!(ints.iter().max()),
+            Aggregate::Min => json!(ints.iter().min()),
+            Aggregate::Sum => u64::try_from(sum).map_or_else(|_| json!(sum as f64), |s| json!(s)),
+            Aggregate::Avg => json!(((sum + n / 2) / n) as u64),
+        };
+    }
+    let floats: Vec<f64> = values.iter().filter_map(|v| v.as_f64()).collect();
+    let sum: f64 = floats.iter().sum();
+    let v = match how {
+        Aggregate::Max => floats.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        Aggregate::Min => floats.iter().copied().fold(f64::INFINITY, f64::min),
+        Aggregate::Sum => sum,
+        Aggregate::Avg => sum / floats.len() as f64,
+    };
+    render(Reading::Float(v), false)
+}
+
+/// `POST /aggregate?from&to&rule&aggregate=max|min|avg|sum` (admin), body
+/// `paths=p1,p2`: every path sliced with the same rule and range, combined
+/// per timestamp.
+pub async fn aggregate(
+    State(ctx): State<Arc<ApiContext>>,
+    Extension(grant): Extension<Grant>,
+    Query(params): Params,
+    RawQuery(raw): RawQuery,
+    body: String,
+) -> Result<Response, ApiError> {
+    number(&params, "from", "no_from")?;
+    number(&params, "to", "no_to")?;
+    let rule = params
+        .get("rule")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| err("no_rule", "missing parameter rule"))?;
+    let how = params.get("aggregate").ok_or_else(|| {
+        err(
+            "no_aggregate",
+            "missing parameter aggregate, expected max, min, avg or sum",
+        )
+    })?;
+    let (from, to) = from_to(&params)?;
+    let how = match how.as_str() {
+        "max" => Aggregate::Max,
+        "min" => Aggregate::Min,
+        "avg" => Aggregate::Avg,
+        "sum" => Aggregate::Sum,
+        other => {
+            return Err(err(
+                "no_aggregate",
+                format!("aggregate={other:?}, expected max, min, avg or sum"),
+            ))
+        }
+    };
+    let paths = form_paths(raw.as_deref(), &body);
+    if paths.is_empty() {
+        return Err(err("no_paths", "expected paths=path1,path2 in the body"));
+    }
+    let mut columns = Vec::new();
+    for path in &paths {
+        let rows = slice_rows(&ctx, &grant, path, rule, |tf, _| {
+            check_width(from, to, tf)?;
+            Ok((from, to))
+        })?;
+        columns.push(rows);
+    }
+    // Every slice has the same timestamps (same rule, same range); a path
+    // with no data for the rule has none, and makes every row empty.
+    let Some(stamps) = columns
+        .iter()
+        .flatten()
+        .next()
+        .map(|c| c.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+    else {
+        return Ok(ok(json!("empty")));
+    };
+    let empty = json!("empty");
+    let rows: Vec<Json> = stamps
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let values: Vec<&Json> = columns
+                .iter()
+                .map(|c| c.as_ref().map_or(&empty, |rows| &rows[i].1))
+                .collect();
+            json!([t, combine(&values, how)])
         })
         .collect();
     Ok(ok(Json::Array(rows)))
