@@ -224,7 +224,11 @@ impl Metrics {
         accepted: u64,
         rejected: impl IntoIterator<Item = (&'a str, u64)>,
     ) {
-        self.add("ringdb_samples_accepted_total", &[("protocol", protocol)], accepted);
+        self.add(
+            "ringdb_samples_accepted_total",
+            &[("protocol", protocol)],
+            accepted,
+        );
         for (reason, n) in rejected {
             self.add(
                 "ringdb_samples_rejected_total",

@@ -130,8 +130,32 @@ impl Snapshotter {
     /// sled fails to iterate.
     pub fn restore(&self, store: &Store) -> Result<RestoreReport, SnapshotError> {
         let mut report = RestoreReport::default();
+        // Headers and pages share one key order (series, rule), so one pass
+        // over each, merged, finds every archive's pages without a lookup.
+        let mut page_entries = self.db.scan_prefix(b"p").peekable();
         for entry in self.db.scan_prefix(b"h") {
             let (key, value) = entry.map_err(|e| self.err(e))?;
+            let suffix = &key[1..];
+            let mut pages = Vec::new();
+            while let Some(next) = page_entries.peek() {
+                let page_key = match next {
+                    Ok((k, _)) => &k[1..],
+                    Err(_) => {
+                        let e = page_entries.next().and_then(Result::err);
+                        return Err(self.err(e.expect("peeked an error")));
+                    }
+                };
+                if page_key.len() == suffix.len() + 4 && page_key.starts_with(suffix) {
+                    let n = u32::from_be_bytes(page_key[suffix.len()..].try_into().expect("4 bytes"));
+                    if let Some(Ok((_, v))) = page_entries.next() {
+                        pages.push((n, v));
+                    }
+                } else if page_key < suffix {
+                    page_entries.next(); // a page whose header is gone
+                } else {
+                    break;
+                }
+            }
             let Some((series, rule)) = parse_header_key(&key) else {
                 report.corrupt += 1;
                 tracing::warn!(key = ?String::from_utf8_lossy(&key), "snapshot: unreadable header key skipped");
@@ -145,18 +169,6 @@ impl Snapshotter {
                     continue;
                 }
             };
-            let pages_prefix = series_rule_key(b'p', &series, &rule);
-            let mut pages = Vec::new();
-            for page in self.db.scan_prefix(&pages_prefix) {
-                let (k, v) = page.map_err(|e| self.err(e))?;
-                match k[pages_prefix.len()..].try_into().map(u32::from_be_bytes) {
-                    Ok(n) => pages.push((n, v)),
-                    Err(_) => {
-                        report.corrupt += 1;
-                        tracing::warn!(series, rule, "snapshot: unreadable page key skipped");
-                    }
-                }
-            }
             let (archive, errors) =
                 Archive::restore(&header, pages.iter().map(|(n, v)| (*n, v.as_ref())));
             for e in &errors {
