@@ -4,10 +4,12 @@
 //! are absent); each series is read from one rule, chosen by resolution, or
 //! forced by a matcher on the reserved `rule` label.
 
+use std::borrow::Cow;
+
 use crate::access::Grant;
 use crate::model;
 use crate::query::engine::{Labels, Matcher, SeriesData, Storage};
-use crate::rrd::Reading;
+use crate::rrd::{Archive, Reading};
 use crate::store::{RuleArchive, Series, Store};
 
 /// The reserved label that forces the choice of rule.
@@ -37,11 +39,29 @@ pub fn series_labels(key: &str, series: &Series) -> Labels {
     }
 }
 
-fn label_value<'l>(labels: &'l Labels, name: &str) -> &'l str {
-    labels
+/// One label of a series as [`series_labels`] would give it, without
+/// building the label set (empty when absent).
+fn series_label<'s>(key: &'s str, series: &'s Series, name: &str) -> Cow<'s, str> {
+    match series.labels() {
+        Some(labels) => Cow::Borrowed(
+            labels
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or("", |(_, v)| v.as_str()),
+        ),
+        None => match name {
+            "__name__" => Cow::Owned(model::metric_name_of_prefix(series.prefix())),
+            "path" => Cow::Borrowed(key),
+            _ => Cow::Borrowed(""),
+        },
+    }
+}
+
+/// Whether the series matches every matcher.
+fn matches_all(key: &str, series: &Series, matchers: &[&Matcher]) -> bool {
+    matchers
         .iter()
-        .find(|(n, _)| n == name)
-        .map_or("", |(_, v)| v.as_str())
+        .all(|m| m.matches(&series_label(key, series, &m.name)))
 }
 
 /// Splits off matchers on the reserved `rule` label.
@@ -111,11 +131,7 @@ impl StoreSource<'_> {
             if !self.grant.may_read(series.prefix()) {
                 return true;
             }
-            let labels = series_labels(key, series);
-            if !others
-                .iter()
-                .all(|m| m.matches(label_value(&labels, &m.name)))
-            {
+            if !matches_all(key, series, &others) {
                 return true;
             }
             let overlaps = series.archives().iter().any(|a| {
@@ -126,12 +142,43 @@ impl StoreSource<'_> {
                     })
             });
             if overlaps {
-                out.push(labels);
+                out.push(series_labels(key, series));
             }
             true
         });
         out
     }
+}
+
+/// The numeric buckets of `archive` whose timestamps (ms) fall in
+/// `[start_ms, end_ms]`, ascending; only those buckets are visited.
+fn read_samples(archive: &Archive, tf_ms: i64, start_ms: i64, end_ms: i64) -> Vec<(i64, f64)> {
+    let (Some(oldest), Some(newest)) = (archive.oldest_bucket(), archive.newest_bucket()) else {
+        return Vec::new();
+    };
+    if tf_ms <= 0 || end_ms < 0 || end_ms < start_ms {
+        return Vec::new();
+    }
+    // First bucket at or after start_ms, last at or before end_ms.
+    let first = if start_ms <= 0 {
+        0
+    } else {
+        (start_ms as u64).div_ceil(tf_ms as u64)
+    };
+    let last = end_ms as u64 / tf_ms as u64;
+    let (from, to) = (first.max(oldest), last.min(newest));
+    if from > to {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity((to - from + 1) as usize);
+    for (b, r) in archive.range(from, to) {
+        if let Reading::Uint(_) | Reading::Float(_) = r {
+            if let Some(v) = r.as_f64() {
+                out.push(((b * tf_ms as u64) as i64, v));
+            }
+        }
+    }
+    out
 }
 
 impl Storage for StoreSource<'_> {
@@ -150,11 +197,7 @@ impl Storage for StoreSource<'_> {
             if !self.grant.may_read(series.prefix()) {
                 return true;
             }
-            let labels = series_labels(key, series);
-            if !others
-                .iter()
-                .all(|m| m.matches(label_value(&labels, &m.name)))
-            {
+            if !matches_all(key, series, &others) {
                 return true;
             }
             let first_type = rules
@@ -165,23 +208,14 @@ impl Storage for StoreSource<'_> {
                 return true;
             };
             let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
-            let samples: Vec<(i64, f64)> = chosen
-                .archive
-                .filled()
-                .map(|(secs, r)| ((secs * 1000) as i64, r))
-                .filter(|(t, _)| *t >= start_ms && *t <= end_ms)
-                .filter_map(|(t, r)| match r {
-                    Reading::Uint(_) | Reading::Float(_) => r.as_f64().map(|v| (t, v)),
-                    _ => None,
-                })
-                .collect();
+            let samples = read_samples(&chosen.archive, tf_ms, start_ms, end_ms);
             loaded += samples.len();
             if loaded > self.max_samples {
                 over = true;
                 return false;
             }
             out.push(SeriesData {
-                labels,
+                labels: series_labels(key, series),
                 samples,
                 resolution_ms: Some(tf_ms),
             });

@@ -146,7 +146,8 @@ impl Snapshotter {
                     }
                 };
                 if page_key.len() == suffix.len() + 4 && page_key.starts_with(suffix) {
-                    let n = u32::from_be_bytes(page_key[suffix.len()..].try_into().expect("4 bytes"));
+                    let n =
+                        u32::from_be_bytes(page_key[suffix.len()..].try_into().expect("4 bytes"));
                     if let Some(Ok((_, v))) = page_entries.next() {
                         pages.push((n, v));
                     }

@@ -27,7 +27,7 @@ fn samples_of(i: usize) -> Vec<(i64, f64)> {
     let mut t = T0_MS;
     let mut k = 0u64;
     while t <= T0_MS + SPAN_MS {
-        if i % 7 == 0 && k == 140 {
+        if i.is_multiple_of(7) && k == 140 {
             v = 0.5;
         }
         out.push((t, v));

@@ -62,7 +62,7 @@ impl Evaluator<'_> {
     }
 }
 
-fn group_labels(labels: &Labels, without: bool, grouping: &[String]) -> Labels {
+pub(crate) fn group_labels(labels: &Labels, without: bool, grouping: &[String]) -> Labels {
     if without {
         labels
             .iter()

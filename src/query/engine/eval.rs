@@ -85,6 +85,9 @@ impl<'a> Evaluator<'a> {
 
     pub(crate) fn run_instant(&self, expr: &Expr, t: i64) -> Result<Value, EngineError> {
         self.check_deadline()?;
+        if let Some(v) = self.fast_instant(expr, t)? {
+            return Ok(v);
+        }
         let v = self.eval(expr, t)?;
         Ok(match v {
             Val::Scalar(x) => Value::Scalar(t, x),
@@ -107,6 +110,9 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<Value, EngineError> {
+        if let Some(v) = self.fast_range(expr, start, end, step)? {
+            return Ok(v);
+        }
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut t = start;
@@ -227,7 +233,7 @@ impl<'a> Evaluator<'a> {
 
     /// The time a selector (or subquery) with `@`/offset looks at when
     /// evaluated at `t`.
-    fn selector_time(
+    pub(crate) fn selector_time(
         &self,
         at: &Option<promql_parser::parser::AtModifier>,
         off: &Option<promql_parser::parser::Offset>,
@@ -236,7 +242,7 @@ impl<'a> Evaluator<'a> {
         plan::at_ms(at, self.query_start, self.query_end).unwrap_or(t) - plan::offset_ms(off)
     }
 
-    fn series_of(&self, vs: &VectorSelector) -> &[super::SeriesData] {
+    pub(crate) fn series_of(&self, vs: &VectorSelector) -> &[super::SeriesData] {
         self.data
             .get(&plan::node_key(vs))
             .map(|v| v.as_slice())

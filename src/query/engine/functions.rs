@@ -122,8 +122,8 @@ fn extrapolated_rate(
     if points.len() < 2 {
         return None;
     }
-    let (first_t, first_v) = points[0];
-    let (last_t, last_v) = points[points.len() - 1];
+    let (_, first_v) = points[0];
+    let (_, last_v) = points[points.len() - 1];
     let mut result = last_v - first_v;
     if is_counter {
         let mut prev = first_v;
@@ -134,6 +134,28 @@ fn extrapolated_rate(
             prev = v;
         }
     }
+    Some(extrapolate(
+        result,
+        points,
+        range_start,
+        range_end,
+        is_counter,
+        is_rate,
+    ))
+}
+
+/// The extrapolation half of [`extrapolated_rate`]: `result` is the raw
+/// increase (counter resets already added) over `points` (at least two).
+pub(crate) fn extrapolate(
+    result: f64,
+    points: &[(i64, f64)],
+    range_start: i64,
+    range_end: i64,
+    is_counter: bool,
+    is_rate: bool,
+) -> f64 {
+    let (first_t, first_v) = points[0];
+    let (last_t, _) = points[points.len() - 1];
     let mut duration_to_start = (first_t - range_start) as f64 / 1000.0;
     let duration_to_end = (range_end - last_t) as f64 / 1000.0;
     let sampled_interval = (last_t - first_t) as f64 / 1000.0;
@@ -160,7 +182,7 @@ fn extrapolated_rate(
     if is_rate {
         factor /= (range_end - range_start) as f64 / 1000.0;
     }
-    Some(result * factor)
+    result * factor
 }
 
 /// Prometheus's `instantValue` for `irate` and `idelta`.
@@ -715,63 +737,7 @@ impl Evaluator<'_> {
             if p.is_empty() {
                 continue;
             }
-            let v = match name {
-                "rate" => extrapolated_rate(p, arg.start, arg.end, true, true),
-                "increase" => extrapolated_rate(p, arg.start, arg.end, true, false),
-                "delta" => extrapolated_rate(p, arg.start, arg.end, false, false),
-                "irate" => instant_value(p, true),
-                "idelta" => instant_value(p, false),
-                "changes" => Some(
-                    p.windows(2)
-                        .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
-                        .count() as f64,
-                ),
-                "resets" => Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
-                "deriv" => {
-                    if p.len() < 2 {
-                        None
-                    } else {
-                        Some(linear_regression(p, p[0].0).0)
-                    }
-                }
-                "predict_linear" => {
-                    if p.len() < 2 {
-                        None
-                    } else {
-                        let (slope, intercept) = linear_regression(p, t);
-                        Some(slope * scalars[0] + intercept)
-                    }
-                }
-                "holt_winters" => holt_winters(p, scalars[0], scalars[1])?,
-                "avg_over_time" => Some(avg_over_time(p)),
-                "min_over_time" => {
-                    Some(
-                        p.iter()
-                            .fold(p[0].1, |m, &(_, v)| if v < m || m.is_nan() { v } else { m }),
-                    )
-                }
-                "max_over_time" => {
-                    Some(
-                        p.iter()
-                            .fold(p[0].1, |m, &(_, v)| if v > m || m.is_nan() { v } else { m }),
-                    )
-                }
-                "sum_over_time" => Some(p.iter().map(|x| x.1).sum()),
-                "count_over_time" => Some(p.len() as f64),
-                "last_over_time" => Some(p[p.len() - 1].1),
-                "present_over_time" => Some(1.0),
-                "stddev_over_time" => Some(stdvar_over_time(p).sqrt()),
-                "stdvar_over_time" => Some(stdvar_over_time(p)),
-                "quantile_over_time" => {
-                    let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
-                    Some(quantile(scalars[0], &mut vals))
-                }
-                _ => {
-                    return Err(EngineError::BadData(format!(
-                        "unknown function with name {name:?}"
-                    )))
-                }
-            };
+            let v = range_value(name, p, arg.start, arg.end, t, &scalars)?;
             if let Some(v) = v {
                 let labels = if name == "last_over_time" {
                     s.labels.clone()
@@ -784,6 +750,72 @@ impl Evaluator<'_> {
         check_duplicates(&out)?;
         Ok(Val::Vector(out))
     }
+}
+
+/// The value of range function `name` over one series' window `p` (not
+/// empty) covering `[start, end]`, evaluated at `t`; `None` when the
+/// function has no value for it.
+pub(crate) fn range_value(
+    name: &str,
+    p: &[(i64, f64)],
+    start: i64,
+    end: i64,
+    t: i64,
+    scalars: &[f64],
+) -> Result<Option<f64>, EngineError> {
+    Ok(match name {
+        "rate" => extrapolated_rate(p, start, end, true, true),
+        "increase" => extrapolated_rate(p, start, end, true, false),
+        "delta" => extrapolated_rate(p, start, end, false, false),
+        "irate" => instant_value(p, true),
+        "idelta" => instant_value(p, false),
+        "changes" => Some(
+            p.windows(2)
+                .filter(|w| w[1].1 != w[0].1 && !(w[1].1.is_nan() && w[0].1.is_nan()))
+                .count() as f64,
+        ),
+        "resets" => Some(p.windows(2).filter(|w| w[1].1 < w[0].1).count() as f64),
+        "deriv" => {
+            if p.len() < 2 {
+                None
+            } else {
+                Some(linear_regression(p, p[0].0).0)
+            }
+        }
+        "predict_linear" => {
+            if p.len() < 2 {
+                None
+            } else {
+                let (slope, intercept) = linear_regression(p, t);
+                Some(slope * scalars[0] + intercept)
+            }
+        }
+        "holt_winters" => holt_winters(p, scalars[0], scalars[1])?,
+        "avg_over_time" => Some(avg_over_time(p)),
+        "min_over_time" => Some(
+            p.iter()
+                .fold(p[0].1, |m, &(_, v)| if v < m || m.is_nan() { v } else { m }),
+        ),
+        "max_over_time" => Some(
+            p.iter()
+                .fold(p[0].1, |m, &(_, v)| if v > m || m.is_nan() { v } else { m }),
+        ),
+        "sum_over_time" => Some(p.iter().map(|x| x.1).sum()),
+        "count_over_time" => Some(p.len() as f64),
+        "last_over_time" => Some(p[p.len() - 1].1),
+        "present_over_time" => Some(1.0),
+        "stddev_over_time" => Some(stdvar_over_time(p).sqrt()),
+        "stdvar_over_time" => Some(stdvar_over_time(p)),
+        "quantile_over_time" => {
+            let mut vals: Vec<f64> = p.iter().map(|x| x.1).collect();
+            Some(quantile(scalars[0], &mut vals))
+        }
+        _ => {
+            return Err(EngineError::BadData(format!(
+                "unknown function with name {name:?}"
+            )))
+        }
+    })
 }
 
 fn map_drop(v: Vec<Sample>, f: impl Fn(f64) -> f64) -> Vec<Sample> {

@@ -70,6 +70,7 @@ pub trait Storage: Send + Sync {
 mod aggregate;
 mod binary;
 mod eval;
+mod fast;
 mod functions;
 mod plan;
 pub(crate) use plan::selector_matchers;
