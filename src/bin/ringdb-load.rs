@@ -47,6 +47,16 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         connections: u64,
     },
+    /// Snapshot and restore cost, in process: archives of 1440 one-minute
+    /// buckets, one new sample in each, then a save, then a restore.
+    Snapshot {
+        /// Archives (one series each).
+        #[arg(long, default_value_t = 100_000)]
+        archives: u64,
+        /// Folder for the sled store (created, then removed).
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// Prometheus remote_write 1.0 batches.
     RemoteWrite {
         /// Full URL; https uses the TLS files, http none.
@@ -325,13 +335,85 @@ async fn remote_write(url: String, tls: TlsArgs, load: RemoteWriteLoad) -> anyho
     Ok(())
 }
 
+fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
+    use ringdb::model::{Sample, Value};
+    use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
+    use ringdb::rules::{Rule, RuleSet};
+    use ringdb::snapshot::Snapshotter;
+    use ringdb::store::{Store, StoreLimits};
+    let store = || {
+        let rule = Rule {
+            name: "t_1m".into(),
+            prefix: "traffic".into(),
+            shape: Shape {
+                consolidation: Consolidation::Sum,
+                timeframe_secs: 60,
+                limit: 1440,
+                split: Split::Backward,
+                value_size: ValueSize::Large,
+                specials: vec![],
+            },
+            autoremove: false,
+        };
+        let limits = StoreLimits {
+            max_future_ms: u64::MAX / 4,
+            max_series: u64::MAX,
+        };
+        Store::new(RuleSet::new(vec![rule]), limits)
+    };
+    let live = store();
+    let t = now_ms() as u64 / 60_000 * 60_000;
+    let write_all = |ts: u64| -> anyhow::Result<()> {
+        for i in 0..archives {
+            let key = format!("traffic-client{i}-in");
+            let sample = Sample {
+                timestamp_ms: ts,
+                value: Value::Uint(i),
+            };
+            live.write(&key, "traffic", sample, ts)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        Ok(())
+    };
+    let snapshotter = Snapshotter::open(&dir)?;
+    write_all(t - 60_000)?;
+    let first = snapshotter.save(&live)?;
+    write_all(t)?;
+    let one = snapshotter.save(&live)?;
+    drop(snapshotter);
+    let started = Instant::now();
+    let restored = Snapshotter::open(&dir)?.restore(&store())?;
+    let restore = started.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "snapshot: first save of {archives} archives {:.2} s",
+        first.duration.as_secs_f64()
+    );
+    println!(
+        "snapshot: one new sample in each of {archives} archives = {:.3} s ({} pages, {} bytes)",
+        one.duration.as_secs_f64(),
+        one.pages,
+        one.bytes
+    );
+    println!(
+        "restore: {} archives in {:.3} s",
+        restored.archives,
+        restore.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Snapshot { archives, dir } = cli.command {
+        return snapshot(archives, dir);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
+            Command::Snapshot { .. } => unreachable!("handled before the runtime starts"),
             Command::Socket {
                 addr,
                 tls,

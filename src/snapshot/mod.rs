@@ -104,6 +104,10 @@ impl Snapshotter {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
+            // Snapshots are written, and read only at start: a bounded page
+            // cache keeps sled from holding a second copy of the archives
+            // (64 MiB made saves twice as slow; sled's default is 1 GiB).
+            .cache_capacity(256 << 20)
             .open()
             .map_err(|source| SnapshotError::Sled {
                 dir: name.clone(),
