@@ -4,39 +4,12 @@
 //! timestamps. Skipped, with a message, where `prometheus` is not installed
 //! (.ci/run installs it).
 
-use crate::common::Daemon;
+use crate::common::{enc, free_port, Daemon, KillOnDrop};
 use serde_json::Value as Json;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn plain_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -53,7 +26,7 @@ fn plain_get(addr: SocketAddr, path: &str) -> Option<String> {
 
 fn ringdb_rows(d: &Daemon, key: &str, from: u64, to: u64) -> Vec<Json> {
     let v = d.get_json(
-        &format!("/paths/{}/raw/slice?from={from}&to={to}", encode(key)),
+        &format!("/paths/{}/raw/slice?from={from}&to={to}", enc(key)),
         200,
     );
     v["answer"].as_array().cloned().unwrap_or_default()
@@ -100,7 +73,7 @@ fn prometheus_remote_writes_what_it_scrapes() {
         key = key.display(),
     );
     std::fs::write(dir.join("prometheus.yml"), config).unwrap();
-    let _prom = Prometheus(
+    let _prom = KillOnDrop(
         Command::new("prometheus")
             .arg(format!(
                 "--config.file={}",
@@ -124,7 +97,7 @@ fn prometheus_remote_writes_what_it_scrapes() {
         let now = crate::common::now_secs();
         let (code, body) = d.get(&format!(
             "/paths/{}/raw/slice?from={}&to={now}",
-            encode(&up_key),
+            enc(&up_key),
             now - 60
         ));
         let filled = body.matches(",1.0]").count();
@@ -145,7 +118,7 @@ fn prometheus_remote_writes_what_it_scrapes() {
     let query = r#"{__name__=~"up|prometheus_tsdb_head_series|scrape_samples_scraped|prometheus_http_requests_total"}[1m]"#;
     let body = plain_get(
         prom_addr,
-        &format!("/api/v1/query?query={}&time={until}", encode(query)),
+        &format!("/api/v1/query?query={}&time={until}", enc(query)),
     )
     .expect("prometheus answers its API");
     let v: Json = serde_json::from_str(&body).unwrap();

@@ -1,7 +1,7 @@
 //! The Prometheus HTTP API as Grafana uses it, the resolution choice of
 //! DESIGN §7, and Prometheus' error types and codes.
 
-use crate::common::{frame, http_request, now_secs, Daemon};
+use crate::common::{enc, frame, http_request, now_secs, Daemon};
 use serde_json::{json, Value as Json};
 
 fn get(d: &Daemon, path: &str) -> (u16, Json) {
@@ -19,16 +19,6 @@ fn post(d: &Daemon, path: &str, form: &str) -> (u16, Json) {
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
     )
 }
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 const RULES: &str = "rules:\n  - {name: x_10s, prefix: x, type: last, timeframe: 10s, limit: 360}\n  - {name: x_1m, prefix: x, type: last, timeframe: 1m, limit: 1440}\n  - {name: x_1h, prefix: x, type: last, timeframe: 1h, limit: 720}\n  - {name: other, prefix: '*', type: last, timeframe: 10s, limit: 8640}\n";
 
 /// Hourly samples for 30 days and 10-second samples for the last hour, each

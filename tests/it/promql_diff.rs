@@ -3,35 +3,16 @@
 //! queries go to both and every answer is compared within 1e-9 relative.
 //! Skipped, with a message, where `prometheus` is not installed.
 
-use crate::common::{http_raw, now_secs, Daemon};
+use crate::common::{dechunk, enc, free_port, http_raw, now_secs, Daemon, KillOnDrop};
 use ringdb::ingest::remote_write::{encode, label, proto};
 use serde_json::Value as Json;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const STEP_S: u64 = 15;
 const POINTS: u64 = 200;
-
-struct Prometheus(Child);
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn enc(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 fn plain(
     addr: SocketAddr,
     method: &str,
@@ -64,20 +45,6 @@ fn plain(
     };
     (status, body)
 }
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        body = rest[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
 /// Deterministic pseudo-random numbers.
 struct Rng(u64);
 impl Rng {
@@ -309,15 +276,11 @@ fn answers_match_prometheus() {
     let d = Daemon::start(
         "rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 15s, limit: 1000}\n",
     );
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let prom: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let dir = d.dir.path();
     std::fs::write(dir.join("prom.yml"), "global: {scrape_interval: 1h}\n").unwrap();
-    let _p = Prometheus(
+    let _p = KillOnDrop(
         Command::new("prometheus")
             .arg(format!("--config.file={}", dir.join("prom.yml").display()))
             .arg(format!(

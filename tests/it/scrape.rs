@@ -150,27 +150,12 @@ fn scrape_section_is_validated_with_locations() {
     }
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// The instant vector of a PromQL query, now.
 fn query(d: &Daemon, promql: &str) -> Vec<Json> {
-    let v = d.get_json(&format!("/api/v1/query?query={}", encode(promql)), 200);
+    let v = d.get_json(
+        &format!("/api/v1/query?query={}", crate::common::enc(promql)),
+        200,
+    );
     v["data"]["result"].as_array().cloned().unwrap_or_default()
 }
 
@@ -204,7 +189,7 @@ impl Drop for NodeExporter {
 }
 
 fn start_node_exporter() -> Option<(NodeExporter, SocketAddr)> {
-    let port = closed_port();
+    let port = crate::common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Command::new("prometheus-node-exporter")
         .arg(format!("--web.listen-address={addr}"))
@@ -246,7 +231,7 @@ fn node_exporter_is_scraped_and_down_targets_do_not_stall_it() {
     let (_exporter, node) = start_node_exporter().expect("start prometheus-node-exporter");
     // Down two ways: nothing listening, and a listener that never answers
     // (connections sit in its backlog until the scrape times out).
-    let closed = closed_port();
+    let closed = crate::common::free_port();
     let black_hole = TcpListener::bind("127.0.0.1:0").unwrap();
     let hole = black_hole.local_addr().unwrap();
     let d = Daemon::start(&format!(
