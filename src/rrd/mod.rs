@@ -381,7 +381,11 @@ impl Archive {
                 self.clear_all();
             } else {
                 for _ in 0..gap {
-                    self.head = ((u64::from(self.head) + 1) % limit) as u32;
+                    self.head = if u64::from(self.head) + 1 == limit {
+                        0
+                    } else {
+                        self.head + 1
+                    };
                     self.clear_position(self.head as usize);
                 }
             }
@@ -393,7 +397,19 @@ impl Archive {
         if back >= limit {
             return Err(Reject::TooOld);
         }
-        Ok(((u64::from(self.head) + limit - back) % limit) as usize)
+        Ok(self.position_back(back))
+    }
+
+    /// Ring position `back` buckets before the newest (`back < limit`);
+    /// a compare instead of a division on the write path.
+    fn position_back(&self, back: u64) -> usize {
+        let limit = u64::from(self.shape.limit);
+        let head = u64::from(self.head);
+        (if back <= head {
+            head - back
+        } else {
+            head + limit - back
+        }) as usize
     }
 
     fn clear_all(&mut self) {
@@ -504,8 +520,7 @@ impl Archive {
         if bucket > newest || bucket < oldest {
             return Reading::Empty;
         }
-        let limit = u64::from(self.shape.limit);
-        let pos = ((u64::from(self.head) + limit - (newest - bucket)) % limit) as usize;
+        let pos = self.position_back(newest - bucket);
         self.read_position(pos)
     }
 
