@@ -174,6 +174,18 @@ fn from_to(params: &HashMap<String, String>) -> Result<(u64, u64), ApiError> {
     Ok((from, to))
 }
 
+/// The bounds for `slice_rows` of a request with explicit `from`/`to`,
+/// refused when wider than [`MAX_SLICE`] buckets.
+fn fixed_range(
+    from: u64,
+    to: u64,
+) -> impl FnOnce(u64, Option<u64>) -> Result<(u64, u64), ApiError> {
+    move |tf, _| {
+        check_width(from, to, tf)?;
+        Ok((from, to))
+    }
+}
+
 fn check_width(from: u64, to: u64, tf: u64) -> Result<(), ApiError> {
     if (to - from) / tf > MAX_SLICE {
         return Err(err(
@@ -195,10 +207,7 @@ pub async fn slice(
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let (from, to) = from_to(&params)?;
-    let rows = slice_rows(&ctx, &grant, &path, &rule, |tf, _| {
-        check_width(from, to, tf)?;
-        Ok((from, to))
-    })?;
+    let rows = slice_rows(&ctx, &grant, &path, &rule, fixed_range(from, to))?;
     Ok(ok(rows_json(rows)))
 }
 
@@ -284,10 +293,7 @@ pub async fn multi_slice(
             .split_once('/')
             .filter(|(p, r)| !p.is_empty() && !r.is_empty())
             .ok_or_else(|| err("no_paths", format!("item {item:?}, expected path/rule")))?;
-        let rows = slice_rows(&ctx, &grant, path, rule, |tf, _| {
-            check_width(from, to, tf)?;
-            Ok((from, to))
-        })?;
+        let rows = slice_rows(&ctx, &grant, path, rule, fixed_range(from, to))?;
         columns.push(rows.unwrap_or_default());
     }
     let lookups: Vec<HashMap<u64, Json>> = columns[1..]
@@ -392,10 +398,7 @@ pub async fn aggregate(
     }
     let mut columns = Vec::new();
     for path in &paths {
-        let rows = slice_rows(&ctx, &grant, path, rule, |tf, _| {
-            check_width(from, to, tf)?;
-            Ok((from, to))
-        })?;
+        let rows = slice_rows(&ctx, &grant, path, rule, fixed_range(from, to))?;
         columns.push(rows);
     }
     // Every slice has the same timestamps (same rule, same range); a path
