@@ -64,24 +64,8 @@ enum Command {
         url: String,
         #[command(flatten)]
         tls: TlsArgs,
-        /// Distinct series.
-        #[arg(long, default_value_t = 100_000)]
-        series: u64,
-        /// Samples (series) per request.
-        #[arg(long, default_value_t = 1000)]
-        batch: u64,
-        /// Rounds over all series (one sample per series each round).
-        #[arg(long, default_value_t = 20)]
-        rounds: u64,
-        /// Parallel connections.
-        #[arg(long, default_value_t = 4)]
-        connections: u64,
-        /// Milliseconds between rounds' timestamps (the last round is now).
-        #[arg(long, default_value_t = 1000)]
-        interval_ms: i64,
-        /// Distinct metric names the series are spread over.
-        #[arg(long, default_value_t = 50)]
-        metrics: u64,
+        #[command(flatten)]
+        load: RemoteWriteLoad,
     },
 }
 
@@ -230,12 +214,25 @@ fn batch_body(first: u64, batch: u64, series: u64, metrics: u64, ts: i64) -> Byt
 }
 
 /// Shape of a remote_write load.
+#[derive(Args)]
 struct RemoteWriteLoad {
+    /// Distinct series.
+    #[arg(long, default_value_t = 100_000)]
     series: u64,
+    /// Samples (series) per request.
+    #[arg(long, default_value_t = 1000)]
     batch: u64,
+    /// Rounds over all series (one sample per series each round).
+    #[arg(long, default_value_t = 20)]
     rounds: u64,
+    /// Parallel connections.
+    #[arg(long, default_value_t = 4)]
     connections: u64,
+    /// Milliseconds between rounds' timestamps (the last round is now).
+    #[arg(long, default_value_t = 1000)]
     interval_ms: i64,
+    /// Distinct metric names the series are spread over.
+    #[arg(long, default_value_t = 50)]
     metrics: u64,
 }
 
@@ -421,26 +418,7 @@ fn main() -> anyhow::Result<()> {
                 frames,
                 connections,
             } => socket(addr, tls, paths, frames, connections).await,
-            Command::RemoteWrite {
-                url,
-                tls,
-                series,
-                batch,
-                rounds,
-                connections,
-                interval_ms,
-                metrics,
-            } => {
-                let load = RemoteWriteLoad {
-                    series,
-                    batch,
-                    rounds,
-                    connections,
-                    interval_ms,
-                    metrics,
-                };
-                remote_write(url, tls, load).await
-            }
+            Command::RemoteWrite { url, tls, load } => remote_write(url, tls, load).await,
         }
     })
 }
