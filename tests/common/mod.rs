@@ -440,6 +440,67 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// An in-process store with one `"*"` rule: `last`, float cells.
+pub fn float_store(timeframe_secs: u64, limit: u32) -> ringdb::store::Store {
+    use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
+    use ringdb::rules::{Rule, RuleSet};
+    let rule = Rule {
+        name: "float".into(),
+        prefix: "*".into(),
+        shape: Shape {
+            consolidation: Consolidation::Last,
+            timeframe_secs,
+            limit,
+            split: Split::Backward,
+            value_size: ValueSize::Float,
+            specials: vec![],
+        },
+        autoremove: false,
+    };
+    let limits = ringdb::store::StoreLimits {
+        max_future_ms: 0,
+        max_series: u64::MAX,
+    };
+    ringdb::store::Store::new(RuleSet::new(vec![rule]), limits)
+}
+
+/// Writes the samples (ms, value) of a label-set series (`__name__`
+/// included) as remote_write would; returns how many were refused.
+pub fn write_labelled(
+    store: &ringdb::store::Store,
+    labels: &[(String, String)],
+    samples: &[(i64, f64)],
+) -> usize {
+    use ringdb::model::{series_key, Sample, Value};
+    let name = labels
+        .iter()
+        .find(|(k, _)| k == "__name__")
+        .map_or("", |(_, v)| v.as_str());
+    let others = labels
+        .iter()
+        .filter(|(k, _)| k != "__name__")
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let key = series_key(name, others);
+    let make_labels = || labels.to_vec();
+    let samples: Vec<Sample> = samples
+        .iter()
+        .map(|&(t, v)| Sample {
+            timestamp_ms: t as u64,
+            value: Value::Float(v),
+        })
+        .collect();
+    let id = ringdb::store::SeriesId {
+        key: &key,
+        prefix: name,
+        labels: Some(&make_labels),
+    };
+    let mut refused = 0;
+    store.write_batch(&id, &samples, u64::MAX / 2, |r| {
+        refused += usize::from(r.is_err())
+    });
+    refused
+}
+
 /// Encodes one socket frame.
 pub fn frame(special: bool, ts: u64, value: u64, path: &str) -> Vec<u8> {
     let mut out = Vec::new();

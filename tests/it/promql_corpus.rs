@@ -94,10 +94,6 @@ impl Loaded {
     }
 
     fn store(&mut self) -> &ringdb::store::Store {
-        use ringdb::model::{series_key, Sample, Value as V};
-        use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
-        use ringdb::rules::{Rule, RuleSet};
-        use ringdb::store::{SeriesId, Store, StoreLimits};
         if self.store.is_none() {
             let tf = self
                 .intervals_ms
@@ -113,54 +109,10 @@ impl Loaded {
                 .max()
                 .unwrap_or(0)
                 .max(0) as u64;
-            let rule = Rule {
-                name: "corpus".into(),
-                prefix: "*".into(),
-                shape: Shape {
-                    consolidation: Consolidation::Last,
-                    timeframe_secs: tf,
-                    limit: (max_t / 1000 / tf + 2) as u32,
-                    split: Split::Backward,
-                    value_size: ValueSize::Float,
-                    specials: vec![],
-                },
-                autoremove: false,
-            };
-            let store = Store::new(
-                RuleSet::new(vec![rule]),
-                StoreLimits {
-                    max_future_ms: 0,
-                    max_series: u64::MAX,
-                },
-            );
+            let store = crate::common::float_store(tf, (max_t / 1000 / tf + 2) as u32);
             for s in &self.raw.series {
-                let name = s
-                    .labels
-                    .iter()
-                    .find(|(k, _)| k == "__name__")
-                    .map_or("", |(_, v)| v.as_str());
-                let key = series_key(
-                    name,
-                    s.labels
-                        .iter()
-                        .filter(|(k, _)| k != "__name__")
-                        .map(|(k, v)| (k.as_str(), v.as_str())),
-                );
-                let labels = || s.labels.clone();
-                let samples: Vec<Sample> = s
-                    .samples
-                    .iter()
-                    .map(|(t, v)| Sample {
-                        timestamp_ms: *t as u64,
-                        value: V::Float(*v),
-                    })
-                    .collect();
-                let id = SeriesId {
-                    key: &key,
-                    prefix: name,
-                    labels: Some(&labels),
-                };
-                store.write_batch(&id, &samples, u64::MAX / 2, |_| {});
+                // Refusals are what the corpus figure measures; not asserted here.
+                crate::common::write_labelled(&store, &s.labels, &s.samples);
             }
             self.store = Some(store);
         }

@@ -5,11 +5,8 @@
 
 use std::time::Instant;
 
-use ringdb::model::{series_key, Sample as StoreSample, Value as V};
 use ringdb::query::engine::{parse, Engine, Value};
-use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
-use ringdb::rules::{Rule, RuleSet};
-use ringdb::store::{SeriesId, Store, StoreLimits};
+use ringdb::store::Store;
 
 const STEP_SECS: u64 = 15;
 /// First sample (ms), a multiple of the 15 s timeframe.
@@ -47,51 +44,11 @@ fn labels_of(i: usize) -> Vec<(String, String)> {
 }
 
 fn build_store(n: usize) -> Store {
-    let rule = Rule {
-        name: "bench".into(),
-        prefix: "*".into(),
-        shape: Shape {
-            consolidation: Consolidation::Last,
-            timeframe_secs: STEP_SECS,
-            limit: (SPAN_MS as u64 / 1000 / STEP_SECS + 2) as u32,
-            split: Split::Backward,
-            value_size: ValueSize::Float,
-            specials: vec![],
-        },
-        autoremove: false,
-    };
-    let store = Store::new(
-        RuleSet::new(vec![rule]),
-        StoreLimits {
-            max_future_ms: 0,
-            max_series: u64::MAX,
-        },
-    );
+    let store =
+        crate::common::float_store(STEP_SECS, (SPAN_MS as u64 / 1000 / STEP_SECS + 2) as u32);
     for i in 0..n {
-        let labels = labels_of(i);
-        let key = series_key(
-            METRIC,
-            labels
-                .iter()
-                .filter(|(k, _)| k != "__name__")
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        let mk = || labels.clone();
-        let samples: Vec<StoreSample> = samples_of(i)
-            .into_iter()
-            .map(|(t, v)| StoreSample {
-                timestamp_ms: t as u64,
-                value: V::Float(v),
-            })
-            .collect();
-        let id = SeriesId {
-            key: &key,
-            prefix: METRIC,
-            labels: Some(&mk),
-        };
-        store.write_batch(&id, &samples, u64::MAX / 2, |r| {
-            assert!(r.is_ok(), "write rejected: {r:?}");
-        });
+        let refused = crate::common::write_labelled(&store, &labels_of(i), &samples_of(i));
+        assert_eq!(refused, 0, "series {i}: samples refused");
     }
     store
 }
