@@ -6,7 +6,7 @@
 
 use crate::access::Access;
 use crate::config::{Settings, TlsFiles};
-use crate::ingest::remote_write::{self, handler::RemoteWriteContext, LabelLimits};
+use crate::ingest::remote_write::{self, handler::RemoteWriteContext, KnownSeries, LabelLimits};
 use crate::ingest::scrape::Scraper;
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
@@ -182,6 +182,8 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
             ),
         );
     }
+    // Label sets remembered for remote_write: one per series, up to this many.
+    const KNOWN_SERIES_MAX: u64 = 16 << 20;
     let rw_ctx = Arc::new(RemoteWriteContext {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -189,6 +191,9 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         label_limits: LabelLimits::default(),
         max_body_bytes: usize::try_from(settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         in_flight: Arc::new(Semaphore::new(settings.limits.max_inflight_writes)),
+        known: KnownSeries::new(
+            usize::try_from(settings.limits.max_series.min(KNOWN_SERIES_MAX)).unwrap_or(usize::MAX),
+        ),
     });
     let http_routes =
         api::http_router(api_ctx.clone()).merge(remote_write::handler::router(rw_ctx));

@@ -104,6 +104,9 @@ pub type Labels = Arc<[(String, String)]>;
 pub struct SeriesId<'a> {
     /// Series key: a socket path, or the canonical `name{a="b"}` form.
     pub key: &'a str,
+    /// The same key already shared: a new series keeps a clone of it
+    /// instead of a copy.
+    pub shared: Option<&'a Arc<str>>,
     /// Prefix selecting the rules (path prefix or `__name__`).
     pub prefix: &'a str,
     /// For label-set series: builds the labels, called only for a new series.
@@ -255,6 +258,7 @@ impl Store {
         let mut result = Ok(0);
         let id = SeriesId {
             key,
+            shared: None,
             prefix,
             labels: None,
         };
@@ -324,7 +328,8 @@ impl Store {
                     labels: id.labels.map(|make| Arc::from(make())),
                     archives: Vec::with_capacity(matching.len()),
                 };
-                v.insert_with_key(Arc::from(id.key), series)
+                let key = id.shared.map_or_else(|| Arc::from(id.key), Arc::clone);
+                v.insert_with_key(key, series)
             }
         };
         outcome(self.apply(series, matching, first, now_ms));

@@ -491,6 +491,7 @@ pub fn write_labelled(
         .collect();
     let id = ringdb::store::SeriesId {
         key: &key,
+        shared: None,
         prefix: name,
         labels: Some(&make_labels),
     };

@@ -3,7 +3,7 @@
 //! `Retry-After` when it is full: a limit, not a queue), and the status
 //! code Prometheus' retry logic expects, sent after the samples are stored.
 
-use super::{decode, ingest, LabelLimits, Report};
+use super::{decompress, ingest, KnownSeries, LabelLimits, Report};
 use crate::access::Grant;
 use crate::model::Clock;
 use crate::store::Store;
@@ -31,6 +31,8 @@ pub struct RemoteWriteContext {
     pub max_body_bytes: usize,
     /// Requests being decoded or stored at once.
     pub in_flight: Arc<Semaphore>,
+    /// Label sets seen before and their series keys.
+    pub known: KnownSeries,
 }
 
 /// The route, to merge into the HTTP listener's router.
@@ -175,14 +177,15 @@ async fn write(
     let work = ctx.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        let request = decode(&bytes, work.max_body_bytes)?;
-        Ok(ingest(
+        let raw = decompress(&bytes, work.max_body_bytes)?;
+        ingest(
             &work.store,
-            &request,
+            &work.known,
+            &raw,
             &grant,
             &work.label_limits,
             (work.clock)(),
-        ))
+        )
     })
     .await;
     match outcome {

@@ -3,12 +3,15 @@
 //! written to the store series by series, an honest status code out.
 
 pub mod handler;
+mod wire;
 
 use crate::access::Grant;
 use crate::model::{self, Sample, Value};
 use crate::store::{MetricMetadata, SeriesId, Store, WriteReject};
 use prost::Message;
 use std::collections::BTreeMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex};
 
 /// The messages of proto/remote.proto and proto/types.proto.
 #[allow(missing_docs, clippy::all)]
@@ -67,12 +70,12 @@ impl DecodeError {
     }
 }
 
-/// Decompresses and decodes a body, checking the declared decompressed
-/// length against `max_bytes` before allocating.
+/// Decompresses a body, checking the declared decompressed length against
+/// `max_bytes` before allocating.
 ///
 /// # Errors
 /// [`DecodeError`] saying what was expected.
-pub fn decode(body: &[u8], max_bytes: usize) -> Result<proto::WriteRequest, DecodeError> {
+pub fn decompress(body: &[u8], max_bytes: usize) -> Result<Vec<u8>, DecodeError> {
     let declared =
         snap::raw::decompress_len(body).map_err(|e| DecodeError::Snappy(e.to_string()))?;
     if declared > max_bytes {
@@ -81,12 +84,9 @@ pub fn decode(body: &[u8], max_bytes: usize) -> Result<proto::WriteRequest, Deco
             max: max_bytes,
         });
     }
-    let raw = snap::raw::Decoder::new()
+    snap::raw::Decoder::new()
         .decompress_vec(body)
-        .map_err(|e| DecodeError::Snappy(e.to_string()))?;
-    // Decoding from `Bytes` makes every label a slice of `raw`, not a copy.
-    proto::WriteRequest::decode(bytes::Bytes::from(raw))
-        .map_err(|e| DecodeError::Protobuf(e.to_string()))
+        .map_err(|e| DecodeError::Snappy(e.to_string()))
 }
 
 /// A label (for tests, load generators and agents written in Rust).
@@ -136,14 +136,13 @@ impl Report {
 }
 
 /// Why a whole series was refused.
-fn check_labels(labels: &[proto::Label], limits: &LabelLimits) -> Result<(), &'static str> {
+fn check_labels(labels: &[(&[u8], &[u8])], limits: &LabelLimits) -> Result<(), &'static str> {
     if labels.len() > limits.max_labels {
         return Err("too_many_labels");
     }
     let mut previous: Option<&[u8]> = None;
     let mut name_seen = false;
-    for label in labels {
-        let (name, value) = (label.name.as_ref(), label.value.as_ref());
+    for &(name, value) in labels {
         let (Ok(name_text), Ok(value_text)) =
             (std::str::from_utf8(name), std::str::from_utf8(value))
         else {
@@ -183,14 +182,82 @@ fn text(bytes: &[u8]) -> &str {
     std::str::from_utf8(bytes).unwrap_or_default()
 }
 
-/// Writes every valid series of a request into the store.
+/// Series keys of label sets seen before, found by a 128-bit seeded hash of
+/// their label bytes, so that a known series is written without checking,
+/// decoding or formatting its labels again. Each shard is emptied when it
+/// reaches its share of the capacity.
+pub struct KnownSeries {
+    shards: Box<[KnownShard]>,
+    seeds: [foldhash::fast::RandomState; 2],
+    per_shard: usize,
+}
+
+const KNOWN_SHARDS: usize = 64;
+type KnownShard = Mutex<hashbrown::HashTable<(u128, Arc<str>)>>;
+
+impl KnownSeries {
+    /// Remembers up to about `capacity` label sets.
+    pub fn new(capacity: usize) -> KnownSeries {
+        KnownSeries {
+            shards: (0..KNOWN_SHARDS).map(|_| Mutex::default()).collect(),
+            seeds: Default::default(),
+            per_shard: capacity.div_ceil(KNOWN_SHARDS).max(1),
+        }
+    }
+
+    fn hash(&self, labels: &[(&[u8], &[u8])]) -> u128 {
+        let [a, b] = self.seeds.each_ref().map(|seed| {
+            let mut h = seed.build_hasher();
+            for (name, value) in labels {
+                h.write_usize(name.len());
+                h.write(name);
+                h.write_usize(value.len());
+                h.write(value);
+            }
+            h.finish()
+        });
+        (u128::from(a) << 64) | u128::from(b)
+    }
+
+    fn shard(
+        &self,
+        hash: u128,
+    ) -> std::sync::MutexGuard<'_, hashbrown::HashTable<(u128, Arc<str>)>> {
+        self.shards[(hash >> 64) as usize % KNOWN_SHARDS]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, hash: u128) -> Option<Arc<str>> {
+        self.shard(hash)
+            .find(hash as u64, |(h, _)| *h == hash)
+            .map(|(_, key)| key.clone())
+    }
+
+    fn insert(&self, hash: u128, key: Arc<str>) {
+        let mut shard = self.shard(hash);
+        if shard.len() >= self.per_shard {
+            shard.clear();
+        }
+        shard.insert_unique(hash as u64, (hash, key), |(h, _)| *h as u64);
+    }
+}
+
+/// Checks a decompressed `WriteRequest` whole, then writes every valid
+/// series into the store.
+///
+/// # Errors
+/// [`DecodeError::Protobuf`] when the body is not a `WriteRequest`; nothing
+/// of it is stored then.
 pub fn ingest(
     store: &Store,
-    request: &proto::WriteRequest,
+    known: &KnownSeries,
+    raw: &[u8],
     grant: &Grant,
     limits: &LabelLimits,
     now_ms: u64,
-) -> Report {
+) -> Result<Report, DecodeError> {
+    let request = wire::Request::parse(raw).map_err(|e| DecodeError::Protobuf(e.to_string()))?;
     let mut report = Report {
         metadata: request.metadata.len() as u64,
         ..Report::default()
@@ -211,48 +278,49 @@ pub fn ingest(
         }
     }
     let mut samples: Vec<Sample> = Vec::new();
-    for series in &request.timeseries {
-        report.exemplars += series.exemplars.len() as u64;
-        report.histograms += series.histograms.len() as u64;
+    for series in request.series() {
+        report.exemplars += series.exemplars;
+        report.histograms += series.histograms;
         if series.samples.is_empty() {
             continue;
         }
         let n = series.samples.len() as u64;
-        if let Err(reason) = check_labels(&series.labels, limits) {
-            report.reject(reason, n);
-            continue;
-        }
+        let hash = known.hash(series.labels);
+        let key = match known.get(hash) {
+            Some(key) => key,
+            None => {
+                if let Err(reason) = check_labels(series.labels, limits) {
+                    report.reject(reason, n);
+                    continue;
+                }
+                let key: Arc<str> = series_key(series.labels).into();
+                known.insert(hash, key.clone());
+                key
+            }
+        };
         let name = series
             .labels
             .iter()
-            .find(|l| l.name.as_ref() == b"__name__")
-            .map_or("", |l| text(&l.value));
+            .find(|(name, _)| *name == b"__name__")
+            .map_or("", |(_, value)| text(value));
         if !grant.may_write(name) {
             report.reject(WriteReject::Forbidden.as_str(), n);
             continue;
         }
-        let others = || {
-            series
-                .labels
-                .iter()
-                .filter(|l| l.name.as_ref() != b"__name__")
-                .map(|l| (text(&l.name), text(&l.value)))
-        };
-        let key = model::series_key(name, others());
         let make_labels = || {
             series
                 .labels
                 .iter()
-                .map(|l| (text(&l.name).to_owned(), text(&l.value).to_owned()))
+                .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
                 .collect::<Vec<_>>()
         };
         samples.clear();
         let mut negative = 0;
-        for s in &series.samples {
-            match u64::try_from(s.timestamp) {
+        for &(timestamp, value) in series.samples {
+            match u64::try_from(timestamp) {
                 Ok(timestamp_ms) => samples.push(Sample {
                     timestamp_ms,
-                    value: Value::Float(s.value),
+                    value: Value::Float(value),
                 }),
                 Err(_) => negative += 1,
             }
@@ -263,6 +331,7 @@ pub fn ingest(
         );
         let id = SeriesId {
             key: &key,
+            shared: Some(&key),
             prefix: name,
             labels: Some(&make_labels),
         };
@@ -278,7 +347,20 @@ pub fn ingest(
             i += 1;
         });
     }
-    report
+    Ok(report)
+}
+
+/// The canonical `name{a="b",...}` key of checked labels.
+fn series_key(labels: &[(&[u8], &[u8])]) -> String {
+    let name = labels
+        .iter()
+        .find(|(name, _)| *name == b"__name__")
+        .map_or("", |(_, value)| text(value));
+    let others = labels
+        .iter()
+        .filter(|(name, _)| *name != b"__name__")
+        .map(|(name, value)| (text(name), text(value)));
+    model::series_key(name, others)
 }
 
 #[cfg(test)]
@@ -342,8 +424,133 @@ mod tests {
             ),
         ];
         for (name, labels, want) in cases {
-            assert_eq!(check_labels(&labels, &limits), want, "case {name}");
+            let pairs: Vec<(&[u8], &[u8])> = labels
+                .iter()
+                .map(|l| (l.name.as_ref(), l.value.as_ref()))
+                .collect();
+            assert_eq!(check_labels(&pairs, &limits), want, "case {name}");
         }
+    }
+
+    fn float_store() -> Store {
+        use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+        let rule = crate::rules::Rule {
+            name: "raw".into(),
+            prefix: "*".into(),
+            shape: Shape {
+                consolidation: Consolidation::Last,
+                timeframe_secs: 1,
+                limit: 100,
+                split: Split::Backward,
+                value_size: ValueSize::Float,
+                specials: vec![],
+            },
+            autoremove: false,
+        };
+        Store::new(
+            crate::rules::RuleSet::new(vec![rule]),
+            crate::store::StoreLimits {
+                max_future_ms: 600_000,
+                max_series: 100,
+            },
+        )
+    }
+
+    fn one_series(labels: &[(&str, &str)], t_ms: i64) -> Vec<u8> {
+        proto::WriteRequest {
+            timeseries: vec![proto::TimeSeries {
+                labels: labels.iter().map(|(n, v)| label(n, v)).collect(),
+                samples: vec![proto::Sample {
+                    value: 1.0,
+                    timestamp: t_ms,
+                }],
+                ..Default::default()
+            }],
+            metadata: vec![],
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn known_series_are_recreated_after_removal_and_bad_ones_never_known() {
+        let store = float_store();
+        let known = KnownSeries::new(2);
+        let limits = LabelLimits::default();
+        let now = 1_700_000_000_000;
+        let good = [("__name__", "up"), ("job", "a")];
+        for (i, t) in [now - 3000, now - 2000].into_iter().enumerate() {
+            let report = ingest(
+                &store,
+                &known,
+                &one_series(&good, t as i64),
+                &Grant::All,
+                &limits,
+                now,
+            );
+            assert_eq!(report.unwrap().accepted, 1, "write {i}");
+        }
+        let key = r#"up{job="a"}"#;
+        assert!(store.remove(key));
+        let report = ingest(
+            &store,
+            &known,
+            &one_series(&good, now as i64 - 1000),
+            &Grant::All,
+            &limits,
+            now,
+        );
+        assert_eq!(report.unwrap().accepted, 1);
+        let labels = store.read(key, |s| s.labels().map(<[_]>::to_vec));
+        assert_eq!(
+            labels.flatten().unwrap().len(),
+            2,
+            "labels rebuilt from the request"
+        );
+        let bad = [("__name__", "up"), ("z", "1"), ("a", "1")];
+        for _ in 0..2 {
+            let report = ingest(
+                &store,
+                &known,
+                &one_series(&bad, now as i64),
+                &Grant::All,
+                &limits,
+                now,
+            );
+            assert_eq!(report.unwrap().rejected.get("unsorted_labels"), Some(&1));
+        }
+        // More label sets than the capacity: shards are emptied, writes go on.
+        for i in 0..50 {
+            let job = format!("j{i}");
+            let labels = [("__name__", "up"), ("job", job.as_str())];
+            let report = ingest(
+                &store,
+                &known,
+                &one_series(&labels, now as i64),
+                &Grant::All,
+                &limits,
+                now,
+            );
+            assert_eq!(report.unwrap().accepted, 1);
+        }
+        let forbidden = Grant::Limited(Arc::new(crate::config::ClientSettings {
+            name: "agent".into(),
+            write: vec!["other".into()],
+            read: vec![],
+            admin: false,
+        }));
+        let report = ingest(
+            &store,
+            &known,
+            &one_series(&good, now as i64),
+            &forbidden,
+            &limits,
+            now,
+        );
+        assert_eq!(
+            report.unwrap().rejected.get("forbidden"),
+            Some(&1),
+            "grant checked for known series"
+        );
     }
 
     #[test]
@@ -356,12 +563,12 @@ mod tests {
             metadata: vec![],
         });
         assert!(matches!(
-            decode(&body, 100),
+            decompress(&body, 100),
             Err(DecodeError::TooLarge { .. })
         ));
-        assert!(decode(&body, 1000).is_ok());
+        assert!(decompress(&body, 1000).is_ok());
         assert!(matches!(
-            decode(b"\xff\xff\xff\xff\xff\xff", 1000),
+            decompress(b"\xff\xff\xff\xff\xff\xff", 1000),
             Err(DecodeError::Snappy(_))
         ));
     }

@@ -85,6 +85,7 @@ fn write_one(
     };
     let id = SeriesId {
         key: &key,
+        shared: None,
         prefix: name,
         labels: Some(&make_labels),
     };
