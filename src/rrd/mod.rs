@@ -209,6 +209,45 @@ enum Part {
     Special(u8),
 }
 
+/// One bit per page. The first 64 pages' bits are inline, so marking a
+/// page of an ordinary archive reads no other cache line than the
+/// archive's own.
+#[derive(Debug, Clone)]
+struct DirtyPages {
+    first: u64,
+    rest: Box<[u64]>,
+}
+
+impl DirtyPages {
+    fn new(pages: usize) -> DirtyPages {
+        DirtyPages {
+            first: 0,
+            rest: vec![0; pages.div_ceil(64).saturating_sub(1)].into_boxed_slice(),
+        }
+    }
+
+    fn mark(&mut self, page: usize) {
+        let bit = 1 << (page % 64);
+        match page / 64 {
+            0 => self.first |= bit,
+            word => self.rest[word - 1] |= bit,
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.first != 0 || self.rest.iter().any(|w| *w != 0)
+    }
+
+    /// The words, page 0's first.
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut u64> {
+        std::iter::once(&mut self.first).chain(self.rest.iter_mut())
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.rest.len() * 8
+    }
+}
+
 /// One ring of `limit` buckets.
 #[derive(Debug, Clone)]
 pub struct Archive {
@@ -221,7 +260,7 @@ pub struct Archive {
     /// Running means, only for `avg`.
     means: Option<Box<[f64]>>,
     /// One bit per page changed since the last `take_dirty`.
-    dirty_pages: Box<[u64]>,
+    dirty_pages: DirtyPages,
     header_dirty: bool,
     /// The saved copy has another shape: replace all its pages on save.
     rewrite: bool,
@@ -250,7 +289,7 @@ impl Archive {
             head: 0,
             cells,
             means,
-            dirty_pages: vec![0; pages.div_ceil(64)].into_boxed_slice(),
+            dirty_pages: DirtyPages::new(pages),
             header_dirty: true,
             rewrite: false,
         }
@@ -263,7 +302,7 @@ impl Archive {
 
     /// Bytes held in memory for buckets, means and dirty bits.
     pub fn memory_bytes(&self) -> usize {
-        self.shape.cell_bytes() + self.dirty_pages.len() * 8 + std::mem::size_of::<Self>()
+        self.shape.cell_bytes() + self.dirty_pages.heap_bytes() + std::mem::size_of::<Self>()
     }
 
     /// Bucket number of the newest bucket seen, if any.
@@ -427,7 +466,7 @@ impl Archive {
 
     fn mark_dirty(&mut self, pos: usize) {
         let page = pos / PAGE_BUCKETS;
-        self.dirty_pages[page / 64] |= 1 << (page % 64);
+        self.dirty_pages.mark(page);
     }
 
     fn apply(&mut self, bucket: u64, part: Part) -> Result<(), Reject> {
@@ -597,7 +636,7 @@ impl Archive {
 
     /// Whether anything changed since the last `take_dirty`.
     pub fn is_dirty(&self) -> bool {
-        self.header_dirty || self.dirty_pages.iter().any(|w| *w != 0)
+        self.header_dirty || self.dirty_pages.any()
     }
 
     /// Marks everything dirty, so the next save writes the whole archive.
@@ -605,7 +644,7 @@ impl Archive {
         self.header_dirty = true;
         let pages = (self.shape.limit as usize).div_ceil(PAGE_BUCKETS);
         for page in 0..pages {
-            self.dirty_pages[page / 64] |= 1 << (page % 64);
+            self.dirty_pages.mark(page);
         }
     }
 }

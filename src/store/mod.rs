@@ -113,6 +113,25 @@ pub struct SeriesId<'a> {
     pub labels: Option<&'a dyn Fn() -> Vec<(String, String)>>,
 }
 
+/// A key looked up in a shard: when it is the map's own `Arc`, equal by
+/// pointer without reading the key's bytes.
+struct Lookup<'a> {
+    key: &'a str,
+    shared: Option<&'a Arc<str>>,
+}
+
+impl std::hash::Hash for Lookup<'_> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key.hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<Arc<str>> for Lookup<'_> {
+    fn equivalent(&self, key: &Arc<str>) -> bool {
+        self.shared.is_some_and(|s| Arc::ptr_eq(s, key)) || **key == *self.key
+    }
+}
+
 impl Series {
     /// The prefix that selects the series' rules.
     pub fn prefix(&self) -> &str {
@@ -312,7 +331,11 @@ impl Store {
         };
         let mut shard = self.write_shard(self.shard_of(id.key));
         // One hash lookup per batch; the key is copied only for a new series.
-        let series = match shard.entry_ref(id.key) {
+        let lookup = Lookup {
+            key: id.key,
+            shared: id.shared,
+        };
+        let series = match shard.entry_ref(&lookup) {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
@@ -388,7 +411,7 @@ impl Store {
         let index = match series
             .archives
             .iter()
-            .position(|a| a.rule.name == rule.name)
+            .position(|a| Arc::ptr_eq(&a.rule, rule) || a.rule.name == rule.name)
         {
             Some(i) => i,
             None => {
