@@ -57,6 +57,17 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Memory per path, in process: every path gets three float archives of
+    /// `buckets` one-minute buckets (last, max, sum), every bucket filled;
+    /// RSS growth is compared with the raw cell bytes.
+    Memory {
+        /// Paths (series).
+        #[arg(long, default_value_t = 1_000_000)]
+        paths: u64,
+        /// Buckets per archive.
+        #[arg(long, default_value_t = 360)]
+        buckets: u32,
+    },
     /// Prometheus remote_write 1.0 batches.
     RemoteWrite {
         /// Full URL; https uses the TLS files, http none.
@@ -400,17 +411,109 @@ fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Resident set size of this process, from /proc.
+fn rss_bytes() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc/self/status"))?;
+    Ok(kib * 1024)
+}
+
+fn memory(paths: u64, buckets: u32) -> anyhow::Result<()> {
+    use ringdb::model::{Sample, Value};
+    use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
+    use ringdb::rules::{Rule, RuleSet};
+    use ringdb::store::{SeriesId, Store, StoreLimits};
+    let rule = |name: &str, consolidation| Rule {
+        name: name.into(),
+        prefix: "traffic".into(),
+        shape: Shape {
+            consolidation,
+            timeframe_secs: 60,
+            limit: buckets,
+            split: Split::Backward,
+            value_size: ValueSize::Float,
+            specials: vec![],
+        },
+        autoremove: false,
+    };
+    let rules = vec![
+        rule("last", Consolidation::Last),
+        rule("max", Consolidation::Max),
+        rule("sum", Consolidation::Sum),
+    ];
+    let rule_count = rules.len() as u64;
+    let limits = StoreLimits {
+        max_future_ms: u64::MAX / 4,
+        max_series: u64::MAX,
+    };
+    let before = rss_bytes()?;
+    let started = Instant::now();
+    let store = Store::new(RuleSet::new(rules), limits);
+    let t0 = (now_ms() as u64 / 60_000 - u64::from(buckets)) * 60_000;
+    let samples: Vec<Sample> = (0..u64::from(buckets))
+        .map(|k| Sample {
+            timestamp_ms: t0 + k * 60_000,
+            value: Value::Float(k as f64 + 0.5),
+        })
+        .collect();
+    let mut key = String::new();
+    for i in 0..paths {
+        use std::fmt::Write;
+        key.clear();
+        write!(key, "traffic.client{i}.in")?;
+        let id = SeriesId {
+            key: &key,
+            shared: None,
+            prefix: "traffic",
+            labels: None,
+        };
+        let mut refused = 0;
+        store.write_batch(&id, &samples, t0 + u64::from(buckets) * 60_000, |r| {
+            refused += u64::from(r.is_err());
+        });
+        anyhow::ensure!(refused == 0, "path {i}: {refused} samples refused");
+    }
+    let rss = rss_bytes()?.saturating_sub(before);
+    let raw = paths * rule_count * u64::from(buckets) * 8;
+    let stats = store.stats();
+    anyhow::ensure!(
+        stats.archives == paths * rule_count,
+        "archives: {}",
+        stats.archives
+    );
+    println!(
+        "memory: {paths} paths x {rule_count} rules x {buckets} float buckets filled in {:.1} s: \
+         raw cells {} MiB, RSS growth {} MiB = {:.3} x raw, {} B/path over raw, {} B RSS/path",
+        started.elapsed().as_secs_f64(),
+        raw >> 20,
+        rss >> 20,
+        rss as f64 / raw as f64,
+        (rss as i64 - raw as i64) / paths as i64,
+        rss / paths
+    );
+    drop(store);
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Snapshot { archives, dir } = cli.command {
-        return snapshot(archives, dir);
+    match cli.command {
+        Command::Snapshot { archives, dir } => return snapshot(archives, dir),
+        Command::Memory { paths, buckets } => return memory(paths, buckets),
+        _ => {}
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Snapshot { .. } => unreachable!("handled before the runtime starts"),
+            Command::Snapshot { .. } | Command::Memory { .. } => {
+                unreachable!("handled before the runtime starts")
+            }
             Command::Socket {
                 addr,
                 tls,
