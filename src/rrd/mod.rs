@@ -330,6 +330,22 @@ impl Archive {
         self.update_with(sample, self.shape.split)
     }
 
+    /// Reads the cell a sample at `timestamp_ms` lands in and changes
+    /// nothing: called for each of a sample's archives before
+    /// [`Archive::update`] runs on each, their cells load in parallel.
+    pub fn prefetch(&self, timestamp_ms: u64) {
+        let limit = u64::from(self.shape.limit.max(1));
+        let bucket = timestamp_ms / self.shape.timeframe_ms();
+        let pos = match self.newest {
+            Some(newest) if bucket > newest => {
+                (u64::from(self.head) + (bucket - newest) % limit) % limit
+            }
+            Some(newest) if newest - bucket < limit => self.position_back(newest - bucket) as u64,
+            _ => u64::from(self.head),
+        };
+        self.cells.touch(pos as usize);
+    }
+
     fn update_with(&mut self, sample: Sample, split: Split) -> Result<(), Reject> {
         let tf = self.shape.timeframe_ms();
         let t = sample.timestamp_ms;

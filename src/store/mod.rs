@@ -20,7 +20,73 @@ const SHARDS: usize = 64;
 /// Series keys come from authenticated clients; foldhash's seeded hash is
 /// fast and not trivially collided.
 type Hasher = foldhash::fast::RandomState;
-type Shard = hashbrown::HashMap<Arc<str>, Series, Hasher>;
+type Shard = hashbrown::HashMap<SeriesKey, Series, Hasher>;
+
+/// Longest key kept inline in its map slot.
+const INLINE_KEY: usize = 30;
+
+/// A series key as the map holds it: short keys (most socket paths) inline
+/// in the slot, so that finding a series reads no other memory; longer ones
+/// shared.
+#[derive(Clone)]
+enum SeriesKey {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Shared(Arc<str>),
+}
+
+impl SeriesKey {
+    fn new(key: &str, shared: Option<&Arc<str>>) -> SeriesKey {
+        match shared {
+            _ if key.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..key.len()].copy_from_slice(key.as_bytes());
+                SeriesKey::Inline {
+                    len: key.len() as u8,
+                    bytes,
+                }
+            }
+            Some(arc) => SeriesKey::Shared(arc.clone()),
+            None => SeriesKey::Shared(Arc::from(key)),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Built from a &str in `new`: always whole UTF-8.
+            SeriesKey::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            SeriesKey::Shared(arc) => arc,
+        }
+    }
+
+    fn to_arc(&self) -> Arc<str> {
+        match self {
+            SeriesKey::Inline { .. } => Arc::from(self.as_str()),
+            SeriesKey::Shared(arc) => arc.clone(),
+        }
+    }
+}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl std::borrow::Borrow<str> for SeriesKey {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
 
 /// Why a write was refused (by every archive it was aimed at).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
@@ -113,8 +179,8 @@ pub struct SeriesId<'a> {
     pub labels: Option<&'a dyn Fn() -> Vec<(String, String)>>,
 }
 
-/// A key looked up in a shard: when it is the map's own `Arc`, equal by
-/// pointer without reading the key's bytes.
+/// A key looked up in a shard: when it is the map's own shared key, equal
+/// by pointer without reading the key's bytes.
 struct Lookup<'a> {
     key: &'a str,
     shared: Option<&'a Arc<str>>,
@@ -126,9 +192,12 @@ impl std::hash::Hash for Lookup<'_> {
     }
 }
 
-impl hashbrown::Equivalent<Arc<str>> for Lookup<'_> {
-    fn equivalent(&self, key: &Arc<str>) -> bool {
-        self.shared.is_some_and(|s| Arc::ptr_eq(s, key)) || **key == *self.key
+impl hashbrown::Equivalent<SeriesKey> for Lookup<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        match key {
+            SeriesKey::Shared(arc) if self.shared.is_some_and(|s| Arc::ptr_eq(s, arc)) => true,
+            _ => key.as_str() == self.key,
+        }
     }
 }
 
@@ -351,8 +420,7 @@ impl Store {
                     labels: id.labels.map(|make| Arc::from(make())),
                     archives: Vec::with_capacity(matching.len()),
                 };
-                let key = id.shared.map_or_else(|| Arc::from(id.key), Arc::clone);
-                v.insert_with_key(key, series)
+                v.insert_with_key(SeriesKey::new(id.key, id.shared), series)
             }
         };
         outcome(self.apply(series, matching, first, now_ms));
@@ -368,6 +436,11 @@ impl Store {
         sample: Sample,
         now_ms: TimestampMs,
     ) -> Result<usize, WriteReject> {
+        if matching.len() > 1 {
+            for a in &series.archives {
+                a.archive.prefetch(sample.timestamp_ms);
+            }
+        }
         let mut stored = 0;
         let mut first_reject = None;
         for rule in matching {
@@ -396,7 +469,7 @@ impl Store {
     fn insert_series(&self, shard: &mut Shard, key: &str, prefix: &str, labels: Option<Labels>) {
         self.series.fetch_add(1, Ordering::Relaxed);
         shard.insert(
-            Arc::from(key),
+            SeriesKey::new(key, None),
             Series {
                 prefix: prefix.into(),
                 labels,
@@ -442,7 +515,7 @@ impl Store {
     pub fn scan(&self, mut f: impl FnMut(&str, &Series) -> bool) {
         for i in 0..self.shards.len() {
             for (key, series) in self.read_shard(i).iter() {
-                if !f(key, series) {
+                if !f(key.as_str(), series) {
                     return;
                 }
             }
@@ -455,7 +528,7 @@ impl Store {
             .flat_map(|i| {
                 self.read_shard(i)
                     .iter()
-                    .map(|(k, s)| (k.clone(), s.prefix.clone()))
+                    .map(|(k, s)| (k.to_arc(), s.prefix.clone()))
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -495,10 +568,11 @@ impl Store {
         let mut guard = self.write_shard(shard);
         let mut out = Vec::new();
         for (key, series) in guard.iter_mut() {
+            let mut shared = None;
             for a in &mut series.archives {
                 if a.archive.is_dirty() {
                     out.push(DirtyArchive {
-                        series: key.clone(),
+                        series: shared.get_or_insert_with(|| key.to_arc()).clone(),
                         rule: a.rule.name.clone(),
                         dirty: a.archive.take_dirty(
                             &a.rule.name,
@@ -633,7 +707,7 @@ impl Store {
                             (newest * 1000).saturating_add(a.rule.window_ms()) < now_ms
                         });
                     if idle {
-                        removed.push((key.to_string(), a.rule.name.clone()));
+                        removed.push((key.as_str().to_owned(), a.rule.name.clone()));
                         self.forget_archive(&a.archive);
                     }
                     !idle

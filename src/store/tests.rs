@@ -261,3 +261,56 @@ fn autoremove_sweeps_idle_archives_by_the_given_clock() {
     );
     assert!(!s.series_keys().iter().any(|(k, _)| &**k == "traffic-a"));
 }
+
+#[test]
+fn short_long_and_shared_keys_are_the_same_series_everywhere() {
+    let store = Store::new(
+        RuleSet::new(vec![rule("any", "*", 10, ValueSize::Float)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 10,
+        },
+    );
+    let keys = [
+        "x".repeat(INLINE_KEY),
+        "y".repeat(INLINE_KEY + 1),
+        "z".repeat(300),
+    ];
+    let shared: Arc<str> = Arc::from(keys[2].as_str());
+    for (i, key) in keys.iter().enumerate() {
+        for k in 0..2u64 {
+            let id = SeriesId {
+                key,
+                shared: (i == 2).then_some(&shared),
+                prefix: "p",
+                labels: None,
+            };
+            store.write_batch(&id, &[sample(NOW - 20_000 + k * 10_000, k)], NOW, |r| {
+                assert_eq!(r, Ok(1), "{key}");
+            });
+        }
+        assert_eq!(store.read(key, |s| s.archives().len()), Some(1), "{key}");
+    }
+    assert_eq!(
+        store.stats().series,
+        3,
+        "one series per key, whatever its length"
+    );
+    let mut scanned: Vec<String> = Vec::new();
+    store.scan(|key, _| {
+        scanned.push(key.to_owned());
+        true
+    });
+    scanned.sort();
+    assert_eq!(scanned, keys.to_vec());
+    let mut dirty: Vec<String> = (0..store.shard_count())
+        .flat_map(|i| store.take_dirty(i))
+        .map(|d| d.series.to_string())
+        .collect();
+    dirty.sort();
+    assert_eq!(dirty, keys.to_vec());
+    for key in &keys {
+        assert!(store.remove(key), "{key}");
+    }
+    assert_eq!(store.stats().series, 0);
+}
