@@ -6,7 +6,7 @@
 use super::frame::{self, Decoded};
 use crate::access::Grant;
 use crate::model::{self, Clock, Sample, Value};
-use crate::store::{Store, WriteReject};
+use crate::store::{Store, WriteReject, Writer};
 use crate::telemetry::{Metrics, RateLimited};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -108,6 +108,7 @@ fn decode_all(
 ) -> (usize, bool) {
     let mut at = 0;
     let now = (ctx.clock)();
+    let writer = ctx.store.writer();
     loop {
         match frame::decode(&buf[at..]) {
             Decoded::NeedMore => return (at, false),
@@ -122,7 +123,7 @@ fn decode_all(
             Decoded::Frame(f, used) => {
                 at += used;
                 *frames += 1;
-                match store_frame(&f, grant, ctx, now) {
+                match store_frame(&f, grant, &writer, now) {
                     Ok(_) => tally.accepted += 1,
                     Err(reason) => tally.reject(reason.as_str()),
                 }
@@ -134,7 +135,7 @@ fn decode_all(
 fn store_frame(
     f: &frame::Frame<'_>,
     grant: &Grant,
-    ctx: &SocketContext,
+    writer: &Writer<'_>,
     now: u64,
 ) -> Result<usize, WriteReject> {
     let prefix = model::path_prefix(f.path);
@@ -150,7 +151,7 @@ fn store_frame(
     } else {
         Value::Uint(f.value)
     };
-    ctx.store.write(
+    writer.write(
         f.path,
         prefix,
         Sample {

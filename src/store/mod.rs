@@ -296,6 +296,105 @@ pub struct RulesChange {
     pub unloaded: u64,
 }
 
+/// Writes under one hold of the rule set (see [`Store::writer`]).
+pub struct Writer<'s> {
+    store: &'s Store,
+    rules: RwLockReadGuard<'s, Arc<RuleSet>>,
+}
+
+impl Writer<'_> {
+    /// Writes one sample of a socket path (see [`Store::write_batch`]).
+    ///
+    /// # Errors
+    /// The reason, when no archive took the sample.
+    pub fn write(
+        &self,
+        key: &str,
+        prefix: &str,
+        sample: Sample,
+        now_ms: TimestampMs,
+    ) -> Result<usize, WriteReject> {
+        let mut result = Ok(0);
+        let id = SeriesId {
+            key,
+            shared: None,
+            prefix,
+            labels: None,
+        };
+        self.write_batch(&id, &[sample], now_ms, |r| result = r);
+        result
+    }
+
+    /// See [`Store::write_batch`].
+    pub fn write_batch(
+        &self,
+        id: &SeriesId<'_>,
+        samples: &[Sample],
+        now_ms: TimestampMs,
+        mut outcome: impl FnMut(Result<usize, WriteReject>),
+    ) {
+        let store = self.store;
+        let matching = self.rules.for_prefix(id.prefix);
+        if matching.is_empty() {
+            samples
+                .iter()
+                .for_each(|_| outcome(Err(WriteReject::NoRule)));
+            return;
+        }
+        let max_future = now_ms.saturating_add(store.limits.max_future_ms);
+        // What a sample gets without touching the series, if anything.
+        let precheck = |s: &Sample| -> Option<Result<usize, WriteReject>> {
+            if s.timestamp_ms > max_future {
+                Some(Err(WriteReject::TooFarFuture))
+            } else if matches!(s.value, Value::Float(v) if rrd::is_stale_marker(v)) {
+                Some(Ok(0))
+            } else {
+                None
+            }
+        };
+        let mut rest = samples.iter();
+        let first = loop {
+            match rest.next() {
+                None => return,
+                Some(s) => match precheck(s) {
+                    Some(r) => outcome(r),
+                    None => break *s,
+                },
+            }
+        };
+        let mut shard = store.write_shard(store.shard_of(id.key));
+        // One hash lookup per batch; the key is copied only for a new series.
+        let lookup = Lookup {
+            key: id.key,
+            shared: id.shared,
+        };
+        let series = match shard.entry_ref(&lookup) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                if store.series.load(Ordering::Relaxed) >= store.limits.max_series {
+                    outcome(Err(WriteReject::TooManySeries));
+                    for s in rest {
+                        outcome(precheck(s).unwrap_or(Err(WriteReject::TooManySeries)));
+                    }
+                    return;
+                }
+                store.series.fetch_add(1, Ordering::Relaxed);
+                let series = Series {
+                    prefix: id.prefix.into(),
+                    labels: id.labels.map(|make| Arc::from(make())),
+                    archives: Vec::with_capacity(matching.len()),
+                };
+                v.insert_with_key(SeriesKey::new(id.key, id.shared), series)
+            }
+        };
+        outcome(store.apply(series, matching, first, now_ms));
+        for s in rest {
+            outcome(precheck(s).unwrap_or_else(|| store.apply(series, matching, *s, now_ms)));
+        }
+    }
+
+}
+
 impl Store {
     /// An empty store with these rules.
     pub fn new(rules: RuleSet, limits: StoreLimits) -> Store {
@@ -343,15 +442,7 @@ impl Store {
         sample: Sample,
         now_ms: TimestampMs,
     ) -> Result<usize, WriteReject> {
-        let mut result = Ok(0);
-        let id = SeriesId {
-            key,
-            shared: None,
-            prefix,
-            labels: None,
-        };
-        self.write_batch(&id, &[sample], now_ms, |r| result = r);
-        result
+        self.writer().write(key, prefix, sample, now_ms)
     }
 
     /// Writes samples of one series (in order) to every archive its prefix
@@ -365,67 +456,18 @@ impl Store {
         id: &SeriesId<'_>,
         samples: &[Sample],
         now_ms: TimestampMs,
-        mut outcome: impl FnMut(Result<usize, WriteReject>),
+        outcome: impl FnMut(Result<usize, WriteReject>),
     ) {
-        // The read guard (not a clone of the Arc) is held for the batch:
-        // `set_rules` swaps under the write lock before touching shards.
-        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
-        let matching = rules.for_prefix(id.prefix);
-        if matching.is_empty() {
-            samples
-                .iter()
-                .for_each(|_| outcome(Err(WriteReject::NoRule)));
-            return;
-        }
-        let max_future = now_ms.saturating_add(self.limits.max_future_ms);
-        // What a sample gets without touching the series, if anything.
-        let precheck = |s: &Sample| -> Option<Result<usize, WriteReject>> {
-            if s.timestamp_ms > max_future {
-                Some(Err(WriteReject::TooFarFuture))
-            } else if matches!(s.value, Value::Float(v) if rrd::is_stale_marker(v)) {
-                Some(Ok(0))
-            } else {
-                None
-            }
-        };
-        let mut rest = samples.iter();
-        let first = loop {
-            match rest.next() {
-                None => return,
-                Some(s) => match precheck(s) {
-                    Some(r) => outcome(r),
-                    None => break *s,
-                },
-            }
-        };
-        let mut shard = self.write_shard(self.shard_of(id.key));
-        // One hash lookup per batch; the key is copied only for a new series.
-        let lookup = Lookup {
-            key: id.key,
-            shared: id.shared,
-        };
-        let series = match shard.entry_ref(&lookup) {
-            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
-            hashbrown::hash_map::EntryRef::Vacant(v) => {
-                if self.series.load(Ordering::Relaxed) >= self.limits.max_series {
-                    outcome(Err(WriteReject::TooManySeries));
-                    for s in rest {
-                        outcome(precheck(s).unwrap_or(Err(WriteReject::TooManySeries)));
-                    }
-                    return;
-                }
-                self.series.fetch_add(1, Ordering::Relaxed);
-                let series = Series {
-                    prefix: id.prefix.into(),
-                    labels: id.labels.map(|make| Arc::from(make())),
-                    archives: Vec::with_capacity(matching.len()),
-                };
-                v.insert_with_key(SeriesKey::new(id.key, id.shared), series)
-            }
-        };
-        outcome(self.apply(series, matching, first, now_ms));
-        for s in rest {
-            outcome(precheck(s).unwrap_or_else(|| self.apply(series, matching, *s, now_ms)));
+        self.writer().write_batch(id, samples, now_ms, outcome);
+    }
+
+    /// A writer for many series in a row: it holds the rule set's read
+    /// guard, so that a burst of writes takes that shared lock once.
+    /// `set_rules` (a reload) waits for it: keep it for one burst.
+    pub fn writer(&self) -> Writer<'_> {
+        Writer {
+            store: self,
+            rules: self.rules.read().unwrap_or_else(|e| e.into_inner()),
         }
     }
 

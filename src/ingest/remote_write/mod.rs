@@ -278,6 +278,7 @@ pub fn ingest(
         }
     }
     let mut samples: Vec<Sample> = Vec::new();
+    let writer = store.writer();
     for series in request.series() {
         report.exemplars += series.exemplars;
         report.histograms += series.histograms;
@@ -336,7 +337,7 @@ pub fn ingest(
             labels: Some(&make_labels),
         };
         let mut i = 0;
-        store.write_batch(&id, &samples, now_ms, |outcome| {
+        writer.write_batch(&id, &samples, now_ms, |outcome| {
             match outcome {
                 Ok(_) if matches!(samples[i].value, Value::Float(v) if crate::rrd::is_stale_marker(v)) => {
                     report.stale_markers += 1
