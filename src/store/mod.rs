@@ -392,7 +392,6 @@ impl Writer<'_> {
             outcome(precheck(s).unwrap_or_else(|| store.apply(series, matching, *s, now_ms)));
         }
     }
-
 }
 
 impl Store {

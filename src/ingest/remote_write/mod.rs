@@ -476,62 +476,31 @@ mod tests {
     fn known_series_are_recreated_after_removal_and_bad_ones_never_known() {
         let store = float_store();
         let known = KnownSeries::new(2);
-        let limits = LabelLimits::default();
         let now = 1_700_000_000_000;
+        let write = |labels: &[(&str, &str)], t: u64, grant: &Grant| {
+            let body = one_series(labels, t as i64);
+            ingest(&store, &known, &body, grant, &LabelLimits::default(), now).unwrap()
+        };
         let good = [("__name__", "up"), ("job", "a")];
         for (i, t) in [now - 3000, now - 2000].into_iter().enumerate() {
-            let report = ingest(
-                &store,
-                &known,
-                &one_series(&good, t as i64),
-                &Grant::All,
-                &limits,
-                now,
-            );
-            assert_eq!(report.unwrap().accepted, 1, "write {i}");
+            assert_eq!(write(&good, t, &Grant::All).accepted, 1, "write {i}");
         }
         let key = r#"up{job="a"}"#;
         assert!(store.remove(key));
-        let report = ingest(
-            &store,
-            &known,
-            &one_series(&good, now as i64 - 1000),
-            &Grant::All,
-            &limits,
-            now,
-        );
-        assert_eq!(report.unwrap().accepted, 1);
+        assert_eq!(write(&good, now - 1000, &Grant::All).accepted, 1);
         let labels = store.read(key, |s| s.labels().map(<[_]>::to_vec));
-        assert_eq!(
-            labels.flatten().unwrap().len(),
-            2,
-            "labels rebuilt from the request"
-        );
+        let labels = labels.flatten().expect("series recreated with labels");
+        assert_eq!(labels.len(), 2, "labels rebuilt from the request");
         let bad = [("__name__", "up"), ("z", "1"), ("a", "1")];
         for _ in 0..2 {
-            let report = ingest(
-                &store,
-                &known,
-                &one_series(&bad, now as i64),
-                &Grant::All,
-                &limits,
-                now,
-            );
-            assert_eq!(report.unwrap().rejected.get("unsorted_labels"), Some(&1));
+            let report = write(&bad, now, &Grant::All);
+            assert_eq!(report.rejected.get("unsorted_labels"), Some(&1));
         }
         // More label sets than the capacity: shards are emptied, writes go on.
         for i in 0..50 {
             let job = format!("j{i}");
             let labels = [("__name__", "up"), ("job", job.as_str())];
-            let report = ingest(
-                &store,
-                &known,
-                &one_series(&labels, now as i64),
-                &Grant::All,
-                &limits,
-                now,
-            );
-            assert_eq!(report.unwrap().accepted, 1);
+            assert_eq!(write(&labels, now, &Grant::All).accepted, 1);
         }
         let forbidden = Grant::Limited(Arc::new(crate::config::ClientSettings {
             name: "agent".into(),
@@ -539,16 +508,9 @@ mod tests {
             read: vec![],
             admin: false,
         }));
-        let report = ingest(
-            &store,
-            &known,
-            &one_series(&good, now as i64),
-            &forbidden,
-            &limits,
-            now,
-        );
+        let report = write(&good, now, &forbidden);
         assert_eq!(
-            report.unwrap().rejected.get("forbidden"),
+            report.rejected.get("forbidden"),
             Some(&1),
             "grant checked for known series"
         );
