@@ -541,6 +541,41 @@ impl Archive {
         (from..=to).map(move |b| (b, self.get(b)))
     }
 
+    /// Calls `f(bucket, value)` for every bucket `from..=to` (bucket
+    /// numbers, clamped to the window) that holds a number, ascending:
+    /// what [`Archive::range`] gives as `Uint` or `Float`, without the
+    /// per-bucket window check and cell dispatch. Query reads use it.
+    pub fn for_each_number(&self, from: u64, to: u64, mut f: impl FnMut(u64, f64)) {
+        let (Some(newest), Some(oldest)) = (self.newest, self.oldest_bucket()) else {
+            return;
+        };
+        let (from, to) = (from.max(oldest), to.min(newest));
+        if from > to {
+            return;
+        }
+        let limit = self.shape.limit as usize;
+        let first = self.position_back(newest - from);
+        let count = (to - from) as usize + 1;
+        // The buckets are one run of ring positions, wrapping at most once.
+        let tail = count.min(limit - first);
+        let integer = self.shape.value_size.is_integer();
+        let mut read = |pos: usize, n: u64| {
+            let v = match &self.means {
+                Some(means) => means[pos],
+                None if integer => n as f64,
+                None => cells::bits_to_float(n),
+            };
+            let ahead = if pos >= first {
+                pos - first
+            } else {
+                pos + limit - first
+            };
+            f(from + ahead as u64, v);
+        };
+        self.cells.for_each_num(first..first + tail, &mut read);
+        self.cells.for_each_num(0..count - tail, &mut read);
+    }
+
     /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).
     pub fn filled(&self) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
         let tf = self.shape.timeframe_secs;

@@ -273,7 +273,7 @@ impl<'a> Evaluator<'a> {
                 continue;
             }
             out.push(Sample {
-                labels: s.labels.clone(),
+                labels: s.labels.to_vec(),
                 t: ts,
                 v,
             });
@@ -306,7 +306,7 @@ impl<'a> Evaluator<'a> {
             }
             n += points.len();
             out.push(Series {
-                labels: s.labels.clone(),
+                labels: s.labels.to_vec(),
                 points,
             });
         }
@@ -427,7 +427,7 @@ pub(crate) fn label_value<'l>(labels: &'l Labels, name: &str) -> &'l str {
     }
 }
 
-pub(crate) fn drop_name(labels: &Labels) -> Labels {
+pub(crate) fn drop_name(labels: &[(String, String)]) -> Labels {
     labels
         .iter()
         .filter(|(n, _)| n != "__name__")

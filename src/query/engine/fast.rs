@@ -18,7 +18,7 @@ use promql_parser::parser::{Expr, LabelModifier, MatrixSelector};
 use super::aggregate::group_labels;
 use super::eval::{drop_name, Evaluator};
 use super::functions::{extrapolate, range_value};
-use super::{is_stale_nan, EngineError, Labels, Sample, Series, Value};
+use super::{is_stale_nan, EngineError, Labels, Sample, Series, SeriesData, Value};
 
 fn unparen(e: &Expr) -> &Expr {
     match e {
@@ -209,25 +209,23 @@ impl Evaluator<'_> {
         };
         let data = self.series_of(&shape.ms.vs);
         let is_counter_rate = matches!(shape.func, "rate" | "increase");
+        let keeps_name = shape.func == "last_over_time";
+        let fn_labels_of = |s: &SeriesData| -> Labels {
+            if keeps_name {
+                s.labels.to_vec()
+            } else {
+                drop_name(&s.labels)
+            }
+        };
 
-        // Output labels of the range function, once per series; a
-        // collision would be an error (or not) depending on the step: leave
-        // that to the general path.
-        let fn_labels: Vec<Cow<'_, Labels>> = data
-            .iter()
-            .map(|s| {
-                if shape.func == "last_over_time" {
-                    Cow::Borrowed(&s.labels)
-                } else if s.labels.iter().any(|(n, _)| n == "__name__") {
-                    Cow::Owned(drop_name(&s.labels))
-                } else {
-                    Cow::Borrowed(&s.labels)
-                }
-            })
-            .collect();
-        {
+        // A collision of output labels would be an error (or not)
+        // depending on the step: leave that to the general path. Distinct
+        // series that share one metric name cannot collide once it is
+        // dropped, which spares building and hashing every label set.
+        if !(keeps_name || one_metric_name(data)) || !all_distinct(data) {
+            let fn_labels: Vec<Labels> = data.iter().map(fn_labels_of).collect();
             let mut seen: HashSet<&Labels> = HashSet::with_capacity(fn_labels.len());
-            if !fn_labels.iter().all(|l| seen.insert(l.as_ref())) {
+            if !fn_labels.iter().all(|l| seen.insert(l)) {
                 return Ok(None);
             }
         }
@@ -239,15 +237,22 @@ impl Evaluator<'_> {
             None => {
                 series_out.extend(0..data.len());
             }
+            Some((_, false, grouping)) if grouping.is_empty() => {
+                // `agg(...)` or `agg by ()`: one group without labels.
+                if !data.is_empty() {
+                    out_labels.push(Labels::new());
+                }
+                series_out.resize(data.len(), 0);
+            }
             Some((_, without, grouping)) => {
                 let mut index: HashMap<Labels, usize> = HashMap::new();
-                for l in &fn_labels {
-                    let key = group_labels(l, *without, grouping);
+                for s in data {
+                    let key = group_labels(&fn_labels_of(s), *without, grouping);
                     let next = index.len();
-                    let i = *index.entry(key).or_insert(next);
-                    if i == next {
-                        out_labels.push(group_labels(l, *without, grouping));
-                    }
+                    let i = *index.entry(key).or_insert_with_key(|key| {
+                        out_labels.push(key.clone());
+                        next
+                    });
                     series_out.push(i);
                 }
             }
@@ -406,7 +411,7 @@ impl Evaluator<'_> {
 
         let labels_of = |o: usize| -> Labels {
             match op {
-                None => fn_labels[o].as_ref().clone(),
+                None => fn_labels_of(&data[o]),
                 Some(_) => out_labels[o].clone(),
             }
         };
@@ -455,4 +460,23 @@ impl Evaluator<'_> {
             )
         }))
     }
+}
+
+/// Whether every series has the same `__name__` (or none has one): then
+/// dropping it keeps distinct label sets distinct.
+fn one_metric_name(data: &[SeriesData]) -> bool {
+    fn name(s: &SeriesData) -> Option<&str> {
+        s.labels
+            .iter()
+            .find(|(n, _)| n == "__name__")
+            .map(|(_, v)| v.as_str())
+    }
+    data.first()
+        .is_none_or(|first| data.iter().all(|s| name(s) == name(first)))
+}
+
+/// Whether no two series have the same labels (they come sorted, so equal
+/// ones would be neighbours).
+fn all_distinct(data: &[SeriesData]) -> bool {
+    data.windows(2).all(|w| w[0].labels != w[1].labels)
 }

@@ -6,11 +6,15 @@
 /// A label set, sorted by name, `__name__` included.
 pub type Labels = Vec<(String, String)>;
 
+/// A label set shared rather than copied: storage hands out its own, and
+/// selections clone only a pointer.
+pub type SharedLabels = std::sync::Arc<[(String, String)]>;
+
 /// One series as the storage returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesData {
-    /// The series' labels.
-    pub labels: Labels,
+    /// The series' labels, sorted by name, `__name__` included.
+    pub labels: SharedLabels,
     /// Samples in the requested range, ascending by timestamp (ms).
     pub samples: Vec<(i64, f64)>,
     /// Spacing of the archive the samples were read from (ms), if any: the

@@ -248,13 +248,22 @@ pub(crate) fn fetch(
                 )?;
             }
         }
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let rc = Rc::new(series);
+        let rc = Rc::new(sorted_by_labels(series));
         for n in g.nodes {
             data.insert(n, rc.clone());
         }
     }
     Ok(data)
+}
+
+/// `series` sorted by labels, ties kept in their order (a stable sort).
+/// A permutation is sorted rather than the series themselves: a swap moves
+/// an index, not a whole `SeriesData`.
+fn sorted_by_labels(series: Vec<SeriesData>) -> Vec<SeriesData> {
+    let mut order: Vec<usize> = (0..series.len()).collect();
+    order.sort_unstable_by(|&a, &b| series[a].labels.cmp(&series[b].labels).then(a.cmp(&b)));
+    let mut slots: Vec<Option<SeriesData>> = series.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
 fn select_all(

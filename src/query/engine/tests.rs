@@ -28,7 +28,7 @@ impl Mem {
                     .collect();
                 labels.sort();
                 SeriesData {
-                    labels,
+                    labels: labels.into(),
                     samples: samples.to_vec(),
                     resolution_ms: *res,
                 }
