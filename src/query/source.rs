@@ -144,11 +144,17 @@ impl StoreSource<'_> {
     }
 }
 
-/// The numeric buckets of `archive` whose timestamps (ms) fall in
-/// `[start_ms, end_ms]`, ascending; only those buckets are visited.
-fn read_samples(archive: &Archive, tf_ms: i64, start_ms: i64, end_ms: i64) -> Vec<(i64, f64)> {
+/// Appends the numeric buckets of `archive` whose timestamps (ms) fall in
+/// `[start_ms, end_ms]` to `out`, ascending; only those buckets are visited.
+fn read_samples(
+    archive: &Archive,
+    tf_ms: i64,
+    start_ms: i64,
+    end_ms: i64,
+    out: &mut Vec<(i64, f64)>,
+) {
     if tf_ms <= 0 || end_ms < 0 || end_ms < start_ms {
-        return Vec::new();
+        return;
     }
     // First bucket at or after start_ms, last at or before end_ms.
     let first = if start_ms <= 0 {
@@ -158,15 +164,14 @@ fn read_samples(archive: &Archive, tf_ms: i64, start_ms: i64, end_ms: i64) -> Ve
     };
     let last = end_ms as u64 / tf_ms as u64;
     let (Some(oldest), Some(newest)) = (archive.oldest_bucket(), archive.newest_bucket()) else {
-        return Vec::new();
+        return;
     };
     let (from, to) = (first.max(oldest), last.min(newest));
     if from > to {
-        return Vec::new();
+        return;
     }
-    let mut out = Vec::with_capacity((to - from + 1) as usize);
+    out.reserve((to - from + 1) as usize);
     archive.for_each_number(from, to, |b, v| out.push(((b * tf_ms as u64) as i64, v)));
-    out
 }
 
 /// The labels a selection hands out: the store's own when the series has
@@ -185,12 +190,32 @@ impl Storage for StoreSource<'_> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<SeriesData>, String> {
+        let mut out = Vec::new();
+        self.select_each(matchers, start_ms, end_ms, &mut |s| {
+            out.push(s.clone());
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(&SeriesData) -> bool,
+    ) -> Result<(), String> {
         let (forced, others) = split_rule(matchers);
         let rules = self.store.rules();
         // The first rule's type, for the last prefix seen (series of one
         // metric share it).
         let mut first_type: Option<(String, Option<crate::rrd::Consolidation>)> = None;
-        let mut out = Vec::new();
+        // One series at a time, its sample buffer reused.
+        let mut current = SeriesData {
+            labels: SharedLabels::from([]),
+            samples: Vec::new(),
+            resolution_ms: None,
+        };
         let mut loaded = 0usize;
         let mut over = false;
         self.store.scan(|key, series| {
@@ -216,18 +241,22 @@ impl Storage for StoreSource<'_> {
                 return true;
             };
             let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
-            let samples = read_samples(&chosen.archive, tf_ms, start_ms, end_ms);
-            loaded += samples.len();
+            current.samples.clear();
+            read_samples(
+                &chosen.archive,
+                tf_ms,
+                start_ms,
+                end_ms,
+                &mut current.samples,
+            );
+            loaded += current.samples.len();
             if loaded > self.max_samples {
                 over = true;
                 return false;
             }
-            out.push(SeriesData {
-                labels: shared_labels(key, series),
-                samples,
-                resolution_ms: Some(tf_ms),
-            });
-            true
+            current.labels = shared_labels(key, series);
+            current.resolution_ms = Some(tf_ms);
+            f(&current)
         });
         if over {
             return Err(
@@ -235,6 +264,6 @@ impl Storage for StoreSource<'_> {
                     .into(),
             );
         }
-        Ok(out)
+        Ok(())
     }
 }

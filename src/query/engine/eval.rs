@@ -72,22 +72,33 @@ impl<'a> Evaluator<'a> {
             engine.lookback_delta_ms,
         )?;
         Ok(Evaluator {
+            data,
+            ..Evaluator::unfetched(engine, query_start, query_end, deadline)
+        })
+    }
+
+    /// An evaluator that has read nothing yet: the fast path streams its
+    /// selection itself.
+    pub(crate) fn unfetched(
+        engine: &'a Engine,
+        query_start: i64,
+        query_end: i64,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Evaluator {
             engine,
             query_start,
             query_end,
-            data,
+            data: SelectorData::new(),
             deadline,
             step_samples: Cell::new(0),
             output_samples: Cell::new(0),
             ticks: Cell::new(0),
-        })
+        }
     }
 
     pub(crate) fn run_instant(&self, expr: &Expr, t: i64) -> Result<Value, EngineError> {
         self.check_deadline()?;
-        if let Some(v) = self.fast_instant(expr, t)? {
-            return Ok(v);
-        }
         let v = self.eval(expr, t)?;
         Ok(match v {
             Val::Scalar(x) => Value::Scalar(t, x),
@@ -110,9 +121,6 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<Value, EngineError> {
-        if let Some(v) = self.fast_range(expr, start, end, step)? {
-            return Ok(v);
-        }
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut t = start;
