@@ -558,22 +558,26 @@ impl Archive {
         let count = (to - from) as usize + 1;
         // The buckets are one run of ring positions, wrapping at most once.
         let tail = count.min(limit - first);
-        let integer = self.shape.value_size.is_integer();
-        let mut read = |pos: usize, n: u64| {
-            let v = match &self.means {
-                Some(means) => means[pos],
-                None if integer => n as f64,
-                None => cells::bits_to_float(n),
-            };
-            let ahead = if pos >= first {
-                pos - first
-            } else {
-                pos + limit - first
-            };
-            f(from + ahead as u64, v);
-        };
-        self.cells.for_each_num(first..first + tail, &mut read);
-        self.cells.for_each_num(0..count - tail, &mut read);
+        // Bucket of a position: `from + (pos - first)` before the wrap,
+        // `from + (limit - first) + pos` after it.
+        let runs = [
+            (first..first + tail, from.wrapping_sub(first as u64)),
+            (0..count - tail, from + (limit - first) as u64),
+        ];
+        for (positions, base) in runs {
+            let bucket = |pos: usize| base.wrapping_add(pos as u64);
+            match &self.means {
+                Some(means) => self
+                    .cells
+                    .for_each_num(positions, |pos, _| f(bucket(pos), means[pos])),
+                None if self.shape.value_size.is_integer() => self
+                    .cells
+                    .for_each_num(positions, |pos, n| f(bucket(pos), n as f64)),
+                None => self
+                    .cells
+                    .for_each_num(positions, |pos, n| f(bucket(pos), cells::bits_to_float(n))),
+            }
+        }
     }
 
     /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).

@@ -456,13 +456,13 @@ impl Evaluator<'_> {
         // already output.
         let max_samples = self.engine.max_samples;
         let mut output_samples = 0usize;
-        for k in 0..n_steps {
-            if rows.n_points[k] > max_samples {
+        for (&n_points, &outs) in rows.n_points.iter().zip(&out_count) {
+            if n_points > max_samples {
                 return Err(EngineError::TooManySamples("query execution"));
             }
             if range_mode {
-                output_samples += out_count[k];
-                if rows.n_points[k] + output_samples > max_samples {
+                output_samples += outs;
+                if n_points + output_samples > max_samples {
                     return Err(EngineError::TooManySamples("query execution"));
                 }
             }

@@ -158,6 +158,7 @@ pub(crate) fn ms_to_secs(ms: i64) -> f64 {
 
 /// The extrapolation half of [`extrapolated_rate`]: `result` is the raw
 /// increase (counter resets already added) over `points` (at least two).
+#[inline]
 pub(crate) fn extrapolate(
     result: f64,
     points: &[(i64, f64)],

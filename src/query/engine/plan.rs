@@ -285,13 +285,16 @@ pub(crate) fn label_order<'l>(
     let mut ends: Vec<usize> = Vec::with_capacity(n);
     for i in 0..n {
         for (name, value) in labels(i) {
-            for s in [name, value] {
-                for &b in s.as_bytes() {
-                    if b == 0 {
-                        bytes.extend([0, 1]);
-                    } else {
-                        bytes.push(b);
+            for s in [name.as_bytes(), value.as_bytes()] {
+                if s.contains(&0) {
+                    for &b in s {
+                        match b {
+                            0 => bytes.extend([0, 1]),
+                            b => bytes.push(b),
+                        }
                     }
+                } else {
+                    bytes.extend_from_slice(s);
                 }
                 bytes.extend([0, 0]);
             }
@@ -300,11 +303,11 @@ pub(crate) fn label_order<'l>(
     }
     let key = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
     let shared = (1..n).fold(if n == 0 { 0 } else { key(0).len() }, |len, i| {
-        key(0)[..len]
-            .iter()
-            .zip(key(i))
-            .take_while(|(a, b)| a == b)
-            .count()
+        let (first, other) = (&key(0)[..len], key(i));
+        if other.starts_with(first) {
+            return len;
+        }
+        first.iter().zip(other).take_while(|(a, b)| a == b).count()
     });
     let heads: Vec<u64> = (0..n)
         .map(|i| {
