@@ -8,8 +8,8 @@ use std::borrow::Cow;
 
 use crate::access::Grant;
 use crate::model;
-use crate::query::engine::{Labels, Matcher, SeriesData, Storage};
-use crate::rrd::{Archive, Reading};
+use crate::query::engine::{Labels, Matcher, SeriesData, SharedLabels, Storage};
+use crate::rrd::Archive;
 use crate::store::{RuleArchive, Series, Store};
 
 /// The reserved label that forces the choice of rule.
@@ -85,34 +85,28 @@ pub fn choose<'s>(
     forced: &[&Matcher],
     earliest_ms: i64,
 ) -> Option<&'s RuleArchive> {
-    let with_data = series
-        .archives()
-        .iter()
-        .filter(|a| a.archive.newest_bucket().is_some());
-    let candidates: Vec<&RuleArchive> = if forced.is_empty() {
-        let all: Vec<&RuleArchive> = with_data.collect();
-        let same_type: Vec<&RuleArchive> = all
+    // Called once per series of every selection: filters, not vectors.
+    let with_data = || {
+        series
+            .archives()
             .iter()
-            .copied()
-            .filter(|a| Some(a.rule.shape.consolidation) == first_rule_type)
-            .collect();
-        if same_type.is_empty() {
-            all
-        } else {
-            same_type
-        }
-    } else {
-        with_data
-            .filter(|a| forced.iter().all(|m| m.matches(&a.rule.name)))
-            .collect()
+            .filter(|a| a.archive.newest_bucket().is_some())
     };
-    let covering = candidates
-        .iter()
-        .copied()
+    let any_same_type = forced.is_empty()
+        && with_data().any(|a| Some(a.rule.shape.consolidation) == first_rule_type);
+    let candidate = |a: &&RuleArchive| {
+        if !forced.is_empty() {
+            forced.iter().all(|m| m.matches(&a.rule.name))
+        } else {
+            !any_same_type || Some(a.rule.shape.consolidation) == first_rule_type
+        }
+    };
+    let covering = with_data()
+        .filter(candidate)
         .filter(|a| oldest_ms(a).is_some_and(|o| o <= earliest_ms))
         .min_by_key(|a| a.rule.shape.timeframe_secs);
     covering.or_else(|| {
-        candidates.iter().copied().min_by_key(|a| {
+        with_data().filter(candidate).min_by_key(|a| {
             (
                 oldest_ms(a).unwrap_or(i64::MAX),
                 a.rule.shape.timeframe_secs,
@@ -150,14 +144,17 @@ impl StoreSource<'_> {
     }
 }
 
-/// The numeric buckets of `archive` whose timestamps (ms) fall in
-/// `[start_ms, end_ms]`, ascending; only those buckets are visited.
-fn read_samples(archive: &Archive, tf_ms: i64, start_ms: i64, end_ms: i64) -> Vec<(i64, f64)> {
-    let (Some(oldest), Some(newest)) = (archive.oldest_bucket(), archive.newest_bucket()) else {
-        return Vec::new();
-    };
+/// Appends the numeric buckets of `archive` whose timestamps (ms) fall in
+/// `[start_ms, end_ms]` to `out`, ascending; only those buckets are visited.
+fn read_samples(
+    archive: &Archive,
+    tf_ms: i64,
+    start_ms: i64,
+    end_ms: i64,
+    out: &mut Vec<(i64, f64)>,
+) {
     if tf_ms <= 0 || end_ms < 0 || end_ms < start_ms {
-        return Vec::new();
+        return;
     }
     // First bucket at or after start_ms, last at or before end_ms.
     let first = if start_ms <= 0 {
@@ -166,19 +163,24 @@ fn read_samples(archive: &Archive, tf_ms: i64, start_ms: i64, end_ms: i64) -> Ve
         (start_ms as u64).div_ceil(tf_ms as u64)
     };
     let last = end_ms as u64 / tf_ms as u64;
+    let (Some(oldest), Some(newest)) = (archive.oldest_bucket(), archive.newest_bucket()) else {
+        return;
+    };
     let (from, to) = (first.max(oldest), last.min(newest));
     if from > to {
-        return Vec::new();
+        return;
     }
-    let mut out = Vec::with_capacity((to - from + 1) as usize);
-    for (b, r) in archive.range(from, to) {
-        if let Reading::Uint(_) | Reading::Float(_) = r {
-            if let Some(v) = r.as_f64() {
-                out.push(((b * tf_ms as u64) as i64, v));
-            }
-        }
+    out.reserve((to - from + 1) as usize);
+    archive.for_each_number(from, to, |b, v| out.push(((b * tf_ms as u64) as i64, v)));
+}
+
+/// The labels a selection hands out: the store's own when the series has
+/// a label set (shared, not copied).
+fn shared_labels(key: &str, series: &Series) -> SharedLabels {
+    match series.shared_labels() {
+        Some(labels) => labels.clone(),
+        None => series_labels(key, series).into(),
     }
-    out
 }
 
 impl Storage for StoreSource<'_> {
@@ -188,9 +190,32 @@ impl Storage for StoreSource<'_> {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<SeriesData>, String> {
+        let mut out = Vec::new();
+        self.select_each(matchers, start_ms, end_ms, &mut |s| {
+            out.push(s.clone());
+            true
+        })?;
+        Ok(out)
+    }
+
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(&SeriesData) -> bool,
+    ) -> Result<(), String> {
         let (forced, others) = split_rule(matchers);
         let rules = self.store.rules();
-        let mut out = Vec::new();
+        // The first rule's type, for the last prefix seen (series of one
+        // metric share it).
+        let mut first_type: Option<(String, Option<crate::rrd::Consolidation>)> = None;
+        // One series at a time, its sample buffer reused.
+        let mut current = SeriesData {
+            labels: SharedLabels::from([]),
+            samples: Vec::new(),
+            resolution_ms: None,
+        };
         let mut loaded = 0usize;
         let mut over = false;
         self.store.scan(|key, series| {
@@ -200,26 +225,38 @@ impl Storage for StoreSource<'_> {
             if !matches_all(key, series, &others) {
                 return true;
             }
-            let first_type = rules
-                .for_prefix(series.prefix())
-                .first()
-                .map(|r| r.shape.consolidation);
+            let prefix = series.prefix();
+            let first_type = match &first_type {
+                Some((p, t)) if p == prefix => *t,
+                _ => {
+                    let t = rules
+                        .for_prefix(prefix)
+                        .first()
+                        .map(|r| r.shape.consolidation);
+                    first_type = Some((prefix.to_string(), t));
+                    t
+                }
+            };
             let Some(chosen) = choose(series, first_type, &forced, start_ms) else {
                 return true;
             };
             let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
-            let samples = read_samples(&chosen.archive, tf_ms, start_ms, end_ms);
-            loaded += samples.len();
+            current.samples.clear();
+            read_samples(
+                &chosen.archive,
+                tf_ms,
+                start_ms,
+                end_ms,
+                &mut current.samples,
+            );
+            loaded += current.samples.len();
             if loaded > self.max_samples {
                 over = true;
                 return false;
             }
-            out.push(SeriesData {
-                labels: series_labels(key, series),
-                samples,
-                resolution_ms: Some(tf_ms),
-            });
-            true
+            current.labels = shared_labels(key, series);
+            current.resolution_ms = Some(tf_ms);
+            f(&current)
         });
         if over {
             return Err(
@@ -227,6 +264,6 @@ impl Storage for StoreSource<'_> {
                     .into(),
             );
         }
-        Ok(out)
+        Ok(())
     }
 }

@@ -88,6 +88,30 @@ impl Cells {
         }
     }
 
+    /// Calls `f(pos, n)` for every cell in `positions` holding a number,
+    /// in order: [`Cells::get`] over a run of cells with the width matched
+    /// once, for bulk reads.
+    pub(crate) fn for_each_num(
+        &self,
+        positions: std::ops::Range<usize>,
+        mut f: impl FnMut(usize, u64),
+    ) {
+        let start = positions.start;
+        match self {
+            Cells::Small(c) => each_num(&c[positions], start, |v| u64::from(v ^ u16::MAX), 12, f),
+            Cells::Medium(c) => each_num(&c[positions], start, |v| u64::from(v ^ u32::MAX), 28, f),
+            Cells::Large(c) => each_num(&c[positions], start, |v| v ^ u64::MAX, 60, f),
+            Cells::Float(c) => {
+                for (i, &v) in c[positions].iter().enumerate() {
+                    let raw = v ^ FLOAT_EMPTY;
+                    if raw & !0xf != FLOAT_TAG_BASE {
+                        f(start + i, raw);
+                    }
+                }
+            }
+        }
+    }
+
     /// Bytes per cell in the encoded page format.
     pub(crate) fn width(&self) -> usize {
         match self {
@@ -125,6 +149,22 @@ impl Cells {
                 .chunks_exact(8)
                 .zip(&mut c[start..])
                 .for_each(|(b, v)| *v = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        }
+    }
+}
+
+/// The integer cells of `cells` (first at `start`) that hold a number.
+fn each_num<T: Copy>(
+    cells: &[T],
+    start: usize,
+    raw: impl Fn(T) -> u64,
+    bits: u32,
+    mut f: impl FnMut(usize, u64),
+) {
+    for (i, &v) in cells.iter().enumerate() {
+        let r = raw(v);
+        if r >> bits == 0 {
+            f(start + i, r);
         }
     }
 }

@@ -596,6 +596,45 @@ impl Archive {
         (from..=to).map(move |b| (b, self.get(b)))
     }
 
+    /// Calls `f(bucket, value)` for every bucket `from..=to` (bucket
+    /// numbers, clamped to the window) that holds a number, ascending:
+    /// what [`Archive::range`] gives as `Uint` or `Float`, without the
+    /// per-bucket window check and cell dispatch. Query reads use it.
+    pub fn for_each_number(&self, from: u64, to: u64, mut f: impl FnMut(u64, f64)) {
+        let (Some(newest), Some(oldest)) = (self.newest, self.oldest_bucket()) else {
+            return;
+        };
+        let (from, to) = (from.max(oldest), to.min(newest));
+        if from > to {
+            return;
+        }
+        let limit = self.shape.limit as usize;
+        let first = self.position_back(newest - from);
+        let count = (to - from) as usize + 1;
+        // The buckets are one run of ring positions, wrapping at most once.
+        let tail = count.min(limit - first);
+        // Bucket of a position: `from + (pos - first)` before the wrap,
+        // `from + (limit - first) + pos` after it.
+        let runs = [
+            (first..first + tail, from.wrapping_sub(first as u64)),
+            (0..count - tail, from + (limit - first) as u64),
+        ];
+        for (positions, base) in runs {
+            let bucket = |pos: usize| base.wrapping_add(pos as u64);
+            match &self.means {
+                Some(means) => self
+                    .cells
+                    .for_each_num(positions, |pos, _| f(bucket(pos), means[pos])),
+                None if self.shape.value_size.is_integer() => self
+                    .cells
+                    .for_each_num(positions, |pos, n| f(bucket(pos), n as f64)),
+                None => self
+                    .cells
+                    .for_each_num(positions, |pos, n| f(bucket(pos), cells::bits_to_float(n))),
+            }
+        }
+    }
+
     /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).
     pub fn filled(&self) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
         let tf = self.shape.timeframe_secs;

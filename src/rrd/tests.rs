@@ -237,6 +237,59 @@ fn table() {
             "case {}: buckets",
             case.name
         );
+        assert_eq!(
+            numbers(&a, case.from / 60, case.to / 60),
+            numbers_by_range(&a, case.from / 60, case.to / 60),
+            "case {}: for_each_number",
+            case.name
+        );
+    }
+}
+
+/// The numbers of buckets `from..=to` read by [`Archive::for_each_number`].
+fn numbers(a: &Archive, from: u64, to: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    a.for_each_number(from, to, |b, v| out.push((b, v.to_bits())));
+    out
+}
+
+/// The same read bucket by bucket through [`Archive::range`].
+fn numbers_by_range(a: &Archive, from: u64, to: u64) -> Vec<(u64, u64)> {
+    a.range(from, to)
+        .filter_map(|(b, r)| r.as_f64().map(|v| (b, v.to_bits())))
+        .collect()
+}
+
+#[test]
+fn for_each_number_matches_range_across_the_ring_wrap() {
+    for (value_size, consolidation) in [
+        (ValueSize::Small, Consolidation::Sum),
+        (ValueSize::Medium, Consolidation::Avg),
+        (ValueSize::Large, Consolidation::Last),
+        (ValueSize::Float, Consolidation::Max),
+        (ValueSize::Float, Consolidation::Avg),
+    ] {
+        let mut a = Archive::new(shape(consolidation, Split::Backward, value_size, 7));
+        // 17 buckets into a ring of 7: the window wraps; some buckets are
+        // empty and some hold specials.
+        for i in 0..17u64 {
+            let v = match i % 5 {
+                3 => continue,
+                4 => Value::Special(1 + i % 2),
+                _ => Value::Uint(i),
+            };
+            a.update(s(i * 60, v)).unwrap();
+        }
+        for from in 0..20 {
+            for to in from..20 {
+                assert_eq!(
+                    numbers(&a, from, to),
+                    numbers_by_range(&a, from, to),
+                    "{value_size:?} {consolidation:?} buckets {from}..={to}"
+                );
+            }
+        }
+        assert_eq!(numbers(&a, 0, u64::MAX), numbers_by_range(&a, 10, 16));
     }
 }
 

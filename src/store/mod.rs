@@ -220,6 +220,12 @@ impl Series {
         self.labels.as_deref()
     }
 
+    /// Labels of a label-set series as the store shares them; `None` for a
+    /// socket path.
+    pub fn shared_labels(&self) -> Option<&Labels> {
+        self.labels.as_ref()
+    }
+
     /// Every archive, in the order they were created.
     pub fn archives(&self) -> &[RuleArchive] {
         &self.archives

@@ -123,14 +123,14 @@ impl Loaded {
 /// Loads parsed series into the raw copy; loads add to earlier loads.
 fn load_into(storage: &mut MemStorage, series: Vec<(Labels, Vec<(i64, f64)>)>) {
     for (labels, samples) in series {
-        match storage.series.iter_mut().find(|s| s.labels == labels) {
+        match storage.series.iter_mut().find(|s| *s.labels == *labels) {
             Some(s) => {
                 s.samples.extend(samples);
                 s.samples.sort_by_key(|(t, _)| *t);
                 s.samples.dedup_by_key(|(t, _)| *t);
             }
             None => storage.series.push(SeriesData {
-                labels,
+                labels: labels.into(),
                 samples,
                 resolution_ms: None,
             }),

@@ -62,7 +62,11 @@ impl Evaluator<'_> {
     }
 }
 
-pub(crate) fn group_labels(labels: &Labels, without: bool, grouping: &[String]) -> Labels {
+pub(crate) fn group_labels(
+    labels: &[(String, String)],
+    without: bool,
+    grouping: &[String],
+) -> Labels {
     if without {
         labels
             .iter()

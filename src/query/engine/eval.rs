@@ -72,22 +72,33 @@ impl<'a> Evaluator<'a> {
             engine.lookback_delta_ms,
         )?;
         Ok(Evaluator {
+            data,
+            ..Evaluator::unfetched(engine, query_start, query_end, deadline)
+        })
+    }
+
+    /// An evaluator that has read nothing yet: the fast path streams its
+    /// selection itself.
+    pub(crate) fn unfetched(
+        engine: &'a Engine,
+        query_start: i64,
+        query_end: i64,
+        deadline: Option<Instant>,
+    ) -> Self {
+        Evaluator {
             engine,
             query_start,
             query_end,
-            data,
+            data: SelectorData::new(),
             deadline,
             step_samples: Cell::new(0),
             output_samples: Cell::new(0),
             ticks: Cell::new(0),
-        })
+        }
     }
 
     pub(crate) fn run_instant(&self, expr: &Expr, t: i64) -> Result<Value, EngineError> {
         self.check_deadline()?;
-        if let Some(v) = self.fast_instant(expr, t)? {
-            return Ok(v);
-        }
         let v = self.eval(expr, t)?;
         Ok(match v {
             Val::Scalar(x) => Value::Scalar(t, x),
@@ -110,9 +121,6 @@ impl<'a> Evaluator<'a> {
         end: i64,
         step: i64,
     ) -> Result<Value, EngineError> {
-        if let Some(v) = self.fast_range(expr, start, end, step)? {
-            return Ok(v);
-        }
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
         let mut t = start;
@@ -273,7 +281,7 @@ impl<'a> Evaluator<'a> {
                 continue;
             }
             out.push(Sample {
-                labels: s.labels.clone(),
+                labels: s.labels.to_vec(),
                 t: ts,
                 v,
             });
@@ -306,7 +314,7 @@ impl<'a> Evaluator<'a> {
             }
             n += points.len();
             out.push(Series {
-                labels: s.labels.clone(),
+                labels: s.labels.to_vec(),
                 points,
             });
         }
@@ -427,7 +435,7 @@ pub(crate) fn label_value<'l>(labels: &'l Labels, name: &str) -> &'l str {
     }
 }
 
-pub(crate) fn drop_name(labels: &Labels) -> Labels {
+pub(crate) fn drop_name(labels: &[(String, String)]) -> Labels {
     labels
         .iter()
         .filter(|(n, _)| n != "__name__")

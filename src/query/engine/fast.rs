@@ -1,15 +1,16 @@
 //! A fast path for the most common dashboard shapes:
 //! `f(sel[r])` and `agg [by|without (...)] (f(sel[r]))` where `f` is a range
 //! function without scalar arguments and `agg` an aggregation without a
-//! parameter. Instead of re-walking the AST at every step (cloning every
-//! series' labels and window per step), the series are prepared once
-//! (stale markers dropped, output labels and groups worked out) and every
-//! step slides each series' window with two pointers over the borrowed
-//! samples. Results are bit-identical to the general evaluator: the same
-//! arithmetic runs in the same order. Anything unusual (e.g. output label
-//! sets that collide) falls back to the general path.
+//! parameter. Instead of fetching every series' samples and re-walking the
+//! AST at every step (cloning every series' labels and window per step),
+//! the selection is streamed one series at a time
+//! ([`Storage::select_each`]): while a series' samples are in cache, its
+//! window slides with two pointers over every step and only the range
+//! function's value per step is kept. The rows then meet their groups in
+//! label order. Results are bit-identical to the general evaluator: the
+//! same arithmetic runs in the same order. Anything unusual (e.g. output
+//! label sets that collide) falls back to the general path.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 use promql_parser::parser::token::*;
@@ -18,7 +19,11 @@ use promql_parser::parser::{Expr, LabelModifier, MatrixSelector};
 use super::aggregate::group_labels;
 use super::eval::{drop_name, Evaluator};
 use super::functions::{extrapolate, range_value};
-use super::{is_stale_nan, EngineError, Labels, Sample, Series, Value};
+use super::plan::{label_order, selector_matchers, LabelOrder};
+use super::{
+    is_stale_nan, EngineError, Labels, Matcher, Sample, Series, SeriesData, SharedLabels, Storage,
+    Value,
+};
 
 fn unparen(e: &Expr) -> &Expr {
     match e {
@@ -167,37 +172,46 @@ impl Acc {
     }
 }
 
-/// A series prepared once for every step.
-struct Prepared<'d> {
-    /// Samples without staleness markers (borrowed when it had none).
-    points: Cow<'d, [(i64, f64)]>,
-    /// Indices `i` where `points[i].1 < points[i - 1].1` (counter resets).
-    resets: Vec<usize>,
-    /// Output series (plain) or group (aggregation) index.
-    out: usize,
+/// What streaming the selection kept: per series its labels and, for
+/// every step, the range function's value (if it has one).
+struct Rows {
+    labels: Vec<SharedLabels>,
+    /// `n_steps` values per series, in arrival order.
+    values: Vec<f64>,
+    /// Whether `values[i]` holds a value.
+    present: Vec<bool>,
+    /// Samples in each step's windows, over all series.
+    n_points: Vec<usize>,
 }
 
 impl Evaluator<'_> {
-    /// [`Evaluator::run_range`] for the shapes this module handles;
-    /// `Ok(None)` when `expr` is not one of them.
+    /// [`Evaluator::run_range`] for the shapes this module handles, read
+    /// straight from `storage`; `Ok(None)` when `expr` is not one of them.
     pub(crate) fn fast_range(
         &self,
+        storage: &dyn Storage,
         expr: &Expr,
         start: i64,
         end: i64,
         step: i64,
     ) -> Result<Option<Value>, EngineError> {
-        self.fast(expr, start, end, step, true)
+        self.fast(storage, expr, start, end, step, true)
     }
 
-    /// [`Evaluator::run_instant`] for the shapes this module handles;
-    /// `Ok(None)` when `expr` is not one of them.
-    pub(crate) fn fast_instant(&self, expr: &Expr, t: i64) -> Result<Option<Value>, EngineError> {
-        self.fast(expr, t, t, 1, false)
+    /// [`Evaluator::run_instant`] for the shapes this module handles, read
+    /// straight from `storage`; `Ok(None)` when `expr` is not one of them.
+    pub(crate) fn fast_instant(
+        &self,
+        storage: &dyn Storage,
+        expr: &Expr,
+        t: i64,
+    ) -> Result<Option<Value>, EngineError> {
+        self.fast(storage, expr, t, t, 1, false)
     }
 
     fn fast(
         &self,
+        storage: &dyn Storage,
         expr: &Expr,
         start: i64,
         end: i64,
@@ -207,90 +221,15 @@ impl Evaluator<'_> {
         let Some(shape) = shape(expr) else {
             return Ok(None);
         };
-        let data = self.series_of(&shape.ms.vs);
-        let is_counter_rate = matches!(shape.func, "rate" | "increase");
-
-        // Output labels of the range function, once per series; a
-        // collision would be an error (or not) depending on the step: leave
-        // that to the general path.
-        let fn_labels: Vec<Cow<'_, Labels>> = data
-            .iter()
-            .map(|s| {
-                if shape.func == "last_over_time" {
-                    Cow::Borrowed(&s.labels)
-                } else if s.labels.iter().any(|(n, _)| n == "__name__") {
-                    Cow::Owned(drop_name(&s.labels))
-                } else {
-                    Cow::Borrowed(&s.labels)
-                }
-            })
-            .collect();
-        {
-            let mut seen: HashSet<&Labels> = HashSet::with_capacity(fn_labels.len());
-            if !fn_labels.iter().all(|l| seen.insert(l.as_ref())) {
-                return Ok(None);
-            }
+        // The 3.x `{a="1" or b="2"}` form: the general path merges the
+        // alternatives.
+        let [matchers] = selector_matchers(&shape.ms.vs)
+            .try_into()
+            .unwrap_or_else(|_: Vec<_>| [Vec::new()]);
+        if matchers.is_empty() {
+            return Ok(None);
         }
-
-        // Output label sets, and each series' output index.
-        let mut out_labels: Vec<Labels> = Vec::new();
-        let mut series_out: Vec<usize> = Vec::with_capacity(data.len());
-        match &shape.agg {
-            None => {
-                series_out.extend(0..data.len());
-            }
-            Some((_, without, grouping)) => {
-                let mut index: HashMap<Labels, usize> = HashMap::new();
-                for l in &fn_labels {
-                    let key = group_labels(l, *without, grouping);
-                    let next = index.len();
-                    let i = *index.entry(key).or_insert(next);
-                    if i == next {
-                        out_labels.push(group_labels(l, *without, grouping));
-                    }
-                    series_out.push(i);
-                }
-            }
-        }
-        let n_out = match &shape.agg {
-            None => data.len(),
-            Some(_) => out_labels.len(),
-        };
-
-        let prepared: Vec<Prepared<'_>> = data
-            .iter()
-            .zip(&series_out)
-            .map(|(s, &out)| {
-                let points: Cow<'_, [(i64, f64)]> =
-                    if s.samples.iter().any(|(_, v)| is_stale_nan(*v)) {
-                        Cow::Owned(
-                            s.samples
-                                .iter()
-                                .copied()
-                                .filter(|(_, v)| !is_stale_nan(*v))
-                                .collect(),
-                        )
-                    } else {
-                        Cow::Borrowed(s.samples.as_slice())
-                    };
-                let resets = if is_counter_rate {
-                    (1..points.len())
-                        .filter(|&i| points[i].1 < points[i - 1].1)
-                        .collect()
-                } else {
-                    Vec::new()
-                };
-                Prepared {
-                    points,
-                    resets,
-                    out,
-                }
-            })
-            .collect();
-
         let range_ms = shape.ms.range.as_millis() as i64;
-        let op = shape.agg.as_ref().map(|(op, _, _)| *op);
-        let max_samples = self.engine.max_samples;
         // Step times, and each step's window [wstart, te].
         let mut steps: Vec<(i64, i64, i64)> = Vec::new();
         let mut t = start;
@@ -299,28 +238,67 @@ impl Evaluator<'_> {
             steps.push((t, te - range_ms, te));
             t += step;
         }
-        let n_steps = steps.len();
-        if n_out.saturating_mul(n_steps) > max_samples {
-            // The general path stops at the limit as it goes; this one
-            // would hold every output first.
+        let Some(rows) = self.stream_rows(storage, &shape, &matchers, &steps)? else {
             return Ok(None);
-        }
+        };
+        self.combine(&shape, &steps, rows, range_mode)
+    }
 
-        // Series by series (each series' samples stay in cache), every
-        // step; per step, series still meet their group in series order,
-        // so sums add up in the same order as the general path.
-        let mut n_points = vec![0usize; n_steps];
-        let mut out_count = vec![0usize; n_steps];
-        let mut accs: Vec<Option<Acc>> = vec![None; if op.is_some() { n_out * n_steps } else { 0 }];
-        let mut appeared: Vec<usize> = Vec::new();
-        let mut plain_points: Vec<Vec<(i64, f64)>> = Vec::new();
-        let mut plain_instant: Vec<(usize, f64)> = Vec::new();
-        for (si, p) in prepared.iter().enumerate() {
-            if si.is_multiple_of(256) {
+    /// Reads the selection one series at a time and works out the range
+    /// function for every step while the series' samples are in cache:
+    /// no series' samples are held after its turn. `Ok(None)` when the
+    /// rows would pass the sample limit (the general path reports it).
+    fn stream_rows(
+        &self,
+        storage: &dyn Storage,
+        shape: &Shape<'_>,
+        matchers: &[Matcher],
+        steps: &[(i64, i64, i64)],
+    ) -> Result<Option<Rows>, EngineError> {
+        let n_steps = steps.len();
+        let is_counter_rate = matches!(shape.func, "rate" | "increase");
+        let max_samples = self.engine.max_samples;
+        let (from, to) = steps
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(f, t), &(_, ws, te)| {
+                (f.min(ws), t.max(te))
+            });
+        let mut rows = Rows {
+            labels: Vec::new(),
+            values: Vec::new(),
+            present: Vec::new(),
+            n_points: vec![0; n_steps],
+        };
+        // Buffers reused from series to series.
+        let mut unstale: Vec<(i64, f64)> = Vec::new();
+        let mut resets: Vec<usize> = Vec::new();
+        let mut failed: Option<EngineError> = None;
+        let mut too_many = false;
+        let mut visit = |s: &SeriesData| -> Result<bool, EngineError> {
+            if rows.labels.len().is_multiple_of(256) {
                 self.check_deadline()?;
             }
-            let pts: &[(i64, f64)] = &p.points;
-            let mut series_points: Vec<(i64, f64)> = Vec::new();
+            if (rows.labels.len() + 1).saturating_mul(n_steps) > max_samples {
+                // The general path stops at the limit as it goes; this one
+                // would hold every output first.
+                too_many = true;
+                return Ok(false);
+            }
+            let pts: &[(i64, f64)] = if s.samples.iter().any(|(_, v)| is_stale_nan(*v)) {
+                unstale.clear();
+                unstale.extend(s.samples.iter().filter(|(_, v)| !is_stale_nan(*v)));
+                &unstale
+            } else {
+                &s.samples
+            };
+            resets.clear();
+            if is_counter_rate {
+                resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
+            }
+            rows.labels.push(s.labels.clone());
+            let row = rows.values.len();
+            rows.values.resize(row + n_steps, 0.0);
+            rows.present.resize(row + n_steps, false);
             let (mut lo, mut hi) = (0usize, 0usize);
             for (k, &(t, wstart, te)) in steps.iter().enumerate() {
                 // Windows only move forward with t (or stay, with `@`).
@@ -339,14 +317,14 @@ impl Evaluator<'_> {
                 if w.is_empty() {
                     continue;
                 }
-                n_points[k] += w.len();
+                rows.n_points[k] += w.len();
                 let v = if is_counter_rate {
                     if w.len() < 2 {
                         None
                     } else {
                         let mut result = w[w.len() - 1].1 - w[0].1;
-                        let from = p.resets.partition_point(|&i| i <= lo);
-                        for &i in &p.resets[from..] {
+                        let from = resets.partition_point(|&i| i <= lo);
+                        for &i in &resets[from..] {
                             if i >= hi {
                                 break;
                             }
@@ -364,41 +342,127 @@ impl Evaluator<'_> {
                 } else {
                     range_value(shape.func, w, wstart, te, t, &[])?
                 };
-                let Some(v) = v else { continue };
+                if let Some(v) = v {
+                    rows.values[row + k] = v;
+                    rows.present[row + k] = true;
+                }
+            }
+            Ok(true)
+        };
+        storage
+            .select_each(matchers, from, to, &mut |s| {
+                visit(s).unwrap_or_else(|e| {
+                    failed = Some(e);
+                    false
+                })
+            })
+            .map_err(EngineError::Execution)?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        Ok((!too_many).then_some(rows))
+    }
+
+    /// The rows in label order (as the general path sees the series)
+    /// through the aggregation, checked against the limits, as the result.
+    /// `Ok(None)` when output label sets collide.
+    fn combine(
+        &self,
+        shape: &Shape<'_>,
+        steps: &[(i64, i64, i64)],
+        rows: Rows,
+        range_mode: bool,
+    ) -> Result<Option<Value>, EngineError> {
+        let n_steps = steps.len();
+        let labels = &rows.labels;
+        let LabelOrder { order, distinct } = label_order(labels.len(), |i| &labels[i]);
+
+        let keeps_name = shape.func == "last_over_time";
+        let fn_labels_of = |i: usize| -> Labels {
+            if keeps_name {
+                labels[i].to_vec()
+            } else {
+                drop_name(&labels[i])
+            }
+        };
+        // A collision of output labels would be an error (or not)
+        // depending on the step: leave that to the general path. Distinct
+        // series that share one metric name cannot collide once it is
+        // dropped, which spares building and hashing every label set.
+        if !(distinct && (keeps_name || one_metric_name(labels))) {
+            let fn_labels: Vec<Labels> = (0..labels.len()).map(fn_labels_of).collect();
+            let mut seen: HashSet<&Labels> = HashSet::with_capacity(fn_labels.len());
+            if !fn_labels.iter().all(|l| seen.insert(l)) {
+                return Ok(None);
+            }
+        }
+
+        // Output label sets (aggregations), and each series' output index,
+        // numbered in label order.
+        let mut out_labels: Vec<Labels> = Vec::new();
+        let mut series_out: Vec<usize> = (0..labels.len()).collect();
+        match &shape.agg {
+            None => {}
+            Some((_, false, grouping)) if grouping.is_empty() => {
+                // `agg(...)` or `agg by ()`: one group without labels.
+                if !labels.is_empty() {
+                    out_labels.push(Labels::new());
+                }
+                series_out.fill(0);
+            }
+            Some((_, without, grouping)) => {
+                let mut index: HashMap<Labels, usize> = HashMap::new();
+                for &i in &order {
+                    let key = group_labels(&fn_labels_of(i), *without, grouping);
+                    let next = index.len();
+                    series_out[i] = *index.entry(key).or_insert_with_key(|key| {
+                        out_labels.push(key.clone());
+                        next
+                    });
+                }
+            }
+        }
+        let op = shape.agg.as_ref().map(|(op, _, _)| *op);
+        let n_out = match op {
+            None => labels.len(),
+            Some(_) => out_labels.len(),
+        };
+
+        // Per step, series meet their group in label order, so sums add up
+        // in the same order as the general path.
+        let mut out_count = vec![0usize; n_steps];
+        let mut accs: Vec<Option<Acc>> = vec![None; if op.is_some() { n_out * n_steps } else { 0 }];
+        let mut appeared: Vec<usize> = Vec::new();
+        for &i in &order {
+            let values = &rows.values[i * n_steps..][..n_steps];
+            let present = &rows.present[i * n_steps..][..n_steps];
+            for k in (0..n_steps).filter(|&k| present[k]) {
+                let v = values[k];
                 match op {
-                    None => {
-                        out_count[k] += 1;
-                        if range_mode {
-                            series_points.push((t, v));
-                        } else {
-                            plain_instant.push((p.out, v));
-                        }
-                    }
-                    Some(op) => match &mut accs[k * n_out + p.out] {
+                    None => out_count[k] += 1,
+                    Some(op) => match &mut accs[k * n_out + series_out[i]] {
                         Some(a) => a.add(op, v),
                         slot @ None => {
                             *slot = Some(Acc::new(op, v));
                             out_count[k] += 1;
-                            appeared.push(p.out);
+                            appeared.push(series_out[i]);
                         }
                     },
                 }
-            }
-            if range_mode && op.is_none() {
-                plain_points.push(series_points);
             }
         }
 
         // The general path's limits: samples held by a step plus those
         // already output.
+        let max_samples = self.engine.max_samples;
         let mut output_samples = 0usize;
-        for k in 0..n_steps {
-            if n_points[k] > max_samples {
+        for (&n_points, &outs) in rows.n_points.iter().zip(&out_count) {
+            if n_points > max_samples {
                 return Err(EngineError::TooManySamples("query execution"));
             }
             if range_mode {
-                output_samples += out_count[k];
-                if n_points[k] + output_samples > max_samples {
+                output_samples += outs;
+                if n_points + output_samples > max_samples {
                     return Err(EngineError::TooManySamples("query execution"));
                 }
             }
@@ -406,53 +470,64 @@ impl Evaluator<'_> {
 
         let labels_of = |o: usize| -> Labels {
             match op {
-                None => fn_labels[o].as_ref().clone(),
+                None => fn_labels_of(o),
                 Some(_) => out_labels[o].clone(),
             }
         };
+        // Output `o`'s value at step `k`, if it has one.
+        let value_at = |o: usize, k: usize| -> Option<f64> {
+            match op {
+                None => rows.present[o * n_steps + k].then(|| rows.values[o * n_steps + k]),
+                Some(op) => accs[k * n_out + o].map(|a| a.finish(op)),
+            }
+        };
         Ok(Some(if range_mode {
-            let points: Vec<Vec<(i64, f64)>> = match op {
-                None => plain_points,
-                Some(op) => (0..n_out)
-                    .map(|g| {
-                        steps
-                            .iter()
-                            .enumerate()
-                            .filter_map(|(k, &(t, _, _))| {
-                                accs[k * n_out + g].map(|a| (t, a.finish(op)))
-                            })
-                            .collect()
+            let mut out: Vec<Series> = (0..n_out)
+                .filter_map(|o| {
+                    let points: Vec<(i64, f64)> = steps
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(k, &(t, _, _))| value_at(o, k).map(|v| (t, v)))
+                        .collect();
+                    (!points.is_empty()).then(|| Series {
+                        labels: labels_of(o),
+                        points,
                     })
-                    .collect(),
-            };
-            let mut out: Vec<Series> = points
-                .into_iter()
-                .enumerate()
-                .filter(|(_, p)| !p.is_empty())
-                .map(|(o, points)| Series {
-                    labels: labels_of(o),
-                    points,
                 })
                 .collect();
             out.sort_by(|a, b| a.labels.cmp(&b.labels));
             Value::Matrix(out)
         } else {
-            let vs: Vec<(usize, f64)> = match op {
-                None => plain_instant,
-                Some(op) => appeared
-                    .iter()
-                    .filter_map(|&g| accs[g].map(|a| (g, a.finish(op))))
-                    .collect(),
+            let outs: Vec<usize> = match op {
+                None => order,
+                Some(_) => appeared,
             };
+            let t = steps.first().map_or(0, |s| s.0);
             Value::Vector(
-                vs.into_iter()
-                    .map(|(o, v)| Sample {
-                        labels: labels_of(o),
-                        t: start,
-                        v,
+                outs.into_iter()
+                    .filter_map(|o| {
+                        value_at(o, 0).map(|v| Sample {
+                            labels: labels_of(o),
+                            t,
+                            v,
+                        })
                     })
                     .collect(),
             )
         }))
     }
+}
+
+/// Whether every series has the same `__name__` (or none has one): then
+/// dropping it keeps distinct label sets distinct.
+fn one_metric_name(labels: &[SharedLabels]) -> bool {
+    fn name(labels: &SharedLabels) -> Option<&str> {
+        labels
+            .iter()
+            .find(|(n, _)| n == "__name__")
+            .map(|(_, v)| v.as_str())
+    }
+    labels
+        .first()
+        .is_none_or(|first| labels.iter().all(|l| name(l) == name(first)))
 }

@@ -6,11 +6,15 @@
 /// A label set, sorted by name, `__name__` included.
 pub type Labels = Vec<(String, String)>;
 
+/// A label set shared rather than copied: storage hands out its own, and
+/// selections clone only a pointer.
+pub type SharedLabels = std::sync::Arc<[(String, String)]>;
+
 /// One series as the storage returns it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesData {
-    /// The series' labels.
-    pub labels: Labels,
+    /// The series' labels, sorted by name, `__name__` included.
+    pub labels: SharedLabels,
     /// Samples in the requested range, ascending by timestamp (ms).
     pub samples: Vec<(i64, f64)>,
     /// Spacing of the archive the samples were read from (ms), if any: the
@@ -65,6 +69,28 @@ pub trait Storage: Send + Sync {
         start_ms: i64,
         end_ms: i64,
     ) -> Result<Vec<SeriesData>, String>;
+
+    /// [`Storage::select`] one series at a time, for callers that keep
+    /// only what they work out from each: `f` sees every matching series
+    /// (in no particular order; the reference is valid for the call only)
+    /// and returns false to stop early.
+    ///
+    /// # Errors
+    /// As [`Storage::select`].
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(&SeriesData) -> bool,
+    ) -> Result<(), String> {
+        for s in self.select(matchers, start_ms, end_ms)? {
+            if !f(&s) {
+                break;
+            }
+        }
+        Ok(())
+    }
 }
 
 mod aggregate;
@@ -227,6 +253,11 @@ impl Engine {
         at_ms: i64,
         deadline: Option<Instant>,
     ) -> Result<Value, EngineError> {
+        let fast = eval::Evaluator::unfetched(self, at_ms, at_ms, deadline);
+        fast.check_deadline()?;
+        if let Some(v) = fast.fast_instant(storage, expr, at_ms)? {
+            return Ok(v);
+        }
         let ev = eval::Evaluator::new(self, storage, expr, at_ms, at_ms, 0, deadline)?;
         ev.run_instant(expr, at_ms)
     }
@@ -285,6 +316,10 @@ impl Engine {
                     "invalid expression type \"{name}\" for range query, must be Scalar or instant Vector"
                 )));
             }
+        }
+        let fast = eval::Evaluator::unfetched(self, start_ms, end_ms, deadline);
+        if let Some(v) = fast.fast_range(storage, expr, start_ms, end_ms, step_ms)? {
+            return Ok(v);
         }
         let ev = eval::Evaluator::new(self, storage, expr, start_ms, end_ms, step_ms, deadline)?;
         ev.run_range(expr, start_ms, end_ms, step_ms)

@@ -248,13 +248,86 @@ pub(crate) fn fetch(
                 )?;
             }
         }
-        series.sort_by(|a, b| a.labels.cmp(&b.labels));
-        let rc = Rc::new(series);
+        let rc = Rc::new(sorted_by_labels(series));
         for n in g.nodes {
             data.insert(n, rc.clone());
         }
     }
     Ok(data)
+}
+
+/// `series` sorted by labels, ties kept in their order (a stable sort).
+fn sorted_by_labels(series: Vec<SeriesData>) -> Vec<SeriesData> {
+    let order = label_order(series.len(), |i| &series[i].labels).order;
+    let mut slots: Vec<Option<SeriesData>> = series.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots[i].take()).collect()
+}
+
+/// Label sets in order, see [`label_order`].
+pub(crate) struct LabelOrder {
+    /// Indices, by label set; equal sets in index order.
+    pub order: Vec<usize>,
+    /// Whether no two label sets are equal.
+    pub distinct: bool,
+}
+
+/// Sorts label sets `0..n` as `Vec<(String, String)>` compares them
+/// without comparing strings pair by pair: each set is encoded once into
+/// bytes that sort the same way (every string ends in `00 00`, a zero byte
+/// inside one becomes `00 01`), and sets are compared first by the 8 bytes
+/// after the prefix all of them share (series of one metric share a long
+/// one), then by the whole encoding, then by index.
+pub(crate) fn label_order<'l>(
+    n: usize,
+    labels: impl Fn(usize) -> &'l [(String, String)],
+) -> LabelOrder {
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::with_capacity(n);
+    for i in 0..n {
+        for (name, value) in labels(i) {
+            for s in [name.as_bytes(), value.as_bytes()] {
+                if s.contains(&0) {
+                    for &b in s {
+                        match b {
+                            0 => bytes.extend([0, 1]),
+                            b => bytes.push(b),
+                        }
+                    }
+                } else {
+                    bytes.extend_from_slice(s);
+                }
+                bytes.extend([0, 0]);
+            }
+        }
+        ends.push(bytes.len());
+    }
+    let key = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+    let shared = (1..n).fold(if n == 0 { 0 } else { key(0).len() }, |len, i| {
+        let (first, other) = (&key(0)[..len], key(i));
+        if other.starts_with(first) {
+            return len;
+        }
+        first.iter().zip(other).take_while(|(a, b)| a == b).count()
+    });
+    let heads: Vec<u64> = (0..n)
+        .map(|i| {
+            // Padding with zeros keeps the order: a shorter key sorts first.
+            let rest = &key(i)[shared..];
+            let mut head = [0u8; 8];
+            let len = rest.len().min(8);
+            head[..len].copy_from_slice(&rest[..len]);
+            u64::from_be_bytes(head)
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| {
+        heads[a]
+            .cmp(&heads[b])
+            .then_with(|| key(a).cmp(key(b)))
+            .then(a.cmp(&b))
+    });
+    let distinct = order.windows(2).all(|w| key(w[0]) != key(w[1]));
+    LabelOrder { order, distinct }
 }
 
 fn select_all(

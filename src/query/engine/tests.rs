@@ -28,7 +28,7 @@ impl Mem {
                     .collect();
                 labels.sort();
                 SeriesData {
-                    labels,
+                    labels: labels.into(),
                     samples: samples.to_vec(),
                     resolution_ms: *res,
                 }
@@ -641,5 +641,110 @@ fn go_float_formatting() {
     ];
     for (name, v, want) in cases {
         assert_eq!(functions::format_go_float(v), want, "case {name}");
+    }
+}
+
+#[test]
+fn ms_to_secs_is_the_division_bit_for_bit() {
+    let cases: &[(&str, i64)] = &[
+        ("zero", 0),
+        ("whole seconds", 300_000),
+        ("negative whole seconds", -15_000),
+        ("fraction", 1_234),
+        ("negative fraction", -999),
+        ("timestamp", 1_700_000_100_000),
+        ("largest exact", (1 << 53) - 1000 + 992),
+        ("past 2^53, whole", 9_007_199_254_741_000),
+        ("past 2^53, fraction", 9_007_199_254_740_993),
+        ("min", i64::MIN),
+        ("max", i64::MAX),
+    ];
+    for &(name, ms) in cases {
+        assert_eq!(
+            super::functions::ms_to_secs(ms).to_bits(),
+            (ms as f64 / 1000.0).to_bits(),
+            "case {name}: {ms} ms"
+        );
+    }
+}
+
+#[test]
+fn label_order_sorts_as_label_sets_compare() {
+    let set = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    struct Case {
+        name: &'static str,
+        sets: Vec<Labels>,
+        distinct: bool,
+    }
+    let long = "host-0000000000000000000";
+    let cases = [
+        Case {
+            name: "empty",
+            sets: vec![],
+            distinct: true,
+        },
+        Case {
+            name: "one",
+            sets: vec![set(&[("a", "1")])],
+            distinct: true,
+        },
+        Case {
+            name: "shared long prefix, differing late",
+            sets: (0..40)
+                .rev()
+                .map(|i| set(&[("__name__", "m"), ("instance", &format!("{long}{i}"))]))
+                .collect(),
+            distinct: true,
+        },
+        Case {
+            name: "prefixes of each other",
+            sets: vec![
+                set(&[("a", "1"), ("b", "2")]),
+                set(&[("a", "1")]),
+                set(&[]),
+                set(&[("a", "")]),
+                set(&[("a", "10")]),
+            ],
+            distinct: true,
+        },
+        Case {
+            name: "zero bytes and low bytes",
+            sets: vec![
+                set(&[("a", "x\u{1}")]),
+                set(&[("a", "x\0")]),
+                set(&[("a", "x")]),
+                set(&[("a", "x\0\0")]),
+                set(&[("a\0", "")]),
+                set(&[("a", "x"), ("\0", "")]),
+            ],
+            distinct: true,
+        },
+        Case {
+            name: "names before values",
+            sets: vec![set(&[("ab", "")]), set(&[("a", "b")]), set(&[("a", "c")])],
+            distinct: true,
+        },
+        Case {
+            name: "equal sets keep their order",
+            sets: vec![
+                set(&[("b", "1")]),
+                set(&[("a", "1")]),
+                set(&[("b", "1")]),
+                set(&[("a", "1")]),
+            ],
+            distinct: false,
+        },
+    ];
+    for case in cases {
+        let got = super::plan::label_order(case.sets.len(), |i| &case.sets[i]);
+        let mut want: Vec<usize> = (0..case.sets.len()).collect();
+        want.sort_by(|&a, &b| case.sets[a].cmp(&case.sets[b]));
+        assert_eq!(got.order, want, "case {}: order", case.name);
+        assert_eq!(got.distinct, case.distinct, "case {}: distinct", case.name);
     }
 }
