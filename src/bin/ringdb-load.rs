@@ -28,6 +28,13 @@ struct Cli {
     command: Command,
 }
 
+/// Rule sets of the snapshot benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SnapshotRules {
+    One,
+    Bench,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Binary socket frames (YAWNDB v3) over mTLS.
@@ -48,11 +55,18 @@ enum Command {
         connections: u64,
     },
     /// Snapshot and restore cost, in process: archives of 1440 one-minute
-    /// buckets, one new sample in each, then a save, then a restore.
+    /// buckets (or the bench's three traffic rules), one new sample in
+    /// each, then a save, then a restore into an empty store.
     Snapshot {
-        /// Archives (one series each).
+        /// Archives in all (series × rules).
         #[arg(long, default_value_t = 100_000)]
         archives: u64,
+        /// `one`: one rule of 1440 one-minute buckets, one archive a series
+        /// (11.5 KB of buckets an archive). `bench`: scripts/bench's three
+        /// traffic rules (1440 × 1m, 720 × 1h, 365 × 1d), three archives a
+        /// series (6.7 KB an archive on average), as a daemon holds them.
+        #[arg(long, value_enum, default_value_t = SnapshotRules::One)]
+        rules: SnapshotRules,
         /// Folder for the sled store (created, then removed).
         #[arg(long)]
         dir: PathBuf,
@@ -332,36 +346,46 @@ async fn remote_write(url: String, tls: TlsArgs, load: RemoteWriteLoad) -> anyho
     Ok(())
 }
 
-fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
+fn snapshot(archives: u64, rules: SnapshotRules, dir: PathBuf) -> anyhow::Result<()> {
     use ringdb::model::{Sample, Value};
     use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
     use ringdb::rules::{Rule, RuleSet};
     use ringdb::snapshot::Snapshotter;
     use ringdb::store::{Store, StoreLimits};
+    let rule = |name: &str, consolidation, timeframe_secs, limit| Rule {
+        name: name.into(),
+        prefix: "traffic".into(),
+        shape: Shape {
+            consolidation,
+            timeframe_secs,
+            limit,
+            split: Split::Backward,
+            value_size: ValueSize::Large,
+            specials: vec![],
+        },
+        autoremove: false,
+    };
+    let rule_set = || match rules {
+        SnapshotRules::One => vec![rule("t_1m", Consolidation::Sum, 60, 1440)],
+        SnapshotRules::Bench => vec![
+            rule("t_1m", Consolidation::Sum, 60, 1440),
+            rule("t_1h", Consolidation::Sum, 3600, 720),
+            rule("t_1d", Consolidation::Max, 86_400, 365),
+        ],
+    };
+    let series = archives.div_ceil(rule_set().len() as u64);
+    let archives = series * rule_set().len() as u64;
     let store = || {
-        let rule = Rule {
-            name: "t_1m".into(),
-            prefix: "traffic".into(),
-            shape: Shape {
-                consolidation: Consolidation::Sum,
-                timeframe_secs: 60,
-                limit: 1440,
-                split: Split::Backward,
-                value_size: ValueSize::Large,
-                specials: vec![],
-            },
-            autoremove: false,
-        };
         let limits = StoreLimits {
             max_future_ms: u64::MAX / 4,
             max_series: u64::MAX,
         };
-        Store::new(RuleSet::new(vec![rule]), limits)
+        Store::new(RuleSet::new(rule_set()), limits)
     };
     let live = store();
     let t = now_ms() as u64 / 60_000 * 60_000;
     let write_all = |ts: u64| -> anyhow::Result<()> {
-        for i in 0..archives {
+        for i in 0..series {
             let key = format!("traffic-client{i}-in");
             let sample = Sample {
                 timestamp_ms: ts,
@@ -402,8 +426,13 @@ fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Snapshot { archives, dir } = cli.command {
-        return snapshot(archives, dir);
+    if let Command::Snapshot {
+        archives,
+        rules,
+        dir,
+    } = cli.command
+    {
+        return snapshot(archives, rules, dir);
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -222,6 +222,8 @@ pub struct Archive {
     means: Option<Box<[f64]>>,
     /// One bit per page changed since the last `take_dirty`.
     dirty_pages: Box<[u64]>,
+    /// The header (rule, series, shape) must be saved: a new or migrated
+    /// archive. A moved head dirties the head's page instead.
     header_dirty: bool,
     /// The saved copy has another shape: replace all its pages on save.
     rewrite: bool,
@@ -370,7 +372,8 @@ impl Archive {
         let newest = match self.newest {
             None => {
                 self.newest = Some(bucket);
-                self.header_dirty = true;
+                // Pages carry the head (codec v2): the head's page saves it.
+                self.mark_dirty(self.head as usize);
                 return Ok(self.head as usize);
             }
             Some(n) => n,
@@ -390,7 +393,7 @@ impl Archive {
                 }
             }
             self.newest = Some(bucket);
-            self.header_dirty = true;
+            self.mark_dirty(self.head as usize);
             return Ok(self.head as usize);
         }
         let back = newest - bucket;
