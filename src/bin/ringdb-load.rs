@@ -140,6 +140,23 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// CPU seconds (user + system, every thread) this process used so far, from
+/// /proc (Linux; 0 elsewhere): on a shared machine, wall time alone says
+/// little about a change.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line, in clock ticks (100 a second).
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
+}
+
 fn report(what: &str, samples: u64, elapsed: Duration) {
     println!(
         "{what}: {samples} samples in {:.2} s = {:.0} samples/s",
@@ -400,24 +417,27 @@ fn snapshot(archives: u64, rules: SnapshotRules, dir: PathBuf) -> anyhow::Result
     write_all(t - 60_000)?;
     let first = snapshotter.save(&live)?;
     write_all(t)?;
+    let cpu = cpu_seconds();
     let one = snapshotter.save(&live)?;
+    let one_cpu = cpu_seconds() - cpu;
     drop(snapshotter);
-    let started = Instant::now();
+    // `live` stays: the restore gets fresh memory, as a restarted daemon.
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     let restored = Snapshotter::open(&dir)?.restore(&store())?;
-    let restore = started.elapsed();
+    let (restore, restore_cpu) = (started.elapsed(), cpu_seconds() - cpu);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "snapshot: first save of {archives} archives {:.2} s",
         first.duration.as_secs_f64()
     );
     println!(
-        "snapshot: one new sample in each of {archives} archives = {:.3} s ({} pages, {} bytes)",
+        "snapshot: one new sample in each of {archives} archives = {:.3} s ({} pages, {} bytes, cpu {one_cpu:.2} s)",
         one.duration.as_secs_f64(),
         one.pages,
         one.bytes
     );
     println!(
-        "restore: {} archives in {:.3} s",
+        "restore: {} archives in {:.3} s (cpu {restore_cpu:.2} s)",
         restored.archives,
         restore.as_secs_f64()
     );
