@@ -123,32 +123,22 @@ impl Cells {
     /// Overwrites cells from `start` with [`Cells::page_values`]; false
     /// (nothing written) when a value does not fit the cell width.
     pub(crate) fn load_page_values(&mut self, start: usize, values: &[u64]) -> bool {
-        fn narrow<T: TryFrom<u64> + Copy>(values: &[u64]) -> Option<Vec<T>> {
-            values.iter().map(|v| T::try_from(*v).ok()).collect()
+        fn load<T: TryFrom<u64>>(cells: &mut [T], values: &[u64], neg: fn(T) -> T) -> bool {
+            if values.iter().any(|v| T::try_from(*v).is_err()) {
+                return false;
+            }
+            for (cell, v) in cells.iter_mut().zip(values) {
+                if let Ok(v) = T::try_from(*v) {
+                    *cell = neg(v);
+                }
+            }
+            true
         }
         let end = start + values.len();
         match self {
-            Cells::Small(c) => narrow::<u16>(values).is_some_and(|v| {
-                c[start..end]
-                    .iter_mut()
-                    .zip(v)
-                    .for_each(|(c, v)| *c = v.wrapping_neg());
-                true
-            }),
-            Cells::Medium(c) => narrow::<u32>(values).is_some_and(|v| {
-                c[start..end]
-                    .iter_mut()
-                    .zip(v)
-                    .for_each(|(c, v)| *c = v.wrapping_neg());
-                true
-            }),
-            Cells::Large(c) => {
-                c[start..end]
-                    .iter_mut()
-                    .zip(values)
-                    .for_each(|(c, v)| *c = v.wrapping_neg());
-                true
-            }
+            Cells::Small(c) => load(&mut c[start..end], values, u16::wrapping_neg),
+            Cells::Medium(c) => load(&mut c[start..end], values, u32::wrapping_neg),
+            Cells::Large(c) => load(&mut c[start..end], values, u64::wrapping_neg),
             Cells::Float(c) => {
                 c[start..end].iter_mut().zip(values).for_each(|(c, &v)| {
                     *c = match v {

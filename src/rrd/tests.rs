@@ -358,28 +358,26 @@ fn version_1_records_are_still_read() {
         let (header_bytes, mut pages) = codec::encode_v1(&a, "r", "p");
         let header = codec::decode_header(&header_bytes).unwrap();
         assert_eq!(header.version, 1, "case {case}");
-        let (back, errors) =
-            Archive::restore(&header, pages.iter().map(|(n, b)| (*n, b.as_slice())));
-        assert!(errors.is_empty(), "case {case}: {errors:?}");
-        assert_eq!(
-            render(&back, 0, 240 * 60),
-            render(&a, 0, 240 * 60),
-            "case {case}"
-        );
+        assert_restores(&header, &pages, &a, &case);
         // Version 2 pages saved after an upgrade, on top of version 1 ones.
         a.update(s(120 * 60, Value::Uint(1))).unwrap();
         pages.extend(a.take_dirty("r", "p", None).pages);
         let mut merged: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
         merged.extend(pages);
-        let (back, errors) =
-            Archive::restore(&header, merged.iter().map(|(n, b)| (*n, b.as_slice())));
-        assert!(errors.is_empty(), "case {case}: {errors:?}");
-        assert_eq!(
-            render(&back, 0, 240 * 60),
-            render(&a, 0, 240 * 60),
-            "case {case}: mixed"
-        );
+        let merged: Vec<_> = merged.into_iter().collect();
+        assert_restores(&header, &merged, &a, &format!("{case}: mixed"));
     }
+}
+
+/// `pages` with `header` restore `want`.
+fn assert_restores(header: &codec::Header, pages: &[(u32, Vec<u8>)], want: &Archive, case: &str) {
+    let (back, errors) = Archive::restore(header, pages.iter().map(|(n, b)| (*n, b.as_slice())));
+    assert!(errors.is_empty(), "case {case}: {errors:?}");
+    assert_eq!(
+        render(&back, 0, 240 * 60),
+        render(want, 0, 240 * 60),
+        "case {case}"
+    );
 }
 
 #[test]
