@@ -28,6 +28,13 @@ struct Cli {
     command: Command,
 }
 
+/// Rule sets of the snapshot benchmark.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SnapshotRules {
+    One,
+    Bench,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Binary socket frames (YAWNDB v3) over mTLS.
@@ -48,11 +55,18 @@ enum Command {
         connections: u64,
     },
     /// Snapshot and restore cost, in process: archives of 1440 one-minute
-    /// buckets, one new sample in each, then a save, then a restore.
+    /// buckets (or the bench's three traffic rules), one new sample in
+    /// each, then a save, then a restore into an empty store.
     Snapshot {
-        /// Archives (one series each).
+        /// Archives in all (series × rules).
         #[arg(long, default_value_t = 100_000)]
         archives: u64,
+        /// `one`: one rule of 1440 one-minute buckets, one archive a series
+        /// (11.5 KB of buckets an archive). `bench`: scripts/bench's three
+        /// traffic rules (1440 × 1m, 720 × 1h, 365 × 1d), three archives a
+        /// series (6.7 KB an archive on average), as a daemon holds them.
+        #[arg(long, value_enum, default_value_t = SnapshotRules::One)]
+        rules: SnapshotRules,
         /// Folder for the sled store (created, then removed).
         #[arg(long)]
         dir: PathBuf,
@@ -135,6 +149,23 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// CPU seconds (user + system, every thread) this process used so far, from
+/// /proc (Linux; 0 elsewhere): on a shared machine, wall time alone says
+/// little about a change.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th of the whole line, in clock ticks (100 a second).
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 fn report(what: &str, samples: u64, elapsed: Duration) {
@@ -343,36 +374,46 @@ async fn remote_write(url: String, tls: TlsArgs, load: RemoteWriteLoad) -> anyho
     Ok(())
 }
 
-fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
+fn snapshot(archives: u64, rules: SnapshotRules, dir: PathBuf) -> anyhow::Result<()> {
     use ringdb::model::{Sample, Value};
     use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
     use ringdb::rules::{Rule, RuleSet};
     use ringdb::snapshot::Snapshotter;
     use ringdb::store::{Store, StoreLimits};
+    let rule = |name: &str, consolidation, timeframe_secs, limit| Rule {
+        name: name.into(),
+        prefix: "traffic".into(),
+        shape: Shape {
+            consolidation,
+            timeframe_secs,
+            limit,
+            split: Split::Backward,
+            value_size: ValueSize::Large,
+            specials: vec![],
+        },
+        autoremove: false,
+    };
+    let rule_set = || match rules {
+        SnapshotRules::One => vec![rule("t_1m", Consolidation::Sum, 60, 1440)],
+        SnapshotRules::Bench => vec![
+            rule("t_1m", Consolidation::Sum, 60, 1440),
+            rule("t_1h", Consolidation::Sum, 3600, 720),
+            rule("t_1d", Consolidation::Max, 86_400, 365),
+        ],
+    };
+    let series = archives.div_ceil(rule_set().len() as u64);
+    let archives = series * rule_set().len() as u64;
     let store = || {
-        let rule = Rule {
-            name: "t_1m".into(),
-            prefix: "traffic".into(),
-            shape: Shape {
-                consolidation: Consolidation::Sum,
-                timeframe_secs: 60,
-                limit: 1440,
-                split: Split::Backward,
-                value_size: ValueSize::Large,
-                specials: vec![],
-            },
-            autoremove: false,
-        };
         let limits = StoreLimits {
             max_future_ms: u64::MAX / 4,
             max_series: u64::MAX,
         };
-        Store::new(RuleSet::new(vec![rule]), limits)
+        Store::new(RuleSet::new(rule_set()), limits)
     };
     let live = store();
     let t = now_ms() as u64 / 60_000 * 60_000;
     let write_all = |ts: u64| -> anyhow::Result<()> {
-        for i in 0..archives {
+        for i in 0..series {
             let key = format!("traffic-client{i}-in");
             let sample = Sample {
                 timestamp_ms: ts,
@@ -387,24 +428,27 @@ fn snapshot(archives: u64, dir: PathBuf) -> anyhow::Result<()> {
     write_all(t - 60_000)?;
     let first = snapshotter.save(&live)?;
     write_all(t)?;
+    let cpu = cpu_seconds();
     let one = snapshotter.save(&live)?;
+    let one_cpu = cpu_seconds() - cpu;
     drop(snapshotter);
-    let started = Instant::now();
+    // `live` stays: the restore gets fresh memory, as a restarted daemon.
+    let (started, cpu) = (Instant::now(), cpu_seconds());
     let restored = Snapshotter::open(&dir)?.restore(&store())?;
-    let restore = started.elapsed();
+    let (restore, restore_cpu) = (started.elapsed(), cpu_seconds() - cpu);
     let _ = std::fs::remove_dir_all(&dir);
     println!(
         "snapshot: first save of {archives} archives {:.2} s",
         first.duration.as_secs_f64()
     );
     println!(
-        "snapshot: one new sample in each of {archives} archives = {:.3} s ({} pages, {} bytes)",
+        "snapshot: one new sample in each of {archives} archives = {:.3} s ({} pages, {} bytes, cpu {one_cpu:.2} s)",
         one.duration.as_secs_f64(),
         one.pages,
         one.bytes
     );
     println!(
-        "restore: {} archives in {:.3} s",
+        "restore: {} archives in {:.3} s (cpu {restore_cpu:.2} s)",
         restored.archives,
         restore.as_secs_f64()
     );
@@ -502,7 +546,11 @@ fn memory(paths: u64, buckets: u32) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Snapshot { archives, dir } => return snapshot(archives, dir),
+        Command::Snapshot {
+            archives,
+            rules,
+            dir,
+        } => return snapshot(archives, rules, dir),
         Command::Memory { paths, buckets } => return memory(paths, buckets),
         _ => {}
     }

@@ -121,20 +121,8 @@ impl Cells {
         }
     }
 
-    /// Raw little-endian bytes of cells `range`.
-    pub(crate) fn raw_bytes(&self, range: std::ops::Range<usize>) -> Vec<u8> {
-        let mut out = Vec::with_capacity(range.len() * self.width());
-        match self {
-            Cells::Small(c) => c[range].iter().for_each(|v| out.extend(v.to_le_bytes())),
-            Cells::Medium(c) => c[range].iter().for_each(|v| out.extend(v.to_le_bytes())),
-            Cells::Large(c) | Cells::Float(c) => {
-                c[range].iter().for_each(|v| out.extend(v.to_le_bytes()))
-            }
-        }
-        out
-    }
-
-    /// Overwrites cells from `start` with raw little-endian bytes.
+    /// Overwrites cells from `start` with raw little-endian bytes (codec v1
+    /// pages).
     pub(crate) fn load_raw(&mut self, start: usize, bytes: &[u8]) {
         match self {
             Cells::Small(c) => bytes
@@ -149,6 +137,54 @@ impl Cells {
                 .chunks_exact(8)
                 .zip(&mut c[start..])
                 .for_each(|(b, v)| *v = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
+        }
+    }
+
+    /// Cells `range` as small numbers for the varint page codec (v2): an
+    /// empty cell is 0. Integer cells are stored as `!encoded` (see the
+    /// module doc), so their negation is `encoded + 1`: small counts stay
+    /// small. A float is its bits byte-swapped plus one, so floats with
+    /// short mantissas (integers, halves) are small too.
+    pub(crate) fn page_values(&self, range: std::ops::Range<usize>, out: &mut Vec<u64>) {
+        match self {
+            Cells::Small(c) => out.extend(c[range].iter().map(|v| u64::from(v.wrapping_neg()))),
+            Cells::Medium(c) => out.extend(c[range].iter().map(|v| u64::from(v.wrapping_neg()))),
+            Cells::Large(c) => out.extend(c[range].iter().map(|v| v.wrapping_neg())),
+            Cells::Float(c) => out.extend(c[range].iter().map(|&v| match v {
+                0 => 0,
+                v => (v ^ FLOAT_EMPTY).swap_bytes().wrapping_add(1),
+            })),
+        }
+    }
+
+    /// Overwrites cells from `start` with [`Cells::page_values`]; false
+    /// (nothing written) when a value does not fit the cell width.
+    pub(crate) fn load_page_values(&mut self, start: usize, values: &[u64]) -> bool {
+        fn load<T: TryFrom<u64>>(cells: &mut [T], values: &[u64], neg: fn(T) -> T) -> bool {
+            if values.iter().any(|v| T::try_from(*v).is_err()) {
+                return false;
+            }
+            for (cell, v) in cells.iter_mut().zip(values) {
+                if let Ok(v) = T::try_from(*v) {
+                    *cell = neg(v);
+                }
+            }
+            true
+        }
+        let end = start + values.len();
+        match self {
+            Cells::Small(c) => load(&mut c[start..end], values, u16::wrapping_neg),
+            Cells::Medium(c) => load(&mut c[start..end], values, u32::wrapping_neg),
+            Cells::Large(c) => load(&mut c[start..end], values, u64::wrapping_neg),
+            Cells::Float(c) => {
+                c[start..end].iter_mut().zip(values).for_each(|(c, &v)| {
+                    *c = match v {
+                        0 => 0,
+                        v => v.wrapping_sub(1).swap_bytes() ^ FLOAT_EMPTY,
+                    }
+                });
+                true
+            }
         }
     }
 }

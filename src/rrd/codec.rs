@@ -1,12 +1,25 @@
 //! Versioned snapshot encoding of an archive (the only bincode user): a small
-//! header (version, rule name, shape, newest bucket, head) and pages of
-//! [`PAGE_BUCKETS`] cells each, so a snapshot writes only what changed.
+//! header (version, rule name, series, shape) and pages of [`PAGE_BUCKETS`]
+//! cells each, so a snapshot writes only what changed.
+//!
+//! Version 2 keeps the moving part of an archive (newest bucket, ring head)
+//! in every page instead of the header: a new sample in the newest bucket
+//! rewrites one page record, not a page and the header. The header is
+//! written when the archive is created or migrated. On restore the page
+//! with the greatest newest bucket gives the head; the others stay valid
+//! because cells sit at ring positions, and a slide that empties a bucket
+//! dirties its page. Version 1 records (head in the header, raw cell bytes)
+//! are still read.
 
 use super::{Archive, Shape, PAGE_BUCKETS};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
-/// Current format version of headers and pages.
-pub const CODEC_VERSION: u16 = 1;
+/// Format version of the headers and pages written.
+pub const CODEC_VERSION: u16 = 2;
+
+/// The older version still read.
+const CODEC_V1: u16 = 1;
 
 /// Why a record could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +33,7 @@ pub enum CodecError {
         source: bincode::error::DecodeError,
     },
     /// A version this build does not know.
-    #[error("{what}: format version {found}, expected {CODEC_VERSION}")]
+    #[error("{what}: format version {found}, expected {CODEC_V1} or {CODEC_VERSION}")]
     Version {
         /// Which record.
         what: &'static str,
@@ -37,10 +50,10 @@ pub enum CodecError {
     },
 }
 
-/// The header of a saved archive.
+/// The header of a saved archive, as decoded (and the version 1 layout).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Header {
-    /// Format version.
+    /// Format version found.
     pub version: u16,
     /// Name of the rule the archive was built for.
     pub rule: String,
@@ -50,17 +63,40 @@ pub struct Header {
     pub series_labels: Option<Vec<(String, String)>>,
     /// Shape of the archive (the rule's fingerprint).
     pub shape: Shape,
-    /// Newest bucket number seen.
+    /// Newest bucket number seen (version 1; a version 2 header has
+    /// `None` and its pages carry it).
     pub newest: Option<u64>,
-    /// Ring position of the newest bucket.
+    /// Ring position of the newest bucket (version 1; 0 in version 2).
     pub head: u32,
 }
 
+/// Version 2 header: what changes only on create or migration.
 #[derive(Serialize, Deserialize)]
-struct Page {
+struct HeaderV2<'a> {
     version: u16,
+    rule: Cow<'a, str>,
+    series_prefix: Cow<'a, str>,
+    series_labels: Option<Cow<'a, [(String, String)]>>,
+    shape: Cow<'a, Shape>,
+}
+
+/// Version 1 page: raw little-endian cells.
+#[derive(Deserialize)]
+struct PageV1 {
+    _version: u16,
     cells: Vec<u8>,
     means: Vec<f64>,
+}
+
+/// Version 2 page: the archive's head as of the save, and cells as varints
+/// (see `Cells::page_values`: empty cells and small numbers take a byte).
+#[derive(Serialize, Deserialize)]
+struct PageV2<'a> {
+    version: u16,
+    newest: Option<u64>,
+    head: u32,
+    cells: Cow<'a, [u64]>,
+    means: Cow<'a, [f64]>,
 }
 
 /// What changed in an archive since its last save, encoded.
@@ -90,6 +126,15 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("in-memory encoding cannot fail")
 }
 
+/// Encodes into `scratch` (reused, so it grows once), then copies out at
+/// the exact size: one allocation a record instead of a growing Vec.
+fn encode_with<T: Serialize>(scratch: &mut Vec<u8>, value: &T) -> Vec<u8> {
+    scratch.clear();
+    bincode::serde::encode_into_std_write(value, scratch, config())
+        .expect("in-memory encoding cannot fail");
+    scratch.clone()
+}
+
 fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, config())
         .map_err(|source| CodecError::Decode { what, source })?;
@@ -102,18 +147,39 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
     Ok(value)
 }
 
-/// Decodes a header.
+/// The version every record starts with.
+fn version_of(what: &'static str, bytes: &[u8]) -> Result<u16, CodecError> {
+    bincode::serde::decode_from_slice(bytes, config())
+        .map(|(version, _)| version)
+        .map_err(|source| CodecError::Decode { what, source })
+}
+
+/// Decodes a header (version 1 or 2).
 ///
 /// # Errors
 /// Truncated or corrupt bytes, an unknown version, or a shape that cannot be.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, CodecError> {
-    let header: Header = decode("header", bytes)?;
-    if header.version != CODEC_VERSION {
-        return Err(CodecError::Version {
-            what: "header",
-            found: header.version,
-        });
-    }
+    let header = match version_of("header", bytes)? {
+        CODEC_V1 => decode::<Header>("header", bytes)?,
+        CODEC_VERSION => {
+            let h: HeaderV2<'static> = decode("header", bytes)?;
+            Header {
+                version: h.version,
+                rule: h.rule.into_owned(),
+                series_prefix: h.series_prefix.into_owned(),
+                series_labels: h.series_labels.map(Cow::into_owned),
+                shape: h.shape.into_owned(),
+                newest: None,
+                head: 0,
+            }
+        }
+        found => {
+            return Err(CodecError::Version {
+                what: "header",
+                found,
+            })
+        }
+    };
     let shape = &header.shape;
     if shape.limit == 0 || shape.timeframe_secs == 0 || header.head >= shape.limit {
         return Err(CodecError::Invalid {
@@ -142,83 +208,175 @@ impl Archive {
             ..Dirty::default()
         };
         if self.header_dirty {
-            dirty.header = Some(encode(&Header {
+            dirty.header = Some(encode(&HeaderV2 {
                 version: CODEC_VERSION,
-                rule: rule.to_owned(),
-                series_prefix: series_prefix.to_owned(),
-                series_labels: series_labels.map(<[_]>::to_vec),
-                shape: self.shape.clone(),
-                newest: self.newest,
-                head: self.head,
+                rule: Cow::Borrowed(rule),
+                series_prefix: Cow::Borrowed(series_prefix),
+                series_labels: series_labels.map(Cow::Borrowed),
+                shape: Cow::Borrowed(&self.shape),
             }));
             self.header_dirty = false;
         }
         let limit = self.shape.limit as usize;
-        for (word_index, word) in self.dirty_pages.iter_mut().enumerate() {
-            let mut bits = std::mem::take(word);
+        let mut values = Vec::with_capacity(PAGE_BUCKETS);
+        let mut scratch = Vec::new();
+        for word_index in 0..self.dirty_pages.words() {
+            let mut bits = self.dirty_pages.take_word(word_index);
             while bits != 0 {
                 let page = word_index * 64 + bits.trailing_zeros() as usize;
                 bits &= bits - 1;
                 let range = page * PAGE_BUCKETS..((page + 1) * PAGE_BUCKETS).min(limit);
-                let means = self
-                    .means
-                    .as_ref()
-                    .map(|m| m[range.clone()].to_vec())
-                    .unwrap_or_default();
-                let page_bytes = encode(&Page {
-                    version: CODEC_VERSION,
-                    cells: self.cells.raw_bytes(range),
-                    means,
-                });
+                values.clear();
+                self.cells.page_values(range.clone(), &mut values);
+                let means = self.means.as_deref().map_or(&[][..], |m| &m[range]);
+                let page_bytes = encode_with(
+                    &mut scratch,
+                    &PageV2 {
+                        version: CODEC_VERSION,
+                        newest: self.newest,
+                        head: self.head,
+                        cells: Cow::Borrowed(&values),
+                        means: Cow::Borrowed(means),
+                    },
+                );
                 dirty.pages.push((page as u32, page_bytes));
             }
         }
         dirty
     }
 
-    /// Rebuilds an archive from its header and pages. A page that does not
-    /// decode is left empty and reported in the returned list.
+    /// Rebuilds an archive from its header and pages (version 1 or 2). A
+    /// page that does not decode is left empty and reported in the
+    /// returned list. The head is the one of the page saved last (greatest
+    /// newest bucket), or the version 1 header's.
     pub fn restore<'a>(
         header: &Header,
         pages: impl IntoIterator<Item = (u32, &'a [u8])>,
     ) -> (Archive, Vec<CodecError>) {
         let mut archive = Archive::new(header.shape.clone());
-        archive.newest = header.newest;
-        archive.head = header.head;
         archive.header_dirty = false;
+        let mut head = (header.newest, header.head);
         let mut errors = Vec::new();
-        let limit = header.shape.limit as usize;
         for (page, bytes) in pages {
-            let start = page as usize * PAGE_BUCKETS;
-            let len = PAGE_BUCKETS.min(limit.saturating_sub(start));
-            match decode::<Page>("page", bytes) {
-                Ok(p) if p.version != CODEC_VERSION => errors.push(CodecError::Version {
-                    what: "page",
-                    found: p.version,
-                }),
-                Ok(p)
-                    if len == 0
-                        || p.cells.len() != len * archive.cells.width()
-                        || (archive.means.is_some() && p.means.len() != len) =>
-                {
-                    errors.push(CodecError::Invalid {
-                        what: "page",
-                        detail: format!(
-                            "page {page}: {} cell bytes, expected {}",
-                            p.cells.len(),
-                            len * archive.cells.width()
-                        ),
-                    })
-                }
-                Ok(p) => {
-                    archive.cells.load_raw(start, &p.cells);
-                    if let Some(means) = archive.means.as_mut() {
-                        means[start..start + len].copy_from_slice(&p.means);
-                    }
-                }
+            match archive.load_page(page, bytes) {
+                Ok(Some(page_head)) if page_head.0 > head.0 => head = page_head,
+                Ok(_) => {}
                 Err(e) => errors.push(e),
             }
         }
+        (archive.newest, archive.head) = head;
         (archive, errors)
     }
+
+    /// Loads one page; returns the head a version 2 page carries.
+    fn load_page(
+        &mut self,
+        page: u32,
+        bytes: &[u8],
+    ) -> Result<Option<(Option<u64>, u32)>, CodecError> {
+        let limit = self.shape.limit as usize;
+        let start = page as usize * PAGE_BUCKETS;
+        let len = PAGE_BUCKETS.min(limit.saturating_sub(start));
+        let invalid = |detail: String| CodecError::Invalid {
+            what: "page",
+            detail: format!("page {page}: {detail}"),
+        };
+        let means_ok = |means: &[f64]| self.means.is_none() || means.len() == len;
+        match version_of("page", bytes)? {
+            CODEC_V1 => {
+                let p: PageV1 = decode("page", bytes)?;
+                let width = self.cells.width();
+                if len == 0 || p.cells.len() != len * width || !means_ok(&p.means) {
+                    return Err(invalid(format!(
+                        "{} cell bytes, expected {}",
+                        p.cells.len(),
+                        len * width
+                    )));
+                }
+                self.cells.load_raw(start, &p.cells);
+                self.load_means(start, &p.means);
+                Ok(None)
+            }
+            CODEC_VERSION => {
+                let p: PageV2<'static> = decode("page", bytes)?;
+                if len == 0 || p.cells.len() != len || !means_ok(&p.means) {
+                    return Err(invalid(format!("{} cells, expected {len}", p.cells.len())));
+                }
+                if p.head >= self.shape.limit {
+                    return Err(invalid(format!("head {}, expected < {limit}", p.head)));
+                }
+                if !self.cells.load_page_values(start, &p.cells) {
+                    return Err(invalid("a cell too wide for the value size".into()));
+                }
+                self.load_means(start, &p.means);
+                Ok(Some((p.newest, p.head)))
+            }
+            found => Err(CodecError::Version {
+                what: "page",
+                found,
+            }),
+        }
+    }
+
+    fn load_means(&mut self, start: usize, page: &[f64]) {
+        if let Some(means) = self.means.as_mut() {
+            means[start..start + page.len()].copy_from_slice(page);
+        }
+    }
+}
+
+/// Version 1 records of a whole archive, as earlier builds wrote them, for
+/// the tests that check they are still read.
+#[cfg(test)]
+pub(crate) fn encode_v1(
+    archive: &Archive,
+    rule: &str,
+    prefix: &str,
+) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
+    #[derive(Serialize)]
+    struct PageV1Out {
+        version: u16,
+        cells: Vec<u8>,
+        means: Vec<f64>,
+    }
+    let header = encode(&Header {
+        version: CODEC_V1,
+        rule: rule.to_owned(),
+        series_prefix: prefix.to_owned(),
+        series_labels: None,
+        shape: archive.shape.clone(),
+        newest: archive.newest,
+        head: archive.head,
+    });
+    let limit = archive.shape.limit as usize;
+    let pages = (0..limit.div_ceil(PAGE_BUCKETS))
+        .map(|page| {
+            let range = page * PAGE_BUCKETS..((page + 1) * PAGE_BUCKETS).min(limit);
+            let cells = match &archive.cells {
+                super::cells::Cells::Small(c) => c[range.clone()]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                super::cells::Cells::Medium(c) => c[range.clone()]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+                super::cells::Cells::Large(c) | super::cells::Cells::Float(c) => c[range.clone()]
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            };
+            let means = archive
+                .means
+                .as_deref()
+                .map_or(Vec::new(), |m| m[range].to_vec());
+            let bytes = encode(&PageV1Out {
+                version: CODEC_V1,
+                cells,
+                means,
+            });
+            (page as u32, bytes)
+        })
+        .collect();
+    (header, pages)
 }

@@ -238,9 +238,17 @@ impl DirtyPages {
         self.first != 0 || self.rest.iter().any(|w| *w != 0)
     }
 
-    /// The words, page 0's first.
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut u64> {
-        std::iter::once(&mut self.first).chain(self.rest.iter_mut())
+    /// Number of words (64 pages each).
+    fn words(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Word `i` (pages `64·i ..`), cleared.
+    fn take_word(&mut self, i: usize) -> u64 {
+        std::mem::take(match i {
+            0 => &mut self.first,
+            _ => &mut self.rest[i - 1],
+        })
     }
 
     fn heap_bytes(&self) -> usize {
@@ -261,6 +269,8 @@ pub struct Archive {
     means: Option<Box<[f64]>>,
     /// One bit per page changed since the last `take_dirty`.
     dirty_pages: DirtyPages,
+    /// The header (rule, series, shape) must be saved: a new or migrated
+    /// archive. A moved head dirties the head's page instead.
     header_dirty: bool,
     /// The saved copy has another shape: replace all its pages on save.
     rewrite: bool,
@@ -425,7 +435,8 @@ impl Archive {
         let newest = match self.newest {
             None => {
                 self.newest = Some(bucket);
-                self.header_dirty = true;
+                // Pages carry the head (codec v2): the head's page saves it.
+                self.mark_dirty(self.head as usize);
                 return Ok(self.head as usize);
             }
             Some(n) => n,
@@ -445,7 +456,7 @@ impl Archive {
                 }
             }
             self.newest = Some(bucket);
-            self.header_dirty = true;
+            self.mark_dirty(self.head as usize);
             return Ok(self.head as usize);
         }
         let back = newest - bucket;

@@ -341,3 +341,117 @@ fn corrupt_records_are_reported() {
     assert_eq!(errors.len(), 1);
     assert_eq!(back.get(1), Reading::Empty);
 }
+
+/// Every value size and avg: (consolidation, value size, value).
+const CODEC_KINDS: [(Consolidation, ValueSize, Value); 5] = [
+    (Consolidation::Sum, ValueSize::Small, Value::Uint(4000)),
+    (Consolidation::Max, ValueSize::Medium, Value::Uint(1 << 27)),
+    (Consolidation::Last, ValueSize::Large, Value::Uint(1 << 59)),
+    (Consolidation::Last, ValueSize::Float, Value::Float(-0.1)),
+    (Consolidation::Avg, ValueSize::Float, Value::Float(2.5)),
+];
+
+fn sample_archive(consolidation: Consolidation, size: ValueSize, value: Value) -> Archive {
+    let mut a = Archive::new(shape(consolidation, Split::Backward, size, 150));
+    for i in 0..100u64 {
+        let v = if i % 3 == 0 { value } else { Value::Uint(i) };
+        a.update(s(i * 60, v)).unwrap();
+    }
+    a.update(s(50 * 60, Value::Special(2))).unwrap();
+    a
+}
+
+#[test]
+fn a_new_sample_in_the_newest_bucket_writes_one_page_and_no_header() {
+    for (consolidation, size, value) in CODEC_KINDS {
+        let case = format!("{consolidation:?} {size:?}");
+        let mut a = sample_archive(consolidation, size, value);
+        let first = a.take_dirty("r", "p", None);
+        let header = codec::decode_header(first.header.as_ref().unwrap()).unwrap();
+        let mut saved: std::collections::BTreeMap<u32, Vec<u8>> = first.pages.into_iter().collect();
+        // Slide past the end of the ring: the head moves into page 0 and
+        // the emptied buckets' pages are rewritten with it.
+        for t in [160u64, 161, 230] {
+            a.update(s(t * 60, Value::Uint(3))).unwrap();
+            let dirty = a.take_dirty("r", "p", None);
+            assert!(
+                dirty.header.is_none(),
+                "case {case}: header written on a slide"
+            );
+            assert!(!dirty.pages.is_empty(), "case {case}: the head's page");
+            saved.extend(dirty.pages);
+            let (back, errors) =
+                Archive::restore(&header, saved.iter().map(|(n, b)| (*n, b.as_slice())));
+            assert!(errors.is_empty(), "case {case}: {errors:?}");
+            assert_eq!(
+                back.newest_bucket(),
+                a.newest_bucket(),
+                "case {case}: newest"
+            );
+            assert_eq!(
+                render(&back, 0, 240 * 60),
+                render(&a, 0, 240 * 60),
+                "case {case}"
+            );
+        }
+        a.update(s(230 * 60, Value::Uint(3))).unwrap();
+        assert_eq!(
+            a.take_dirty("r", "p", None).pages.len(),
+            1,
+            "case {case}: same bucket, one page"
+        );
+    }
+}
+
+#[test]
+fn version_1_records_are_still_read() {
+    for (consolidation, size, value) in CODEC_KINDS {
+        let case = format!("{consolidation:?} {size:?}");
+        let mut a = sample_archive(consolidation, size, value);
+        let (header_bytes, mut pages) = codec::encode_v1(&a, "r", "p");
+        let header = codec::decode_header(&header_bytes).unwrap();
+        assert_eq!(header.version, 1, "case {case}");
+        assert_restores(&header, &pages, &a, &case);
+        // Version 2 pages saved after an upgrade, on top of version 1 ones.
+        a.update(s(120 * 60, Value::Uint(1))).unwrap();
+        pages.extend(a.take_dirty("r", "p", None).pages);
+        let mut merged: std::collections::BTreeMap<u32, Vec<u8>> = Default::default();
+        merged.extend(pages);
+        let merged: Vec<_> = merged.into_iter().collect();
+        assert_restores(&header, &merged, &a, &format!("{case}: mixed"));
+    }
+}
+
+/// `pages` with `header` restore `want`.
+fn assert_restores(header: &codec::Header, pages: &[(u32, Vec<u8>)], want: &Archive, case: &str) {
+    let (back, errors) = Archive::restore(header, pages.iter().map(|(n, b)| (*n, b.as_slice())));
+    assert!(errors.is_empty(), "case {case}: {errors:?}");
+    assert_eq!(
+        render(&back, 0, 240 * 60),
+        render(want, 0, 240 * 60),
+        "case {case}"
+    );
+}
+
+#[test]
+fn a_page_with_a_cell_too_wide_is_reported() {
+    let mut wide = Archive::new(shape(
+        Consolidation::Sum,
+        Split::Backward,
+        ValueSize::Large,
+        100,
+    ));
+    wide.update(s(60, Value::Uint(1 << 40))).unwrap();
+    let page = wide.take_dirty("r", "p", None).pages.remove(0);
+    let mut small = Archive::new(shape(
+        Consolidation::Sum,
+        Split::Backward,
+        ValueSize::Small,
+        100,
+    ));
+    let header =
+        codec::decode_header(small.take_dirty("r", "p", None).header.as_ref().unwrap()).unwrap();
+    let (back, errors) = Archive::restore(&header, [(page.0, page.1.as_slice())]);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(back.get(1), Reading::Empty);
+}

@@ -9,9 +9,10 @@ use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
 use crate::rrd::Archive;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{DirtyArchive, Store};
 use crate::telemetry::Metrics;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,27 @@ pub struct SaveReport {
     pub duration: Duration,
 }
 
+/// Threads a save writes with: sled runs plain inserts concurrently, and
+/// per-key work inside sled is what a save costs.
+const SAVE_THREADS: usize = 2;
+
+/// Threads a restore decodes with (besides the one reading sled): decoding
+/// and filling the store cost about twice what reading sled does.
+const RESTORE_THREADS: usize = 2;
+
+/// Archives handed to a restore thread at once, and chunks read ahead:
+/// enough to keep the threads busy, a bounded copy of what sled holds.
+const RESTORE_CHUNK_ARCHIVES: usize = 1024;
+const RESTORE_QUEUE_CHUNKS: usize = 8;
+
+impl SaveReport {
+    fn add(&mut self, d: &DirtyArchive) {
+        self.archives += 1;
+        self.pages += d.dirty.pages.len() as u64;
+        self.bytes += d.dirty.bytes() as u64;
+    }
+}
+
 /// The sled database holding every saved archive.
 pub struct Snapshotter {
     db: sled::Db,
@@ -78,17 +100,17 @@ fn page_key(series: &str, rule: &str, page: u32) -> Vec<u8> {
 }
 
 /// Splits a header key back into (series, rule).
-fn parse_header_key(key: &[u8]) -> Option<(String, String)> {
+fn parse_header_key(key: &[u8]) -> Option<(&str, &str)> {
     let rest = key.strip_prefix(b"h")?;
     let (series, rest) = take_str(rest)?;
     let (rule, rest) = take_str(rest)?;
     rest.is_empty().then_some((series, rule))
 }
 
-fn take_str(bytes: &[u8]) -> Option<(String, &[u8])> {
+fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
     let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
     let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    Some((text.to_owned(), &bytes[2 + len..]))
+    Some((text, &bytes[2 + len..]))
 }
 
 impl Snapshotter {
@@ -129,16 +151,53 @@ impl Snapshotter {
 
     /// Loads every saved archive whose rule still applies with the same
     /// shape; the rest stays on disk. Corrupt records are logged and skipped.
+    /// One thread reads sled in key order; [`RESTORE_THREADS`] decode and
+    /// fill the store.
     ///
     /// # Errors
     /// sled fails to iterate.
     pub fn restore(&self, store: &Store) -> Result<RestoreReport, SnapshotError> {
-        let mut report = RestoreReport::default();
-        // Headers and pages share one key order (series, rule), so one pass
-        // over each, merged, finds every archive's pages without a lookup.
+        let (chunks, receiver) = std::sync::mpsc::sync_channel(RESTORE_QUEUE_CHUNKS);
+        let receiver = std::sync::Mutex::new(receiver);
+        let work = || {
+            let mut report = RestoreReport::default();
+            loop {
+                let next = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                let Ok(chunk) = next else { return report };
+                for records in chunk {
+                    restore_archive(store, records, &mut report);
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..RESTORE_THREADS).map(|_| scope.spawn(work)).collect();
+            let read = self.read_records(|chunk| chunks.send(chunk).is_ok());
+            drop(chunks);
+            let mut report = RestoreReport::default();
+            for worker in workers {
+                let part = worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                report.archives += part.archives;
+                report.corrupt += part.corrupt;
+                report.kept_on_disk += part.kept_on_disk;
+            }
+            read.map(|()| report)
+        })
+    }
+
+    /// Reads every header with its pages and hands them to `send` in
+    /// chunks, until `send` returns false. Headers and pages share one key
+    /// order (series, rule), so one pass over each, merged, finds every
+    /// archive's pages without a lookup.
+    fn read_records(
+        &self,
+        mut send: impl FnMut(Vec<Records>) -> bool,
+    ) -> Result<(), SnapshotError> {
         let mut page_entries = self.db.scan_prefix(b"p").peekable();
+        let mut chunk = Vec::with_capacity(RESTORE_CHUNK_ARCHIVES);
         for entry in self.db.scan_prefix(b"h") {
-            let (key, value) = entry.map_err(|e| self.err(e))?;
+            let (key, header) = entry.map_err(|e| self.err(e))?;
             let suffix = &key[1..];
             let mut pages = Vec::new();
             while let Some(next) = page_entries.peek() {
@@ -161,91 +220,51 @@ impl Snapshotter {
                     break;
                 }
             }
-            let Some((series, rule)) = parse_header_key(&key) else {
-                report.corrupt += 1;
-                tracing::warn!(key = ?String::from_utf8_lossy(&key), "snapshot: unreadable header key skipped");
-                continue;
-            };
-            let header = match codec::decode_header(&value) {
-                Ok(h) => h,
-                Err(e) => {
-                    report.corrupt += 1;
-                    tracing::warn!(series, rule, error = %e, "snapshot: corrupt header skipped");
-                    continue;
-                }
-            };
-            let (archive, errors) =
-                Archive::restore(&header, pages.iter().map(|(n, v)| (*n, v.as_ref())));
-            for e in &errors {
-                log_codec_error(&series, &rule, e);
-            }
-            report.corrupt += errors.len() as u64;
-            match store.restore(
-                &series,
-                &header.series_prefix,
-                header.series_labels.clone(),
-                &rule,
-                archive,
-            ) {
-                Ok(()) => report.archives += 1,
-                Err(why) => {
-                    report.kept_on_disk += 1;
-                    tracing::warn!(series, rule, reason = %why, "snapshot: archive kept on disk, not loaded");
+            chunk.push(Records { key, header, pages });
+            if chunk.len() == RESTORE_CHUNK_ARCHIVES {
+                let full =
+                    std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK_ARCHIVES));
+                if !send(full) {
+                    return Ok(());
                 }
             }
         }
-        Ok(report)
+        if !chunk.is_empty() {
+            send(chunk);
+        }
+        Ok(())
     }
 
-    /// Saves everything changed since the last save, shard by shard, then
-    /// flushes sled. A failed shard is marked dirty again for the next save.
+    /// Saves everything changed since the last save, shard by shard on
+    /// [`SAVE_THREADS`] threads, then flushes sled. An archive whose records
+    /// failed is marked dirty again for the next save.
     ///
     /// # Errors
     /// sled fails to write or flush.
     pub fn save(&self, store: &Store) -> Result<SaveReport, SnapshotError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
+        let next_shard = AtomicUsize::new(0);
+        let work = || self.save_shards(store, &next_shard);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..SAVE_THREADS).map(|_| scope.spawn(work)).collect();
+            let mine = work();
+            helpers
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                })
+                .chain([mine])
+                .collect()
+        });
         let mut report = SaveReport::default();
         let mut first_error = None;
-        for shard in 0..store.shard_count() {
-            let dirty = store.take_dirty(shard);
-            if dirty.is_empty() {
-                continue;
-            }
-            let mut batch = sled::Batch::default();
-            for d in &dirty {
-                if d.dirty.replace_all {
-                    for key in self
-                        .db
-                        .scan_prefix(series_rule_key(b'p', &d.series, &d.rule))
-                        .keys()
-                    {
-                        batch.remove(key.map_err(|e| self.err(e))?);
-                    }
-                }
-                if let Some(h) = &d.dirty.header {
-                    batch.insert(series_rule_key(b'h', &d.series, &d.rule), h.as_slice());
-                }
-                for (n, bytes) in &d.dirty.pages {
-                    batch.insert(page_key(&d.series, &d.rule, *n), bytes.as_slice());
-                }
-            }
-            match self.db.apply_batch(batch) {
-                Ok(()) => {
-                    report.archives += dirty.len() as u64;
-                    report.pages += dirty
-                        .iter()
-                        .map(|d| d.dirty.pages.len() as u64)
-                        .sum::<u64>();
-                    report.bytes += dirty.iter().map(|d| d.dirty.bytes() as u64).sum::<u64>();
-                }
-                Err(e) => {
-                    for d in &dirty {
-                        store.mark_dirty(&d.series, &d.rule);
-                    }
-                    first_error.get_or_insert(e);
-                }
-            }
+        for (part, error) in results {
+            report.archives += part.archives;
+            report.pages += part.pages;
+            report.bytes += part.bytes;
+            first_error = first_error.or(error);
         }
         if let Some(e) = first_error {
             return Err(self.err(e));
@@ -253,6 +272,84 @@ impl Snapshotter {
         self.db.flush().map_err(|e| self.err(e))?;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Takes shards from `next_shard` until none is left and writes their
+    /// dirty archives; returns what was written and the first error.
+    fn save_shards(
+        &self,
+        store: &Store,
+        next_shard: &AtomicUsize,
+    ) -> (SaveReport, Option<sled::Error>) {
+        let mut report = SaveReport::default();
+        let mut first_error = None;
+        loop {
+            let shard = next_shard.fetch_add(1, Ordering::Relaxed);
+            if shard >= store.shard_count() {
+                return (report, first_error);
+            }
+            let dirty = store.take_dirty(shard);
+            // Archives with several records go in one batch for the shard
+            // (sled serialises batches and each costs a log reservation).
+            let mut batched = Vec::new();
+            let mut batch = sled::Batch::default();
+            for d in &dirty {
+                match self.save_archive(d, &mut batch) {
+                    Ok(true) => report.add(d),
+                    Ok(false) => batched.push(d),
+                    Err(e) => {
+                        store.mark_dirty(&d.series, &d.rule.name);
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            if batched.is_empty() {
+                continue;
+            }
+            match self.db.apply_batch(batch) {
+                Ok(()) => batched.iter().for_each(|d| report.add(d)),
+                Err(e) => {
+                    batched
+                        .iter()
+                        .for_each(|d| store.mark_dirty(&d.series, &d.rule.name));
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+
+    /// Writes one archive's records. A single record (the common case: one
+    /// page with the moved head) is a plain insert, which sled runs
+    /// concurrently: true when written. Several records go into `batch`
+    /// (false), applied at once, so a crash never keeps a slid head
+    /// without the pages the slide emptied, nor half a migration.
+    fn save_archive(&self, d: &DirtyArchive, batch: &mut sled::Batch) -> Result<bool, sled::Error> {
+        let (series, rule) = (&*d.series, d.rule.name.as_str());
+        if let (None, [(n, bytes)], false) = (
+            &d.dirty.header,
+            d.dirty.pages.as_slice(),
+            d.dirty.replace_all,
+        ) {
+            self.db
+                .insert(page_key(series, rule, *n), bytes.as_slice())?;
+            return Ok(true);
+        }
+        if d.dirty.replace_all {
+            for key in self
+                .db
+                .scan_prefix(series_rule_key(b'p', series, rule))
+                .keys()
+            {
+                batch.remove(key?);
+            }
+        }
+        if let Some(h) = &d.dirty.header {
+            batch.insert(series_rule_key(b'h', series, rule), h.as_slice());
+        }
+        for (n, bytes) in &d.dirty.pages {
+            batch.insert(page_key(series, rule, *n), bytes.as_slice());
+        }
+        Ok(false)
     }
 
     /// Removes saved archives (autoremove sweeps) from disk.
@@ -305,6 +402,49 @@ impl Snapshotter {
         }
         self.db.flush().map_err(|e| self.err(e))?;
         Ok(held)
+    }
+}
+
+/// One saved archive's records, as read.
+struct Records {
+    key: sled::IVec,
+    header: sled::IVec,
+    pages: Vec<(u32, sled::IVec)>,
+}
+
+/// Decodes one archive and puts it in the store, counting the outcome.
+fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) {
+    let Some((series, rule)) = parse_header_key(&records.key) else {
+        report.corrupt += 1;
+        tracing::warn!(key = ?String::from_utf8_lossy(&records.key), "snapshot: unreadable header key skipped");
+        return;
+    };
+    let header = match codec::decode_header(&records.header) {
+        Ok(h) => h,
+        Err(e) => {
+            report.corrupt += 1;
+            tracing::warn!(series, rule, error = %e, "snapshot: corrupt header skipped");
+            return;
+        }
+    };
+    let pages = records.pages.iter().map(|(n, v)| (*n, v.as_ref()));
+    let (archive, errors) = Archive::restore(&header, pages);
+    for e in &errors {
+        log_codec_error(series, rule, e);
+    }
+    report.corrupt += errors.len() as u64;
+    match store.restore(
+        series,
+        &header.series_prefix,
+        header.series_labels,
+        rule,
+        archive,
+    ) {
+        Ok(()) => report.archives += 1,
+        Err(why) => {
+            report.kept_on_disk += 1;
+            tracing::warn!(series, rule, reason = %why, "snapshot: archive kept on disk, not loaded");
+        }
     }
 }
 
@@ -405,10 +545,7 @@ mod tests {
     #[test]
     fn keys_round_trip() {
         let key = series_rule_key(b'h', "traffic-a-b", "rule_1");
-        assert_eq!(
-            parse_header_key(&key),
-            Some(("traffic-a-b".into(), "rule_1".into()))
-        );
+        assert_eq!(parse_header_key(&key), Some(("traffic-a-b", "rule_1")));
         assert_eq!(parse_header_key(b"h\x00"), None);
         assert!(page_key("s", "r", 1).starts_with(&series_rule_key(b'p', "s", "r")));
     }

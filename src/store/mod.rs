@@ -237,8 +237,8 @@ impl Series {
 pub struct DirtyArchive {
     /// Series key.
     pub series: Arc<str>,
-    /// Rule name.
-    pub rule: String,
+    /// The rule (its name keys the records).
+    pub rule: Arc<Rule>,
     /// Encoded header and pages.
     pub dirty: Dirty,
 }
@@ -513,18 +513,6 @@ impl Store {
         }
     }
 
-    fn insert_series(&self, shard: &mut Shard, key: &str, prefix: &str, labels: Option<Labels>) {
-        self.series.fetch_add(1, Ordering::Relaxed);
-        shard.insert(
-            SeriesKey::new(key, None),
-            Series {
-                prefix: prefix.into(),
-                labels,
-                archives: Vec::new(),
-            },
-        );
-    }
-
     /// The series' archive for `rule`, created empty when missing (YAWNDB
     /// back-fills a conveyor for every configured rule on write).
     fn archive_for<'s>(&self, series: &'s mut Series, rule: &Arc<Rule>) -> &'s mut Archive {
@@ -620,7 +608,7 @@ impl Store {
                 if a.archive.is_dirty() {
                     out.push(DirtyArchive {
                         series: shared.get_or_insert_with(|| key.to_arc()).clone(),
-                        rule: a.rule.name.clone(),
+                        rule: a.rule.clone(),
                         dirty: a.archive.take_dirty(
                             &a.rule.name,
                             &series.prefix,
@@ -657,7 +645,9 @@ impl Store {
         rule_name: &str,
         archive: Archive,
     ) -> Result<(), RestoreSkip> {
-        let rules = self.rules();
+        // The read guard, not a clone of the Arc: restore runs once per
+        // archive (see `write_batch` for the lock order).
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
         let rule = rules
             .for_prefix(prefix)
             .iter()
@@ -673,10 +663,18 @@ impl Store {
             migrated
         };
         let mut shard = self.write_shard(self.shard_of(key));
-        if !shard.contains_key(key) {
-            self.insert_series(&mut shard, key, prefix, labels.map(Arc::from));
-        }
-        let series = shard.get_mut(key).expect("present or just inserted");
+        let series = match shard.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                self.series.fetch_add(1, Ordering::Relaxed);
+                let series = Series {
+                    prefix: prefix.into(),
+                    labels: labels.map(Arc::from),
+                    archives: Vec::new(),
+                };
+                v.insert_with_key(SeriesKey::new(key, None), series)
+            }
+        };
         self.archives.fetch_add(1, Ordering::Relaxed);
         self.archive_bytes
             .fetch_add(archive.memory_bytes() as u64, Ordering::Relaxed);
