@@ -66,6 +66,10 @@ def main():
         row(f"restore {restore['archives']} archives (sled -> memory)", "ringdb",
             f"{restore['seconds']} s ({per_million:.1f} s per 1M)", "<= 10 s for 1M",
             per_million <= 10.0)
+    big = by.get(("restore_1m", "ringdb"), {})
+    if big.get("seconds") is not None:
+        row(f"restore {big['archives']} archives (3 rules' shapes)", "ringdb", f"{big['seconds']} s",
+            "<= 10 s for 1M", big["seconds"] * 1e6 / big["archives"] <= 10.0)
     rs = by.get(("restart_to_listening", "ringdb"), {})
     if rs:
         row(f"restart to listening ({rs['archives']} archives)", "ringdb", f"{rs['seconds']} s")
