@@ -5,10 +5,11 @@
 //! forced by a matcher on the reserved `rule` label.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::access::Grant;
 use crate::model;
-use crate::query::engine::{Labels, Matcher, SeriesData, SharedLabels, Storage};
+use crate::query::engine::{Labels, Matcher, SeriesData, SharedLabels, SplitVisitor, Storage};
 use crate::rrd::Archive;
 use crate::store::{RuleArchive, Series, Store};
 
@@ -205,24 +206,113 @@ impl Storage for StoreSource<'_> {
         end_ms: i64,
         f: &mut dyn FnMut(&SeriesData) -> bool,
     ) -> Result<(), String> {
+        let selection = Selection::new(matchers, start_ms, end_ms);
+        let stop = AtomicBool::new(false);
+        let loaded = self.select_shards(&selection, 0..self.store.shard_count(), &stop, f);
+        self.check_loaded(loaded)
+    }
+
+    fn select_each_split(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        visitors: &mut [&mut SplitVisitor<'_>],
+    ) -> Result<(), String> {
+        let selection = Selection::new(matchers, start_ms, end_ms);
+        let stop = AtomicBool::new(false);
+        let (n_shards, n_parts) = (self.store.shard_count(), visitors.len());
+        let shards = |part: usize| part * n_shards / n_parts..(part + 1) * n_shards / n_parts;
+        let mut parts = visitors.iter_mut().enumerate();
+        let loaded = if n_parts < 2 || self.store.stats().series < SPLIT_MIN_SERIES {
+            parts
+                .map(|(part, f)| self.select_shards(&selection, shards(part), &stop, &mut **f))
+                .sum()
+        } else {
+            std::thread::scope(|scope| {
+                let (selection, stop) = (&selection, &stop);
+                let first = parts.next();
+                let spawned: Vec<_> = parts
+                    .map(|(part, f)| {
+                        scope.spawn(move || {
+                            self.select_shards(selection, shards(part), stop, &mut **f)
+                        })
+                    })
+                    .collect();
+                let mut loaded = first.map_or(0, |(part, f)| {
+                    self.select_shards(selection, shards(part), stop, &mut **f)
+                });
+                for handle in spawned {
+                    loaded += handle
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                }
+                loaded
+            })
+        };
+        self.check_loaded(loaded)
+    }
+}
+
+/// Stores with fewer series than this are scanned on the calling thread
+/// even when asked for a split: starting a thread would cost more than
+/// the second core saves.
+const SPLIT_MIN_SERIES: u64 = 4096;
+
+/// One selection's matchers and time range.
+struct Selection<'m> {
+    /// Matchers on the reserved `rule` label.
+    forced: Vec<&'m Matcher>,
+    /// The other matchers.
+    others: Vec<&'m Matcher>,
+    start_ms: i64,
+    end_ms: i64,
+}
+
+impl<'m> Selection<'m> {
+    fn new(matchers: &'m [Matcher], start_ms: i64, end_ms: i64) -> Selection<'m> {
         let (forced, others) = split_rule(matchers);
+        Selection {
+            forced,
+            others,
+            start_ms,
+            end_ms,
+        }
+    }
+}
+
+impl StoreSource<'_> {
+    /// Hands each matching series in `shards` to `f`, one at a time with
+    /// its sample buffer reused, until `f` returns false, `stop` is set, or
+    /// more than `max_samples` are loaded (then sets `stop`). Returns the
+    /// number of samples loaded.
+    fn select_shards(
+        &self,
+        selection: &Selection<'_>,
+        shards: std::ops::Range<usize>,
+        stop: &AtomicBool,
+        f: &mut dyn FnMut(&SeriesData) -> bool,
+    ) -> usize {
+        let (forced, others) = (&selection.forced, &selection.others);
+        let (start_ms, end_ms) = (selection.start_ms, selection.end_ms);
         let rules = self.store.rules();
         // The first rule's type, for the last prefix seen (series of one
         // metric share it).
         let mut first_type: Option<(String, Option<crate::rrd::Consolidation>)> = None;
-        // One series at a time, its sample buffer reused.
         let mut current = SeriesData {
             labels: SharedLabels::from([]),
             samples: Vec::new(),
             resolution_ms: None,
         };
         let mut loaded = 0usize;
-        let mut over = false;
-        self.store.scan(|key, series| {
+        self.store.scan_shards(shards, |key, series| {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
             if !self.grant.may_read(series.prefix()) {
                 return true;
             }
-            if !matches_all(key, series, &others) {
+            if !matches_all(key, series, others) {
                 return true;
             }
             let prefix = series.prefix();
@@ -237,7 +327,7 @@ impl Storage for StoreSource<'_> {
                     t
                 }
             };
-            let Some(chosen) = choose(series, first_type, &forced, start_ms) else {
+            let Some(chosen) = choose(series, first_type, forced, start_ms) else {
                 return true;
             };
             let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
@@ -251,14 +341,23 @@ impl Storage for StoreSource<'_> {
             );
             loaded += current.samples.len();
             if loaded > self.max_samples {
-                over = true;
+                stop.store(true, Ordering::Relaxed);
                 return false;
             }
             current.labels = shared_labels(key, series);
             current.resolution_ms = Some(tf_ms);
-            f(&current)
+            let go_on = f(&current);
+            if !go_on {
+                stop.store(true, Ordering::Relaxed);
+            }
+            go_on
         });
-        if over {
+        loaded
+    }
+
+    /// The selection's error when it loaded more than `max_samples`.
+    fn check_loaded(&self, loaded: usize) -> Result<(), String> {
+        if loaded > self.max_samples {
             return Err(
                 "query processing would load too many samples into memory in query execution"
                     .into(),

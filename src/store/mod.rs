@@ -547,8 +547,19 @@ impl Store {
     /// Calls `f` on every series, shard by shard, under each shard's read
     /// lock: copy out what you need, do no I/O inside. Stops early when `f`
     /// returns false.
-    pub fn scan(&self, mut f: impl FnMut(&str, &Series) -> bool) {
-        for i in 0..self.shards.len() {
+    pub fn scan(&self, f: impl FnMut(&str, &Series) -> bool) {
+        self.scan_shards(0..self.shards.len(), f);
+    }
+
+    /// [`Store::scan`] over the shards in `shards` only (clamped to
+    /// [`Store::shard_count`]), so that callers can walk disjoint ranges at
+    /// once on separate threads. Stops early when `f` returns false.
+    pub fn scan_shards(
+        &self,
+        shards: std::ops::Range<usize>,
+        mut f: impl FnMut(&str, &Series) -> bool,
+    ) {
+        for i in shards.start..shards.end.min(self.shards.len()) {
             for (key, series) in self.read_shard(i).iter() {
                 if !f(key.as_str(), series) {
                     return;

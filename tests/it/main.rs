@@ -14,6 +14,7 @@ mod promql;
 mod promql_corpus;
 mod promql_diff;
 mod query_speed;
+mod query_split;
 mod reload;
 mod remote_write;
 mod rest;

@@ -52,6 +52,14 @@ pub(crate) struct Evaluator<'a> {
     ticks: Cell<u32>,
 }
 
+/// A timeout error once `deadline` has passed.
+pub(crate) fn check_deadline(deadline: Option<Instant>) -> Result<(), EngineError> {
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Err(EngineError::Timeout("expression evaluation"));
+    }
+    Ok(())
+}
+
 pub(crate) const DUPLICATE_LABELSET: &str = "vector cannot contain metrics with the same labelset";
 
 impl<'a> Evaluator<'a> {
@@ -152,12 +160,12 @@ impl<'a> Evaluator<'a> {
     }
 
     pub(crate) fn check_deadline(&self) -> Result<(), EngineError> {
-        if let Some(d) = self.deadline {
-            if Instant::now() >= d {
-                return Err(EngineError::Timeout("expression evaluation"));
-            }
-        }
-        Ok(())
+        check_deadline(self.deadline)
+    }
+
+    /// When evaluation must stop, if ever.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// Accounts `n` more samples held by this step.

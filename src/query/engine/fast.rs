@@ -12,17 +12,19 @@
 //! label sets that collide) falls back to the general path.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
+use std::time::Instant;
 
 use promql_parser::parser::token::*;
 use promql_parser::parser::{Expr, LabelModifier, MatrixSelector};
 
 use super::aggregate::group_labels;
-use super::eval::{drop_name, Evaluator};
+use super::eval::{check_deadline, drop_name, Evaluator};
 use super::functions::{extrapolate, range_value};
 use super::plan::{label_order, selector_matchers, LabelOrder};
 use super::{
-    is_stale_nan, EngineError, Labels, Matcher, Sample, Series, SeriesData, SharedLabels, Storage,
-    Value,
+    is_stale_nan, EngineError, Labels, Matcher, Sample, Series, SeriesData, SharedLabels,
+    SplitVisitor, Storage, Value,
 };
 
 fn unparen(e: &Expr) -> &Expr {
@@ -184,6 +186,192 @@ struct Rows {
     n_points: Vec<usize>,
 }
 
+/// The rows of every part of a split selection, in part order: series `i`
+/// overall is in the first part whose series reach past `i`.
+struct SplitRows {
+    labels: Vec<SharedLabels>,
+    parts: Vec<Rows>,
+    /// Index of each part's first series.
+    starts: Vec<usize>,
+    n_steps: usize,
+    n_points: Vec<usize>,
+}
+
+impl SplitRows {
+    fn new(parts: Vec<Rows>, n_steps: usize) -> SplitRows {
+        let mut n_points = vec![0; n_steps];
+        let mut starts = Vec::with_capacity(parts.len());
+        let mut labels = Vec::with_capacity(parts.iter().map(|p| p.labels.len()).sum());
+        for part in &parts {
+            starts.push(labels.len());
+            labels.extend_from_slice(&part.labels);
+            for (total, n) in n_points.iter_mut().zip(&part.n_points) {
+                *total += n;
+            }
+        }
+        SplitRows {
+            labels,
+            parts,
+            starts,
+            n_steps,
+            n_points,
+        }
+    }
+
+    /// Series `i`'s values and whether each is present, one per step.
+    fn row(&self, i: usize) -> (&[f64], &[bool]) {
+        let p = self.starts.partition_point(|&s| s <= i) - 1;
+        let at = (i - self.starts[p]) * self.n_steps;
+        let part = &self.parts[p];
+        (
+            &part.values[at..][..self.n_steps],
+            &part.present[at..][..self.n_steps],
+        )
+    }
+}
+
+/// Streams one part of a selection into [`Rows`]: the range function at
+/// every step of each series, while its samples are in cache. Holds only
+/// copies of the evaluator's settings, so parts can run on other threads.
+struct RowBuilder<'s> {
+    func: &'static str,
+    steps: &'s [(i64, i64, i64)],
+    deadline: Option<Instant>,
+    max_samples: usize,
+    rows: Rows,
+    /// Buffers reused from series to series.
+    unstale: Vec<(i64, f64)>,
+    resets: Vec<usize>,
+    failed: Option<EngineError>,
+    too_many: bool,
+}
+
+impl<'s> RowBuilder<'s> {
+    fn new(
+        func: &'static str,
+        steps: &'s [(i64, i64, i64)],
+        deadline: Option<Instant>,
+        max_samples: usize,
+    ) -> RowBuilder<'s> {
+        RowBuilder {
+            func,
+            steps,
+            deadline,
+            max_samples,
+            rows: Rows {
+                labels: Vec::new(),
+                values: Vec::new(),
+                present: Vec::new(),
+                n_points: vec![0; steps.len()],
+            },
+            unstale: Vec::new(),
+            resets: Vec::new(),
+            failed: None,
+            too_many: false,
+        }
+    }
+
+    /// Takes in one series; false to stop the selection.
+    fn visit(&mut self, s: &SeriesData) -> bool {
+        self.row(s).unwrap_or_else(|e| {
+            self.failed = Some(e);
+            false
+        })
+    }
+
+    fn row(&mut self, s: &SeriesData) -> Result<bool, EngineError> {
+        let steps = self.steps;
+        let n_steps = steps.len();
+        let is_counter_rate = matches!(self.func, "rate" | "increase");
+        let rows = &mut self.rows;
+        if rows.labels.len().is_multiple_of(256) {
+            check_deadline(self.deadline)?;
+        }
+        if (rows.labels.len() + 1).saturating_mul(n_steps) > self.max_samples {
+            // The general path stops at the limit as it goes; this one
+            // would hold every output first.
+            self.too_many = true;
+            return Ok(false);
+        }
+        let pts: &[(i64, f64)] = if s.samples.iter().any(|(_, v)| is_stale_nan(*v)) {
+            self.unstale.clear();
+            self.unstale
+                .extend(s.samples.iter().filter(|(_, v)| !is_stale_nan(*v)));
+            &self.unstale
+        } else {
+            &s.samples
+        };
+        let resets = &mut self.resets;
+        resets.clear();
+        if is_counter_rate {
+            resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
+        }
+        rows.labels.push(s.labels.clone());
+        let row = rows.values.len();
+        rows.values.resize(row + n_steps, 0.0);
+        rows.present.resize(row + n_steps, false);
+        let (mut lo, mut hi) = (0usize, 0usize);
+        for (k, &(t, wstart, te)) in steps.iter().enumerate() {
+            // Windows only move forward with t (or stay, with `@`).
+            if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
+                lo = 0;
+                hi = 0;
+            }
+            while lo < pts.len() && pts[lo].0 < wstart {
+                lo += 1;
+            }
+            hi = hi.max(lo);
+            while hi < pts.len() && pts[hi].0 <= te {
+                hi += 1;
+            }
+            let w = &pts[lo..hi];
+            if w.is_empty() {
+                continue;
+            }
+            rows.n_points[k] += w.len();
+            let v = if is_counter_rate {
+                if w.len() < 2 {
+                    None
+                } else {
+                    let mut result = w[w.len() - 1].1 - w[0].1;
+                    let from = resets.partition_point(|&i| i <= lo);
+                    for &i in &resets[from..] {
+                        if i >= hi {
+                            break;
+                        }
+                        result += pts[i - 1].1;
+                    }
+                    Some(extrapolate(
+                        result,
+                        w,
+                        wstart,
+                        te,
+                        true,
+                        self.func == "rate",
+                    ))
+                }
+            } else {
+                range_value(self.func, w, wstart, te, t, &[])?
+            };
+            if let Some(v) = v {
+                rows.values[row + k] = v;
+                rows.present[row + k] = true;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// How many parts a selection is split into: one per core, at most four.
+fn split_parts() -> usize {
+    static PARTS: OnceLock<usize> = OnceLock::new();
+    *PARTS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+    })
+}
+
 impl Evaluator<'_> {
     /// [`Evaluator::run_range`] for the shapes this module handles, read
     /// straight from `storage`; `Ok(None)` when `expr` is not one of them.
@@ -244,122 +432,52 @@ impl Evaluator<'_> {
         self.combine(&shape, &steps, rows, range_mode)
     }
 
-    /// Reads the selection one series at a time and works out the range
-    /// function for every step while the series' samples are in cache:
-    /// no series' samples are held after its turn. `Ok(None)` when the
-    /// rows would pass the sample limit (the general path reports it).
+    /// Reads the selection one series at a time, split in parts that the
+    /// storage may scan at once on separate threads, and works out the
+    /// range function for every step while the series' samples are in
+    /// cache: no series' samples are held after its turn. `Ok(None)` when
+    /// the rows would pass the sample limit (the general path reports it).
     fn stream_rows(
         &self,
         storage: &dyn Storage,
         shape: &Shape<'_>,
         matchers: &[Matcher],
         steps: &[(i64, i64, i64)],
-    ) -> Result<Option<Rows>, EngineError> {
-        let n_steps = steps.len();
-        let is_counter_rate = matches!(shape.func, "rate" | "increase");
+    ) -> Result<Option<SplitRows>, EngineError> {
         let max_samples = self.engine.max_samples;
         let (from, to) = steps
             .iter()
             .fold((i64::MAX, i64::MIN), |(f, t), &(_, ws, te)| {
                 (f.min(ws), t.max(te))
             });
-        let mut rows = Rows {
-            labels: Vec::new(),
-            values: Vec::new(),
-            present: Vec::new(),
-            n_points: vec![0; n_steps],
-        };
-        // Buffers reused from series to series.
-        let mut unstale: Vec<(i64, f64)> = Vec::new();
-        let mut resets: Vec<usize> = Vec::new();
-        let mut failed: Option<EngineError> = None;
-        let mut too_many = false;
-        let mut visit = |s: &SeriesData| -> Result<bool, EngineError> {
-            if rows.labels.len().is_multiple_of(256) {
-                self.check_deadline()?;
-            }
-            if (rows.labels.len() + 1).saturating_mul(n_steps) > max_samples {
-                // The general path stops at the limit as it goes; this one
-                // would hold every output first.
-                too_many = true;
-                return Ok(false);
-            }
-            let pts: &[(i64, f64)] = if s.samples.iter().any(|(_, v)| is_stale_nan(*v)) {
-                unstale.clear();
-                unstale.extend(s.samples.iter().filter(|(_, v)| !is_stale_nan(*v)));
-                &unstale
-            } else {
-                &s.samples
-            };
-            resets.clear();
-            if is_counter_rate {
-                resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
-            }
-            rows.labels.push(s.labels.clone());
-            let row = rows.values.len();
-            rows.values.resize(row + n_steps, 0.0);
-            rows.present.resize(row + n_steps, false);
-            let (mut lo, mut hi) = (0usize, 0usize);
-            for (k, &(t, wstart, te)) in steps.iter().enumerate() {
-                // Windows only move forward with t (or stay, with `@`).
-                if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
-                    lo = 0;
-                    hi = 0;
-                }
-                while lo < pts.len() && pts[lo].0 < wstart {
-                    lo += 1;
-                }
-                hi = hi.max(lo);
-                while hi < pts.len() && pts[hi].0 <= te {
-                    hi += 1;
-                }
-                let w = &pts[lo..hi];
-                if w.is_empty() {
-                    continue;
-                }
-                rows.n_points[k] += w.len();
-                let v = if is_counter_rate {
-                    if w.len() < 2 {
-                        None
-                    } else {
-                        let mut result = w[w.len() - 1].1 - w[0].1;
-                        let from = resets.partition_point(|&i| i <= lo);
-                        for &i in &resets[from..] {
-                            if i >= hi {
-                                break;
-                            }
-                            result += pts[i - 1].1;
-                        }
-                        Some(extrapolate(
-                            result,
-                            w,
-                            wstart,
-                            te,
-                            true,
-                            shape.func == "rate",
-                        ))
-                    }
-                } else {
-                    range_value(shape.func, w, wstart, te, t, &[])?
-                };
-                if let Some(v) = v {
-                    rows.values[row + k] = v;
-                    rows.present[row + k] = true;
-                }
-            }
-            Ok(true)
-        };
+        let mut builders: Vec<RowBuilder<'_>> = (0..split_parts())
+            .map(|_| RowBuilder::new(shape.func, steps, self.deadline(), max_samples))
+            .collect();
+        let mut visits: Vec<_> = builders
+            .iter_mut()
+            .map(|b| |s: &SeriesData| b.visit(s))
+            .collect();
+        let mut visitors: Vec<&mut SplitVisitor<'_>> = visits
+            .iter_mut()
+            .map(|v| v as &mut SplitVisitor<'_>)
+            .collect();
         storage
-            .select_each(matchers, from, to, &mut |s| {
-                visit(s).unwrap_or_else(|e| {
-                    failed = Some(e);
-                    false
-                })
-            })
+            .select_each_split(matchers, from, to, &mut visitors)
             .map_err(EngineError::Execution)?;
-        if let Some(e) = failed {
-            return Err(e);
+        drop(visitors);
+        drop(visits);
+        let mut parts = Vec::with_capacity(builders.len());
+        let mut too_many = false;
+        for b in builders {
+            if let Some(e) = b.failed {
+                return Err(e);
+            }
+            too_many |= b.too_many;
+            parts.push(b.rows);
         }
+        let rows = SplitRows::new(parts, steps.len());
+        // Each part checked only its own rows against the limit.
+        too_many |= rows.labels.len().saturating_mul(steps.len()) > max_samples;
         Ok((!too_many).then_some(rows))
     }
 
@@ -370,7 +488,7 @@ impl Evaluator<'_> {
         &self,
         shape: &Shape<'_>,
         steps: &[(i64, i64, i64)],
-        rows: Rows,
+        rows: SplitRows,
         range_mode: bool,
     ) -> Result<Option<Value>, EngineError> {
         let n_steps = steps.len();
@@ -434,8 +552,7 @@ impl Evaluator<'_> {
         let mut accs: Vec<Option<Acc>> = vec![None; if op.is_some() { n_out * n_steps } else { 0 }];
         let mut appeared: Vec<usize> = Vec::new();
         for &i in &order {
-            let values = &rows.values[i * n_steps..][..n_steps];
-            let present = &rows.present[i * n_steps..][..n_steps];
+            let (values, present) = rows.row(i);
             for k in (0..n_steps).filter(|&k| present[k]) {
                 let v = values[k];
                 match op {
@@ -477,7 +594,10 @@ impl Evaluator<'_> {
         // Output `o`'s value at step `k`, if it has one.
         let value_at = |o: usize, k: usize| -> Option<f64> {
             match op {
-                None => rows.present[o * n_steps + k].then(|| rows.values[o * n_steps + k]),
+                None => {
+                    let (values, present) = rows.row(o);
+                    present[k].then(|| values[k])
+                }
                 Some(op) => accs[k * n_out + o].map(|a| a.finish(op)),
             }
         };

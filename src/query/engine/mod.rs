@@ -22,6 +22,11 @@ pub struct SeriesData {
     pub resolution_ms: Option<i64>,
 }
 
+/// One part's visitor in [`Storage::select_each_split`]: sees each series
+/// of its part (the reference is valid for the call only), returns false
+/// to stop the selection; `Send`, as parts may run on other threads.
+pub type SplitVisitor<'v> = dyn FnMut(&SeriesData) -> bool + Send + 'v;
+
 /// How a matcher compares a label value.
 #[derive(Debug, Clone)]
 pub enum MatchOp {
@@ -90,6 +95,28 @@ pub trait Storage: Send + Sync {
             }
         }
         Ok(())
+    }
+
+    /// [`Storage::select_each`] with the selection split into
+    /// `visitors.len()` disjoint parts, part `i` seen by `visitors[i]`,
+    /// possibly at once on separate threads. Taken in part order, the parts
+    /// hold the series in [`Storage::select_each`]'s order. A visitor that
+    /// returns false stops every part, soon rather than at once. Storages
+    /// that cannot split hand every series to the first visitor.
+    ///
+    /// # Errors
+    /// As [`Storage::select`], for the selection as a whole.
+    fn select_each_split(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        visitors: &mut [&mut SplitVisitor<'_>],
+    ) -> Result<(), String> {
+        match visitors.first_mut() {
+            Some(f) => self.select_each(matchers, start_ms, end_ms, &mut **f),
+            None => Ok(()),
+        }
     }
 }
 
