@@ -118,13 +118,24 @@ pub fn format_timestamp(ms: i64) -> String {
 
 fn write_labels(out: &mut String, labels: &Labels) {
     out.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
+    write_joined(out, labels, |out, (k, v)| {
+        let _ = write!(out, "{}:{}", json_string(k), json_string(v));
+    });
+    out.push('}');
+}
+
+/// Writes the items with `f`, a comma between two.
+fn write_joined<T>(
+    out: &mut String,
+    items: impl IntoIterator<Item = T>,
+    mut f: impl FnMut(&mut String, T),
+) {
+    for (i, item) in items.into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, "{}:{}", json_string(k), json_string(v));
+        f(out, item);
     }
-    out.push('}');
 }
 
 fn write_point(out: &mut String, t: i64, v: f64) {
@@ -149,35 +160,24 @@ pub fn encode_result(value: &Value) -> String {
         }
         Value::Vector(samples) => {
             out.push_str("{\"resultType\":\"vector\",\"result\":[");
-            for (i, s) in samples.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
+            write_joined(&mut out, samples, |out, s| {
                 out.push_str("{\"metric\":");
-                write_labels(&mut out, &s.labels);
+                write_labels(out, &s.labels);
                 out.push_str(",\"value\":");
-                write_point(&mut out, s.t, s.v);
+                write_point(out, s.t, s.v);
                 out.push('}');
-            }
+            });
             out.push(']');
         }
         Value::Matrix(series) => {
             out.push_str("{\"resultType\":\"matrix\",\"result\":[");
-            for (i, s) in series.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
+            write_joined(&mut out, series, |out, s| {
                 out.push_str("{\"metric\":");
-                write_labels(&mut out, &s.labels);
+                write_labels(out, &s.labels);
                 out.push_str(",\"values\":[");
-                for (j, (t, v)) in s.points.iter().enumerate() {
-                    if j > 0 {
-                        out.push(',');
-                    }
-                    write_point(&mut out, *t, *v);
-                }
+                write_joined(out, &s.points, |out, (t, v)| write_point(out, *t, *v));
                 out.push_str("]}");
-            }
+            });
             out.push(']');
         }
     }
@@ -504,12 +504,7 @@ async fn series(
         let limit = limit(&params)?;
         let found = matching(&ctx, grant, &params, true).await?;
         let mut out = String::from("[");
-        for (i, labels) in found.iter().take(limit).enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            write_labels(&mut out, labels);
-        }
+        write_joined(&mut out, found.iter().take(limit), write_labels);
         out.push(']');
         Ok(out)
     }
@@ -604,10 +599,7 @@ async fn metadata(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
             .into_iter()
             .filter(|(name, _)| metric.is_none_or(|m| m == name))
             .take(limit);
-        for (i, (name, m)) in entries.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
+        write_joined(&mut out, entries, |out, (name, m)| {
             let _ = write!(
                 out,
                 "{}:[{{\"type\":{},\"help\":{},\"unit\":{}}}]",
@@ -616,7 +608,7 @@ async fn metadata(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
                 json_string(&m.help),
                 json_string(&m.unit)
             );
-        }
+        });
         out.push('}');
         Ok(out)
     })();
