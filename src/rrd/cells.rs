@@ -4,8 +4,10 @@
 //! never carry (incoming NaNs are canonicalised).
 //!
 //! Cells are stored XOR the empty pattern, so an empty cell is all zero
-//! bits: a new archive is a zeroed allocation that the OS maps lazily, and
-//! memory is touched only where buckets are written.
+//! bits and a new archive is one zeroed allocation (`calloc`). The
+//! allocator skips clearing memory it takes fresh from the OS, which is
+//! then mapped lazily and touched only where buckets are written; memory it
+//! reuses (after a free) it clears, touching the whole archive.
 
 use super::ValueSize;
 

@@ -689,7 +689,13 @@ impl Store {
         self.archives.fetch_add(1, Ordering::Relaxed);
         self.archive_bytes
             .fetch_add(archive.memory_bytes() as u64, Ordering::Relaxed);
-        series.archives.retain(|a| a.rule.name != rule_name);
+        series.archives.retain(|a| {
+            let replaced = a.rule.name == rule_name;
+            if replaced {
+                self.forget_archive(&a.archive);
+            }
+            !replaced
+        });
         series.archives.push(RuleArchive {
             rule: rule.clone(),
             archive,

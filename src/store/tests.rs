@@ -169,6 +169,15 @@ fn restore_requires_the_rule_and_migrates_a_changed_shape() {
         x.archive("t_min").map(|a| a.get(0) == Reading::Empty)
     });
     assert_eq!(empty, Some(Some(true)));
+    // Restoring the same archive again replaces it: counted once.
+    let before = s.stats();
+    let mut again = Archive::new(r.shape.clone());
+    again.update(sample(NOW, 1)).unwrap();
+    s.restore("traffic-a", "traffic", None, "t_min", again)
+        .unwrap();
+    let after = s.stats();
+    assert_eq!(after.archives, before.archives);
+    assert_eq!(after.archive_bytes, before.archive_bytes);
 }
 
 /// An independent model of a migration: sum the old buckets into the new
