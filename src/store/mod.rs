@@ -36,17 +36,14 @@ enum SeriesKey {
 
 impl SeriesKey {
     fn new(key: &str, shared: Option<&Arc<str>>) -> SeriesKey {
-        match shared {
-            _ if key.len() <= INLINE_KEY => {
-                let mut bytes = [0; INLINE_KEY];
-                bytes[..key.len()].copy_from_slice(key.as_bytes());
-                SeriesKey::Inline {
-                    len: key.len() as u8,
-                    bytes,
-                }
-            }
-            Some(arc) => SeriesKey::Shared(arc.clone()),
-            None => SeriesKey::Shared(Arc::from(key)),
+        if key.len() > INLINE_KEY {
+            return SeriesKey::Shared(shared.map_or_else(|| Arc::from(key), Arc::clone));
+        }
+        let mut bytes = [0; INLINE_KEY];
+        bytes[..key.len()].copy_from_slice(key.as_bytes());
+        SeriesKey::Inline {
+            len: key.len() as u8,
+            bytes,
         }
     }
 

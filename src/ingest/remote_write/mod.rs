@@ -193,7 +193,8 @@ pub struct KnownSeries {
 }
 
 const KNOWN_SHARDS: usize = 64;
-type KnownShard = Mutex<hashbrown::HashTable<(u128, Arc<str>)>>;
+type KnownTable = hashbrown::HashTable<(u128, Arc<str>)>;
+type KnownShard = Mutex<KnownTable>;
 
 impl KnownSeries {
     /// Remembers up to about `capacity` label sets.
@@ -219,10 +220,7 @@ impl KnownSeries {
         (u128::from(a) << 64) | u128::from(b)
     }
 
-    fn shard(
-        &self,
-        hash: u128,
-    ) -> std::sync::MutexGuard<'_, hashbrown::HashTable<(u128, Arc<str>)>> {
+    fn shard(&self, hash: u128) -> std::sync::MutexGuard<'_, KnownTable> {
         self.shards[(hash >> 64) as usize % KNOWN_SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -286,6 +284,8 @@ pub fn ingest(
             continue;
         }
         let n = series.samples.len() as u64;
+        // Read before the labels are checked; used only once they are.
+        let name = metric_name(series.labels);
         let hash = known.hash(series.labels);
         let key = match known.get(hash) {
             Some(key) => key,
@@ -294,16 +294,11 @@ pub fn ingest(
                     report.reject(reason, n);
                     continue;
                 }
-                let key: Arc<str> = series_key(series.labels).into();
+                let key: Arc<str> = series_key(name, series.labels).into();
                 known.insert(hash, key.clone());
                 key
             }
         };
-        let name = series
-            .labels
-            .iter()
-            .find(|(name, _)| *name == b"__name__")
-            .map_or("", |(_, value)| text(value));
         if !grant.may_write(name) {
             report.reject(WriteReject::Forbidden.as_str(), n);
             continue;
@@ -351,12 +346,16 @@ pub fn ingest(
     Ok(report)
 }
 
-/// The canonical `name{a="b",...}` key of checked labels.
-fn series_key(labels: &[(&[u8], &[u8])]) -> String {
-    let name = labels
+/// The value of `__name__` ("" when missing or not UTF-8).
+fn metric_name<'a>(labels: &[(&'a [u8], &'a [u8])]) -> &'a str {
+    labels
         .iter()
         .find(|(name, _)| *name == b"__name__")
-        .map_or("", |(_, value)| text(value));
+        .map_or("", |(_, value)| text(value))
+}
+
+/// The canonical `name{a="b",...}` key of checked labels.
+fn series_key(name: &str, labels: &[(&[u8], &[u8])]) -> String {
     let others = labels
         .iter()
         .filter(|(name, _)| *name != b"__name__")
