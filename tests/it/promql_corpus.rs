@@ -37,15 +37,7 @@ impl Storage for MemStorage {
     ) -> Result<Vec<SeriesData>, String> {
         let mut out = Vec::new();
         for s in &self.series {
-            let ok = matchers.iter().all(|m| {
-                let v = s
-                    .labels
-                    .iter()
-                    .find(|(n, _)| *n == m.name)
-                    .map(|(_, v)| v.as_str())
-                    .unwrap_or("");
-                m.matches(v)
-            });
+            let ok = matchers.iter().all(|m| m.matches_labels(&s.labels));
             if !ok {
                 continue;
             }

@@ -59,6 +59,12 @@ impl Matcher {
             MatchOp::NotRegex(r) => !r.is_match(value),
         }
     }
+
+    /// Whether a label set matches (an absent label reads as empty).
+    pub fn matches_labels(&self, labels: &[(String, String)]) -> bool {
+        let value = labels.iter().find(|(n, _)| *n == self.name);
+        self.matches(value.map_or("", |(_, v)| v.as_str()))
+    }
 }
 
 /// Where series come from.

@@ -56,17 +56,7 @@ impl Storage for Mem {
         Ok(self
             .series
             .iter()
-            .filter(|s| {
-                matchers.iter().all(|m| {
-                    let v = s
-                        .labels
-                        .iter()
-                        .find(|(n, _)| *n == m.name)
-                        .map(|(_, v)| v.as_str())
-                        .unwrap_or("");
-                    m.matches(v)
-                })
-            })
+            .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
             .map(|s| SeriesData {
                 labels: s.labels.clone(),
                 samples: s
