@@ -14,7 +14,7 @@
 //! it, so the model treats it as an ordinary NaN.
 
 use ringdb::model::Value;
-use ringdb::rrd::{Consolidation, Reject, Shape, Split, Strength, ValueSize};
+use ringdb::rrd::{Consolidation, Reject, Shape, Special, Split, Strength, ValueSize};
 
 /// What a bucket should read as.
 #[derive(Debug, Clone, PartialEq)]
@@ -342,5 +342,33 @@ impl Model {
         (from_bucket..=to_bucket)
             .map(|b| (b, self.read(b)))
             .collect()
+    }
+}
+
+/// The shape the model tests use: two specials, `timeout` (weak) and
+/// `error` (strong).
+pub fn shape_with_specials(
+    consolidation: Consolidation,
+    split: Split,
+    value_size: ValueSize,
+    timeframe_secs: u64,
+    limit: u32,
+) -> Shape {
+    Shape {
+        consolidation,
+        timeframe_secs,
+        limit,
+        split,
+        value_size,
+        specials: vec![
+            Special {
+                name: "timeout".into(),
+                strength: Strength::Weak,
+            },
+            Special {
+                name: "error".into(),
+                strength: Strength::Strong,
+            },
+        ],
     }
 }

@@ -5,7 +5,7 @@
 //! Failures are not persisted to proptest-regressions/: a failing case is
 //! printed shrunk, and the fix should come with a named case below.
 
-use crate::common::model::{Expected, Model};
+use crate::common::model::{shape_with_specials, Expected, Model};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use ringdb::model::{Sample, Value};
@@ -542,23 +542,7 @@ proptest! {
 // ---------------------------------------------------------------- named cases
 
 fn shape(consolidation: Consolidation, split: Split, value_size: ValueSize, limit: u32) -> Shape {
-    Shape {
-        consolidation,
-        timeframe_secs: 60,
-        limit,
-        split,
-        value_size,
-        specials: vec![
-            Special {
-                name: "timeout".into(),
-                strength: Strength::Weak,
-            },
-            Special {
-                name: "error".into(),
-                strength: Strength::Strong,
-            },
-        ],
-    }
+    shape_with_specials(consolidation, split, value_size, 60, limit)
 }
 
 /// The avg count is capped at the cell's maximum (4095 for small): the

@@ -4,10 +4,10 @@
 //! tests/common/model.rs: out-of-order samples, gaps longer than the window,
 //! specials, integer overflow, too-old and too-far-future timestamps.
 
-use crate::common::model::{Expected, Model};
+use crate::common::model::{shape_with_specials, Expected, Model};
 use crate::common::{now_secs, Daemon};
 use ringdb::model::Value;
-use ringdb::rrd::{Consolidation, Shape, Special, Split, Strength, ValueSize};
+use ringdb::rrd::{Consolidation, Shape, Split, ValueSize};
 use serde_json::Value as Json;
 use std::path::Path;
 use std::process::Command;
@@ -49,23 +49,7 @@ fn combos() -> Vec<Combo> {
             for (size_name, value_size) in SIZES {
                 out.push(Combo {
                     index: out.len(),
-                    shape: Shape {
-                        consolidation,
-                        timeframe_secs: TF,
-                        limit: LIMIT,
-                        split,
-                        value_size,
-                        specials: vec![
-                            Special {
-                                name: "timeout".into(),
-                                strength: Strength::Weak,
-                            },
-                            Special {
-                                name: "error".into(),
-                                strength: Strength::Strong,
-                            },
-                        ],
-                    },
+                    shape: shape_with_specials(consolidation, split, value_size, TF, LIMIT),
                     type_name,
                     split_name,
                     size_name,
