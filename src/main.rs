@@ -39,6 +39,13 @@ enum Command {
     },
 }
 
+/// jemalloc for everything but archive cells (see `rrd::cells`): sled
+/// allocates and frees tree nodes from several threads at once, which
+/// glibc's malloc serialises and fragments; measured on 2 cores, a snapshot
+/// of 100K changed pages took 1.45 s with glibc and 0.5 s with jemalloc.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     ringdb::telemetry::init_tracing(&cli.log);

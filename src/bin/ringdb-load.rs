@@ -543,6 +543,10 @@ fn memory(paths: u64, buckets: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The daemon's allocator (see `src/main.rs`), so in-process figures match.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {

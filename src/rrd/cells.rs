@@ -8,8 +8,33 @@
 //! allocator skips clearing memory it takes fresh from the OS, which is
 //! then mapped lazily and touched only where buckets are written; memory it
 //! reuses (after a free) it clears, touching the whole archive.
+//!
+//! Cell arrays come from the system allocator whatever the process's
+//! global allocator is: glibc's calloc has that lazy mapping and a 16-byte
+//! overhead per array, where jemalloc (the daemon's global allocator)
+//! rounds an archive up to its next size class (2880 bytes take 3072) and
+//! clears memory it hands out zeroed.
 
 use super::ValueSize;
+use allocator_api2::alloc::System;
+use allocator_api2::boxed::Box;
+
+/// A fixed array of cells, owned by the system allocator.
+type CellArray<T> = Box<[T], System>;
+
+/// An unsigned integer cell word: all zero bits are a valid value.
+trait Word: Copy {}
+impl Word for u16 {}
+impl Word for u32 {}
+impl Word for u64 {}
+
+/// `len` zero words in one zeroed allocation.
+fn zeroed<T: Word>(len: usize) -> CellArray<T> {
+    let words = Box::<[T], System>::new_zeroed_slice_in(len, System);
+    // SAFETY: `Word` is implemented only for unsigned integers, for which
+    // all zero bits are a valid, initialised value.
+    unsafe { words.assume_init() }
+}
 
 /// A decoded cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,19 +54,19 @@ const FLOAT_EMPTY: u64 = FLOAT_TAG_BASE | EMPTY_TAG;
 
 #[derive(Debug, Clone)]
 pub(crate) enum Cells {
-    Small(Box<[u16]>),
-    Medium(Box<[u32]>),
-    Large(Box<[u64]>),
-    Float(Box<[u64]>),
+    Small(CellArray<u16>),
+    Medium(CellArray<u32>),
+    Large(CellArray<u64>),
+    Float(CellArray<u64>),
 }
 
 impl Cells {
     pub(crate) fn new(kind: ValueSize, len: usize) -> Cells {
         match kind {
-            ValueSize::Small => Cells::Small(vec![0; len].into_boxed_slice()),
-            ValueSize::Medium => Cells::Medium(vec![0; len].into_boxed_slice()),
-            ValueSize::Large => Cells::Large(vec![0; len].into_boxed_slice()),
-            ValueSize::Float => Cells::Float(vec![0; len].into_boxed_slice()),
+            ValueSize::Small => Cells::Small(zeroed(len)),
+            ValueSize::Medium => Cells::Medium(zeroed(len)),
+            ValueSize::Large => Cells::Large(zeroed(len)),
+            ValueSize::Float => Cells::Float(zeroed(len)),
         }
     }
 
