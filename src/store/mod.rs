@@ -12,6 +12,7 @@ use crate::rrd::{self, Archive, Reject};
 use crate::rules::{Rule, RuleSet};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::ops::DerefMut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -334,6 +335,37 @@ impl Writer<'_> {
         id: &SeriesId<'_>,
         samples: &[Sample],
         now_ms: TimestampMs,
+        outcome: impl FnMut(Result<usize, WriteReject>),
+    ) {
+        let store = self.store;
+        let lock = || store.write_shard(store.shard_of(id.key));
+        self.write_locked(lock, id, samples, now_ms, outcome);
+    }
+
+    /// The shard holding `key`. A caller writing many series groups them by
+    /// it and writes each group under one hold of its lock ([`Writer::lock`]).
+    pub fn shard_of(&self, key: &str) -> usize {
+        self.store.shard_of(key)
+    }
+
+    /// Holds one shard's write lock for the writes of a group of series,
+    /// all of whose keys are in that shard.
+    pub fn lock(&self, shard: usize) -> ShardWriter<'_, '_> {
+        ShardWriter {
+            writer: self,
+            index: shard,
+            shard: self.store.write_shard(shard),
+        }
+    }
+
+    /// [`Store::write_batch`] with the series' shard from `lock`, taken only
+    /// when a sample needs it.
+    fn write_locked<G: DerefMut<Target = Shard>>(
+        &self,
+        lock: impl FnOnce() -> G,
+        id: &SeriesId<'_>,
+        samples: &[Sample],
+        now_ms: TimestampMs,
         mut outcome: impl FnMut(Result<usize, WriteReject>),
     ) {
         let store = self.store;
@@ -365,7 +397,7 @@ impl Writer<'_> {
                 },
             }
         };
-        let mut shard = store.write_shard(store.shard_of(id.key));
+        let mut shard = lock();
         // One hash lookup per batch; the key is copied only for a new series.
         let lookup = Lookup {
             key: id.key,
@@ -394,6 +426,29 @@ impl Writer<'_> {
         for s in rest {
             outcome(precheck(s).unwrap_or_else(|| store.apply(series, matching, *s, now_ms)));
         }
+    }
+}
+
+/// A [`Writer`] holding one shard's write lock (see [`Writer::lock`]).
+pub struct ShardWriter<'w, 's> {
+    writer: &'w Writer<'s>,
+    index: usize,
+    shard: RwLockWriteGuard<'s, Shard>,
+}
+
+impl ShardWriter<'_, '_> {
+    /// [`Store::write_batch`] for a series of this shard.
+    pub fn write_batch(
+        &mut self,
+        id: &SeriesId<'_>,
+        samples: &[Sample],
+        now_ms: TimestampMs,
+        outcome: impl FnMut(Result<usize, WriteReject>),
+    ) {
+        debug_assert_eq!(self.writer.shard_of(id.key), self.index, "{}", id.key);
+        let shard = &mut *self.shard;
+        self.writer
+            .write_locked(|| shard, id, samples, now_ms, outcome);
     }
 }
 

@@ -275,8 +275,11 @@ pub fn ingest(
             );
         }
     }
-    let mut samples: Vec<Sample> = Vec::new();
+    // Checked series first, then written grouped by store shard: each
+    // shard's lock is taken once per request instead of once per series.
     let writer = store.writer();
+    let mut samples: Vec<Sample> = Vec::new();
+    let mut pending: Vec<Pending<'_>> = Vec::new();
     for series in request.series() {
         report.exemplars += series.exemplars;
         report.histograms += series.histograms;
@@ -303,14 +306,7 @@ pub fn ingest(
             report.reject(WriteReject::Forbidden.as_str(), n);
             continue;
         }
-        let make_labels = || {
-            series
-                .labels
-                .iter()
-                .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
-                .collect::<Vec<_>>()
-        };
-        samples.clear();
+        let first = samples.len();
         let mut negative = 0;
         for &(timestamp, value) in series.samples {
             match u64::try_from(timestamp) {
@@ -325,25 +321,57 @@ pub fn ingest(
             WriteReject::Archive(crate::rrd::Reject::TooOld).as_str(),
             negative,
         );
-        let id = SeriesId {
-            key: &key,
-            shared: Some(&key),
-            prefix: name,
-            labels: Some(&make_labels),
-        };
-        let mut i = 0;
-        writer.write_batch(&id, &samples, now_ms, |outcome| {
-            match outcome {
-                Ok(_) if matches!(samples[i].value, Value::Float(v) if crate::rrd::is_stale_marker(v)) => {
-                    report.stale_markers += 1
-                }
-                Ok(_) => report.accepted += 1,
-                Err(reason) => report.reject(reason.as_str(), 1),
-            }
-            i += 1;
+        pending.push(Pending {
+            shard: writer.shard_of(&key),
+            key,
+            name,
+            labels: series.labels,
+            samples: first..samples.len(),
         });
     }
+    // Stable: a series sent twice keeps its order.
+    pending.sort_by_key(|p| p.shard);
+    for group in pending.chunk_by(|a, b| a.shard == b.shard) {
+        let mut shard = writer.lock(group[0].shard);
+        for p in group {
+            let make_labels = || {
+                p.labels
+                    .iter()
+                    .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
+                    .collect::<Vec<_>>()
+            };
+            let id = SeriesId {
+                key: &p.key,
+                shared: Some(&p.key),
+                prefix: p.name,
+                labels: Some(&make_labels),
+            };
+            let written = &samples[p.samples.clone()];
+            let mut i = 0;
+            shard.write_batch(&id, written, now_ms, |outcome| {
+                match outcome {
+                    Ok(_) if matches!(written[i].value, Value::Float(v) if crate::rrd::is_stale_marker(v)) => {
+                        report.stale_markers += 1
+                    }
+                    Ok(_) => report.accepted += 1,
+                    Err(reason) => report.reject(reason.as_str(), 1),
+                }
+                i += 1;
+            });
+        }
+    }
     Ok(report)
+}
+
+/// A checked series of a request, waiting to be written.
+struct Pending<'r> {
+    /// The store shard of `key`.
+    shard: usize,
+    key: Arc<str>,
+    name: &'r str,
+    labels: &'r [(&'r [u8], &'r [u8])],
+    /// Its samples in the request's flat list.
+    samples: std::ops::Range<usize>,
 }
 
 /// The value of `__name__` ("" when missing or not UTF-8).
@@ -513,6 +541,53 @@ mod tests {
             Some(&1),
             "grant checked for known series"
         );
+    }
+
+    #[test]
+    fn series_spread_over_shards_are_all_written_and_a_repeat_keeps_its_order() {
+        let store = float_store();
+        let known = KnownSeries::new(1000);
+        let now: i64 = 1_700_000_000_000;
+        let series = |job: &str, value: f64| proto::TimeSeries {
+            labels: vec![label("__name__", "up"), label("job", job)],
+            samples: vec![proto::Sample {
+                value,
+                timestamp: now - 1000,
+            }],
+            ..Default::default()
+        };
+        // Sent first, then 60 others (over many shards), then again: the
+        // same bucket, so the archive (last) keeps the value sent last.
+        let mut timeseries = vec![series("twice", 1.0)];
+        timeseries.extend((0..60).map(|i| series(&format!("j{i}"), f64::from(i))));
+        timeseries.push(series("twice", 2.0));
+        let body = proto::WriteRequest {
+            timeseries,
+            metadata: vec![],
+        }
+        .encode_to_vec();
+        let report = ingest(
+            &store,
+            &known,
+            &body,
+            &Grant::All,
+            &LabelLimits::default(),
+            now as u64,
+        )
+        .unwrap();
+        assert_eq!(report.accepted, 62);
+        let bucket = (now as u64 - 1000) / 1000;
+        let value = |job: &str| {
+            store
+                .read(&format!(r#"up{{job="{job}"}}"#), |s| {
+                    s.archive("raw").and_then(|a| a.get(bucket).as_f64())
+                })
+                .flatten()
+        };
+        assert_eq!(value("twice"), Some(2.0), "the repeat was written last");
+        for i in 0..60 {
+            assert_eq!(value(&format!("j{i}")), Some(f64::from(i)), "series j{i}");
+        }
     }
 
     #[test]
