@@ -220,16 +220,34 @@ impl KnownSeries {
         (u128::from(a) << 64) | u128::from(b)
     }
 
+    fn shard_index(hash: u128) -> usize {
+        (hash >> 64) as usize % KNOWN_SHARDS
+    }
+
     fn shard(&self, hash: u128) -> std::sync::MutexGuard<'_, KnownTable> {
-        self.shards[(hash >> 64) as usize % KNOWN_SHARDS]
+        self.shards[Self::shard_index(hash)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, hash: u128) -> Option<Arc<str>> {
-        self.shard(hash)
-            .find(hash as u64, |(h, _)| *h == hash)
-            .map(|(_, key)| key.clone())
+    /// The keys of these label hashes, where known, in their order. Looked
+    /// up shard by shard, so each shard's lock is taken once.
+    fn get_all(&self, hashes: &[u128]) -> Vec<Option<Arc<str>>> {
+        let mut order: Vec<usize> = (0..hashes.len()).collect();
+        order.sort_unstable_by_key(|&i| Self::shard_index(hashes[i]));
+        let mut keys = vec![None; hashes.len()];
+        let same_shard =
+            |a: &usize, b: &usize| Self::shard_index(hashes[*a]) == Self::shard_index(hashes[*b]);
+        for group in order.chunk_by(same_shard) {
+            let shard = self.shard(hashes[group[0]]);
+            for &i in group {
+                let hash = hashes[i];
+                keys[i] = shard
+                    .find(hash as u64, |(h, _)| *h == hash)
+                    .map(|(_, key)| key.clone());
+            }
+        }
+        keys
     }
 
     fn insert(&self, hash: u128, key: Arc<str>) {
@@ -280,7 +298,10 @@ pub fn ingest(
     let writer = store.writer();
     let mut samples: Vec<Sample> = Vec::new();
     let mut pending: Vec<Pending<'_>> = Vec::new();
-    for series in request.series() {
+    let all: Vec<_> = request.series().collect();
+    let hashes: Vec<u128> = all.iter().map(|s| known.hash(s.labels)).collect();
+    let keys = known.get_all(&hashes);
+    for ((series, hash), key) in all.iter().zip(hashes).zip(keys) {
         report.exemplars += series.exemplars;
         report.histograms += series.histograms;
         if series.samples.is_empty() {
@@ -289,8 +310,7 @@ pub fn ingest(
         let n = series.samples.len() as u64;
         // Read before the labels are checked; used only once they are.
         let name = metric_name(series.labels);
-        let hash = known.hash(series.labels);
-        let key = match known.get(hash) {
+        let key = match key {
             Some(key) => key,
             None => {
                 if let Err(reason) = check_labels(series.labels, limits) {
