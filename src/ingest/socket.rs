@@ -6,7 +6,7 @@
 use super::frame::{self, Decoded};
 use crate::access::Grant;
 use crate::model::{self, Clock, Sample, Value};
-use crate::store::{Store, WriteReject, Writer};
+use crate::store::{Store, WriteReject};
 use crate::telemetry::{Metrics, RateLimited};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -98,7 +98,9 @@ pub async fn handle<S: AsyncRead + Unpin>(
 }
 
 /// Decodes and stores every whole frame in `buf`; returns the bytes used and
-/// whether the client asked to close.
+/// whether the client asked to close. The frames of one read are written
+/// grouped by store shard (in their order within a path), so that each
+/// shard's lock is taken once per read instead of once per frame.
 fn decode_all(
     buf: &[u8],
     grant: &Grant,
@@ -109,10 +111,11 @@ fn decode_all(
     let mut at = 0;
     let now = (ctx.clock)();
     let writer = ctx.store.writer();
-    loop {
+    let mut pending = Vec::new();
+    let ended = loop {
         match frame::decode(&buf[at..]) {
-            Decoded::NeedMore => return (at, false),
-            Decoded::Close => return (at + 2, true),
+            Decoded::NeedMore => break (at, false),
+            Decoded::Close => break (at + 2, true),
             Decoded::Bad(e, used) => {
                 at += used;
                 tally.reject(e.as_str());
@@ -123,21 +126,43 @@ fn decode_all(
             Decoded::Frame(f, used) => {
                 at += used;
                 *frames += 1;
-                match store_frame(&f, grant, &writer, now) {
-                    Ok(_) => tally.accepted += 1,
+                match check_frame(&f, grant) {
+                    Ok((prefix, sample)) => pending.push(Pending {
+                        shard: writer.shard_of(f.path),
+                        path: f.path,
+                        prefix,
+                        sample,
+                    }),
                     Err(reason) => tally.reject(reason.as_str()),
                 }
             }
         }
+    };
+    // Stable: a path's samples keep their order.
+    pending.sort_by_key(|p| p.shard);
+    for group in pending.chunk_by(|a, b| a.shard == b.shard) {
+        let mut shard = writer.lock(group[0].shard);
+        for p in group {
+            match shard.write(p.path, p.prefix, p.sample, now) {
+                Ok(_) => tally.accepted += 1,
+                Err(reason) => tally.reject(reason.as_str()),
+            }
+        }
     }
+    ended
 }
 
-fn store_frame(
-    f: &frame::Frame<'_>,
-    grant: &Grant,
-    writer: &Writer<'_>,
-    now: u64,
-) -> Result<usize, WriteReject> {
+/// A checked frame of one read, waiting to be written.
+struct Pending<'b> {
+    /// The store shard of `path`.
+    shard: usize,
+    path: &'b str,
+    prefix: &'b str,
+    sample: Sample,
+}
+
+/// The prefix and sample of a frame this client may write.
+fn check_frame<'b>(f: &frame::Frame<'b>, grant: &Grant) -> Result<(&'b str, Sample), WriteReject> {
     let prefix = model::path_prefix(f.path);
     if !grant.may_write(prefix) {
         return Err(WriteReject::Forbidden);
@@ -151,13 +176,73 @@ fn store_frame(
     } else {
         Value::Uint(f.value)
     };
-    writer.write(
-        f.path,
+    Ok((
         prefix,
         Sample {
             timestamp_ms,
             value,
         },
-        now,
-    )
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+    use crate::rules::{Rule, RuleSet};
+    use crate::store::StoreLimits;
+
+    #[test]
+    fn frames_of_one_read_are_all_written_and_a_path_keeps_its_order() {
+        let rule = Rule {
+            name: "last".into(),
+            prefix: "*".into(),
+            shape: Shape {
+                consolidation: Consolidation::Last,
+                timeframe_secs: 60,
+                limit: 10,
+                split: Split::Backward,
+                value_size: ValueSize::Large,
+                specials: vec![],
+            },
+            autoremove: false,
+        };
+        let limits = StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 1000,
+        };
+        let now_ms = 1_700_000_000_000;
+        let ctx = SocketContext {
+            store: Arc::new(Store::new(RuleSet::new(vec![rule]), limits)),
+            metrics: Arc::default(),
+            clock: Arc::new(move || now_ms),
+            warnings: Arc::new(RateLimited::new(Duration::from_secs(3600))),
+        };
+        // One path sent first, then 60 others (over many shards), then
+        // again in the same bucket: the archive (last) keeps the later value.
+        let t = now_ms / 1000 - 60;
+        let mut buf = Vec::new();
+        frame::encode(&mut buf, false, t, 1, "twice");
+        for i in 0..60 {
+            frame::encode(&mut buf, false, t, i, &format!("p{i}"));
+        }
+        frame::encode(&mut buf, false, t, 2, "twice");
+        let (mut tally, mut frames) = (Tally::default(), 0);
+        let (used, close) = decode_all(&buf, &Grant::All, &ctx, &mut tally, &mut frames);
+        assert_eq!(
+            (used, close, frames, tally.accepted),
+            (buf.len(), false, 62, 62)
+        );
+        let value = |path: &str| {
+            ctx.store
+                .read(path, |s| {
+                    s.archive("last").and_then(|a| a.get(t / 60).as_f64())
+                })
+                .flatten()
+        };
+        assert_eq!(value("twice"), Some(2.0), "the repeat was written last");
+        for i in 0..60 {
+            assert_eq!(value(&format!("p{i}")), Some(i as f64), "path p{i}");
+        }
+    }
 }

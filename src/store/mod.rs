@@ -177,6 +177,18 @@ pub struct SeriesId<'a> {
     pub labels: Option<&'a dyn Fn() -> Vec<(String, String)>>,
 }
 
+impl<'a> SeriesId<'a> {
+    /// A socket path: its key, and the prefix selecting its rules.
+    pub fn path(key: &'a str, prefix: &'a str) -> SeriesId<'a> {
+        SeriesId {
+            key,
+            shared: None,
+            prefix,
+            labels: None,
+        }
+    }
+}
+
 /// A key looked up in a shard: when it is the map's own shared key, equal
 /// by pointer without reading the key's bytes.
 struct Lookup<'a> {
@@ -319,12 +331,7 @@ impl Writer<'_> {
         now_ms: TimestampMs,
     ) -> Result<usize, WriteReject> {
         let mut result = Ok(0);
-        let id = SeriesId {
-            key,
-            shared: None,
-            prefix,
-            labels: None,
-        };
+        let id = SeriesId::path(key, prefix);
         self.write_batch(&id, &[sample], now_ms, |r| result = r);
         result
     }
@@ -437,6 +444,23 @@ pub struct ShardWriter<'w, 's> {
 }
 
 impl ShardWriter<'_, '_> {
+    /// [`Store::write`] for a socket path of this shard.
+    ///
+    /// # Errors
+    /// The reason, when no archive took the sample.
+    pub fn write(
+        &mut self,
+        key: &str,
+        prefix: &str,
+        sample: Sample,
+        now_ms: TimestampMs,
+    ) -> Result<usize, WriteReject> {
+        let mut result = Ok(0);
+        let id = SeriesId::path(key, prefix);
+        self.write_batch(&id, &[sample], now_ms, |r| result = r);
+        result
+    }
+
     /// [`Store::write_batch`] for a series of this shard.
     pub fn write_batch(
         &mut self,
