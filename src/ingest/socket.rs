@@ -188,25 +188,13 @@ fn check_frame<'b>(f: &frame::Frame<'b>, grant: &Grant) -> Result<(&'b str, Samp
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+    use crate::rrd::Consolidation;
     use crate::rules::{Rule, RuleSet};
     use crate::store::StoreLimits;
 
     #[test]
     fn frames_of_one_read_are_all_written_and_a_path_keeps_its_order() {
-        let rule = Rule {
-            name: "last".into(),
-            prefix: "*".into(),
-            shape: Shape {
-                consolidation: Consolidation::Last,
-                timeframe_secs: 60,
-                limit: 10,
-                split: Split::Backward,
-                value_size: ValueSize::Large,
-                specials: vec![],
-            },
-            autoremove: false,
-        };
+        let rule = Rule::for_test("last", "*", Consolidation::Last);
         let limits = StoreLimits {
             max_future_ms: 600_000,
             max_series: 1000,

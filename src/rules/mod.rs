@@ -76,24 +76,36 @@ impl RuleSet {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rrd::{Consolidation, Split, ValueSize};
-
-    fn rule(name: &str, prefix: &str) -> Rule {
+impl Rule {
+    /// A rule for unit tests: one-minute buckets, ten of them, large cells.
+    pub(crate) fn for_test(
+        name: &str,
+        prefix: &str,
+        consolidation: crate::rrd::Consolidation,
+    ) -> Rule {
         Rule {
             name: name.into(),
             prefix: prefix.into(),
             shape: Shape {
-                consolidation: Consolidation::Sum,
+                consolidation,
                 timeframe_secs: 60,
                 limit: 10,
-                split: Split::Backward,
-                value_size: ValueSize::Large,
+                split: crate::rrd::Split::Backward,
+                value_size: crate::rrd::ValueSize::Large,
                 specials: vec![],
             },
             autoremove: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rrd::Consolidation;
+
+    fn rule(name: &str, prefix: &str) -> Rule {
+        Rule::for_test(name, prefix, Consolidation::Sum)
     }
 
     #[test]

@@ -319,23 +319,6 @@ pub struct Writer<'s> {
 }
 
 impl Writer<'_> {
-    /// Writes one sample of a socket path (see [`Store::write_batch`]).
-    ///
-    /// # Errors
-    /// The reason, when no archive took the sample.
-    pub fn write(
-        &self,
-        key: &str,
-        prefix: &str,
-        sample: Sample,
-        now_ms: TimestampMs,
-    ) -> Result<usize, WriteReject> {
-        let mut result = Ok(0);
-        let id = SeriesId::path(key, prefix);
-        self.write_batch(&id, &[sample], now_ms, |r| result = r);
-        result
-    }
-
     /// See [`Store::write_batch`].
     pub fn write_batch(
         &self,
@@ -523,7 +506,9 @@ impl Store {
         sample: Sample,
         now_ms: TimestampMs,
     ) -> Result<usize, WriteReject> {
-        self.writer().write(key, prefix, sample, now_ms)
+        let writer = self.writer();
+        let mut shard = writer.lock(self.shard_of(key));
+        shard.write(key, prefix, sample, now_ms)
     }
 
     /// Writes samples of one series (in order) to every archive its prefix
