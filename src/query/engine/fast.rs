@@ -20,7 +20,7 @@ use promql_parser::parser::{Expr, LabelModifier, MatrixSelector};
 
 use super::aggregate::group_labels;
 use super::eval::{check_deadline, drop_name, Evaluator};
-use super::functions::{extrapolate, range_value};
+use super::functions::{range_value, Extrapolation, WindowSpan};
 use super::plan::{label_order, selector_matchers, LabelOrder};
 use super::{
     is_stale_nan, EngineError, Labels, Matcher, Sample, Series, SeriesData, SharedLabels,
@@ -242,6 +242,9 @@ struct RowBuilder<'s> {
     /// Buffers reused from series to series.
     unstale: Vec<(i64, f64)>,
     resets: Vec<usize>,
+    /// The last window span extrapolated and its figures: regularly spaced
+    /// samples keep one span over most windows.
+    last_span: Option<(WindowSpan, Extrapolation)>,
     failed: Option<EngineError>,
     too_many: bool,
 }
@@ -266,6 +269,7 @@ impl<'s> RowBuilder<'s> {
             },
             unstale: Vec::new(),
             resets: Vec::new(),
+            last_span: None,
             failed: None,
             too_many: false,
         }
@@ -283,6 +287,7 @@ impl<'s> RowBuilder<'s> {
         let steps = self.steps;
         let n_steps = steps.len();
         let is_counter_rate = matches!(self.func, "rate" | "increase");
+        let is_rate = self.func == "rate";
         let rows = &mut self.rows;
         if rows.labels.len().is_multiple_of(256) {
             check_deadline(self.deadline)?;
@@ -341,14 +346,16 @@ impl<'s> RowBuilder<'s> {
                         }
                         result += pts[i - 1].1;
                     }
-                    Some(extrapolate(
-                        result,
-                        w,
-                        wstart,
-                        te,
-                        true,
-                        self.func == "rate",
-                    ))
+                    let span = WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
+                    let ex = match self.last_span {
+                        Some((last, ex)) if last == span => ex,
+                        _ => {
+                            let ex = Extrapolation::new(span);
+                            self.last_span = Some((span, ex));
+                            ex
+                        }
+                    };
+                    Some(ex.apply(result, w[0].1, true, is_rate))
                 }
             } else {
                 range_value(self.func, w, wstart, te, t, &[])?
