@@ -841,5 +841,19 @@ fn label_order_sorts_as_label_sets_compare() {
         want.sort_by(|&a, &b| case.sets[a].cmp(&case.sets[b]));
         assert_eq!(got.order, want, "case {}: order", case.name);
         assert_eq!(got.distinct, case.distinct, "case {}: distinct", case.name);
+        // Encoded in two parts (as a split selection does) and joined.
+        let half = case.sets.len() / 2;
+        let mut keys = super::plan::LabelKeys::default();
+        let mut second = super::plan::LabelKeys::default();
+        case.sets[..half].iter().for_each(|s| keys.push(s));
+        case.sets[half..].iter().for_each(|s| second.push(s));
+        keys.append(second);
+        let joined = keys.order();
+        assert_eq!(joined.order, want, "case {}: order in parts", case.name);
+        assert_eq!(
+            joined.distinct, case.distinct,
+            "case {}: distinct in parts",
+            case.name
+        );
     }
 }
