@@ -20,8 +20,8 @@ use promql_parser::parser::{Expr, LabelModifier, MatrixSelector};
 
 use super::aggregate::group_labels;
 use super::eval::{check_deadline, drop_name, Evaluator};
-use super::functions::{extrapolate, range_value};
-use super::plan::{label_order, selector_matchers, LabelOrder};
+use super::functions::{range_value, Extrapolation, WindowSpan};
+use super::plan::{selector_matchers, LabelKeys, LabelOrder};
 use super::{
     is_stale_nan, EngineError, Labels, Matcher, Sample, Series, SeriesData, SharedLabels,
     SplitVisitor, Storage, Value,
@@ -184,12 +184,15 @@ struct Rows {
     present: Vec<bool>,
     /// Samples in each step's windows, over all series.
     n_points: Vec<usize>,
+    /// The series' label sets, encoded for sorting while at hand.
+    keys: LabelKeys,
 }
 
 /// The rows of every part of a split selection, in part order: series `i`
 /// overall is in the first part whose series reach past `i`.
 struct SplitRows {
     labels: Vec<SharedLabels>,
+    keys: LabelKeys,
     parts: Vec<Rows>,
     /// Index of each part's first series.
     starts: Vec<usize>,
@@ -198,8 +201,12 @@ struct SplitRows {
 }
 
 impl SplitRows {
-    fn new(parts: Vec<Rows>, n_steps: usize) -> SplitRows {
+    fn new(mut parts: Vec<Rows>, n_steps: usize) -> SplitRows {
         let mut n_points = vec![0; n_steps];
+        let mut keys = LabelKeys::default();
+        for part in &mut parts {
+            keys.append(std::mem::take(&mut part.keys));
+        }
         let mut starts = Vec::with_capacity(parts.len());
         let mut labels = Vec::with_capacity(parts.iter().map(|p| p.labels.len()).sum());
         for part in &parts {
@@ -211,6 +218,7 @@ impl SplitRows {
         }
         SplitRows {
             labels,
+            keys,
             parts,
             starts,
             n_steps,
@@ -242,6 +250,9 @@ struct RowBuilder<'s> {
     /// Buffers reused from series to series.
     unstale: Vec<(i64, f64)>,
     resets: Vec<usize>,
+    /// The last window span extrapolated and its figures: regularly spaced
+    /// samples keep one span over most windows.
+    last_span: Option<(WindowSpan, Extrapolation)>,
     failed: Option<EngineError>,
     too_many: bool,
 }
@@ -263,9 +274,11 @@ impl<'s> RowBuilder<'s> {
                 values: Vec::new(),
                 present: Vec::new(),
                 n_points: vec![0; steps.len()],
+                keys: LabelKeys::default(),
             },
             unstale: Vec::new(),
             resets: Vec::new(),
+            last_span: None,
             failed: None,
             too_many: false,
         }
@@ -283,6 +296,7 @@ impl<'s> RowBuilder<'s> {
         let steps = self.steps;
         let n_steps = steps.len();
         let is_counter_rate = matches!(self.func, "rate" | "increase");
+        let is_rate = self.func == "rate";
         let rows = &mut self.rows;
         if rows.labels.len().is_multiple_of(256) {
             check_deadline(self.deadline)?;
@@ -307,6 +321,7 @@ impl<'s> RowBuilder<'s> {
             resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
         }
         rows.labels.push(s.labels.clone());
+        rows.keys.push(&s.labels);
         let row = rows.values.len();
         rows.values.resize(row + n_steps, 0.0);
         rows.present.resize(row + n_steps, false);
@@ -341,14 +356,16 @@ impl<'s> RowBuilder<'s> {
                         }
                         result += pts[i - 1].1;
                     }
-                    Some(extrapolate(
-                        result,
-                        w,
-                        wstart,
-                        te,
-                        true,
-                        self.func == "rate",
-                    ))
+                    let span = WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
+                    let ex = match self.last_span {
+                        Some((last, ex)) if last == span => ex,
+                        _ => {
+                            let ex = Extrapolation::new(span);
+                            self.last_span = Some((span, ex));
+                            ex
+                        }
+                    };
+                    Some(ex.apply(result, w[0].1, true, is_rate))
                 }
             } else {
                 range_value(self.func, w, wstart, te, t, &[])?
@@ -493,7 +510,7 @@ impl Evaluator<'_> {
     ) -> Result<Option<Value>, EngineError> {
         let n_steps = steps.len();
         let labels = &rows.labels;
-        let LabelOrder { order, distinct } = label_order(labels.len(), |i| &labels[i]);
+        let LabelOrder { order, distinct } = rows.keys.order();
 
         let keeps_name = shape.func == "last_over_time";
         let fn_labels_of = |i: usize| -> Labels {

@@ -169,33 +169,109 @@ pub(crate) fn extrapolate(
 ) -> f64 {
     let (first_t, first_v) = points[0];
     let (last_t, _) = points[points.len() - 1];
-    let mut duration_to_start = ms_to_secs(first_t - range_start);
-    let duration_to_end = ms_to_secs(range_end - last_t);
-    let sampled_interval = ms_to_secs(last_t - first_t);
-    let avg_between = sampled_interval / (points.len() - 1) as f64;
-    if is_counter && result > 0.0 && first_v >= 0.0 {
-        let duration_to_zero = sampled_interval * (first_v / result);
-        if duration_to_zero < duration_to_start {
-            duration_to_start = duration_to_zero;
+    let span = WindowSpan::new(first_t, last_t, points.len(), range_start, range_end);
+    Extrapolation::new(span).apply(result, first_v, is_counter, is_rate)
+}
+
+/// Where a window's samples sit in it: all that [`Extrapolation`] depends
+/// on. Windows over regularly spaced samples share one span from step to
+/// step and series to series, so its conversions and divisions can be
+/// worked out once and reused while the span stays the same.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct WindowSpan {
+    /// First sample's time minus the window's start (ms).
+    to_start_ms: i64,
+    /// The window's end minus its last sample's time (ms).
+    to_end_ms: i64,
+    /// Last sample's time minus the first's (ms).
+    sampled_ms: i64,
+    /// The window's length (ms).
+    range_ms: i64,
+    /// Samples in the window (at least two).
+    n_points: usize,
+}
+
+impl WindowSpan {
+    /// The span of a window `[range_start, range_end]` whose `n_points`
+    /// samples run from `first_t` to `last_t`.
+    #[inline]
+    pub(crate) fn new(
+        first_t: i64,
+        last_t: i64,
+        n_points: usize,
+        range_start: i64,
+        range_end: i64,
+    ) -> WindowSpan {
+        WindowSpan {
+            to_start_ms: first_t - range_start,
+            to_end_ms: range_end - last_t,
+            sampled_ms: last_t - first_t,
+            range_ms: range_end - range_start,
+            n_points,
         }
     }
-    let threshold = avg_between * 1.1;
-    let mut extrapolate_to = sampled_interval;
-    extrapolate_to += if duration_to_start < threshold {
-        duration_to_start
-    } else {
-        avg_between / 2.0
-    };
-    extrapolate_to += if duration_to_end < threshold {
-        duration_to_end
-    } else {
-        avg_between / 2.0
-    };
-    let mut factor = extrapolate_to / sampled_interval;
-    if is_rate {
-        factor /= ms_to_secs(range_end - range_start);
+}
+
+/// The figures [`extrapolate`] derives from a [`WindowSpan`] alone, each
+/// computed exactly as Prometheus does, so that applying them to a result
+/// gives the same bits as the whole computation.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Extrapolation {
+    duration_to_start: f64,
+    sampled_interval: f64,
+    half_avg_between: f64,
+    threshold: f64,
+    /// What the end of the window adds to the extrapolated interval.
+    end_term: f64,
+    range_secs: f64,
+}
+
+impl Extrapolation {
+    #[inline]
+    pub(crate) fn new(span: WindowSpan) -> Extrapolation {
+        let duration_to_end = ms_to_secs(span.to_end_ms);
+        let sampled_interval = ms_to_secs(span.sampled_ms);
+        let avg_between = sampled_interval / (span.n_points - 1) as f64;
+        let threshold = avg_between * 1.1;
+        let half_avg_between = avg_between / 2.0;
+        Extrapolation {
+            duration_to_start: ms_to_secs(span.to_start_ms),
+            sampled_interval,
+            half_avg_between,
+            threshold,
+            end_term: if duration_to_end < threshold {
+                duration_to_end
+            } else {
+                half_avg_between
+            },
+            range_secs: ms_to_secs(span.range_ms),
+        }
     }
-    result * factor
+
+    /// The extrapolated `result` of a window whose first sample is
+    /// `first_v`.
+    #[inline]
+    pub(crate) fn apply(&self, result: f64, first_v: f64, is_counter: bool, is_rate: bool) -> f64 {
+        let mut duration_to_start = self.duration_to_start;
+        if is_counter && result > 0.0 && first_v >= 0.0 {
+            let duration_to_zero = self.sampled_interval * (first_v / result);
+            if duration_to_zero < duration_to_start {
+                duration_to_start = duration_to_zero;
+            }
+        }
+        let mut extrapolate_to = self.sampled_interval;
+        extrapolate_to += if duration_to_start < self.threshold {
+            duration_to_start
+        } else {
+            self.half_avg_between
+        };
+        extrapolate_to += self.end_term;
+        let mut factor = extrapolate_to / self.sampled_interval;
+        if is_rate {
+            factor /= self.range_secs;
+        }
+        result * factor
+    }
 }
 
 /// Prometheus's `instantValue` for `irate` and `idelta`.

@@ -272,62 +272,104 @@ pub(crate) struct LabelOrder {
 }
 
 /// Sorts label sets `0..n` as `Vec<(String, String)>` compares them
-/// without comparing strings pair by pair: each set is encoded once into
-/// bytes that sort the same way (every string ends in `00 00`, a zero byte
-/// inside one becomes `00 01`), and sets are compared first by the 8 bytes
-/// after the prefix all of them share (series of one metric share a long
-/// one), then by the whole encoding, then by index.
+/// without comparing strings pair by pair: see [`LabelKeys`].
 pub(crate) fn label_order<'l>(
     n: usize,
     labels: impl Fn(usize) -> &'l [(String, String)],
 ) -> LabelOrder {
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut ends: Vec<usize> = Vec::with_capacity(n);
+    let mut keys = LabelKeys::default();
     for i in 0..n {
-        for (name, value) in labels(i) {
+        keys.push(labels(i));
+    }
+    keys.order()
+}
+
+/// Label sets encoded into bytes that sort the same way (every string ends
+/// in `00 00`, a zero byte inside one becomes `00 01`), in the order they
+/// were pushed. Sets are then compared first by the 8 bytes after the
+/// prefix all of them share (series of one metric share a long one), then
+/// by the whole encoding, then by index. Encoding is the costly part and
+/// needs one set at a time, so parts of a selection can encode their own
+/// sets on their own threads and be joined with [`LabelKeys::append`].
+#[derive(Default)]
+pub(crate) struct LabelKeys {
+    bytes: Vec<u8>,
+    /// End of each set's encoding in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl LabelKeys {
+    /// Encodes one more label set.
+    pub(crate) fn push(&mut self, labels: &[(String, String)]) {
+        let bytes = &mut self.bytes;
+        let start = bytes.len();
+        for (name, value) in labels {
             for s in [name.as_bytes(), value.as_bytes()] {
-                if s.contains(&0) {
+                bytes.extend_from_slice(s);
+                bytes.extend([0, 0]);
+            }
+        }
+        // Zero bytes inside strings are rare: one count over the set tells
+        // whether it must be encoded again escaping them.
+        let zeros = bytes[start..].iter().filter(|&&b| b == 0).count();
+        if zeros != 4 * labels.len() {
+            bytes.truncate(start);
+            for (name, value) in labels {
+                for s in [name.as_bytes(), value.as_bytes()] {
                     for &b in s {
                         match b {
                             0 => bytes.extend([0, 1]),
                             b => bytes.push(b),
                         }
                     }
-                } else {
-                    bytes.extend_from_slice(s);
+                    bytes.extend([0, 0]);
                 }
-                bytes.extend([0, 0]);
             }
         }
-        ends.push(bytes.len());
+        self.ends.push(bytes.len());
     }
-    let key = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
-    let shared = (1..n).fold(if n == 0 { 0 } else { key(0).len() }, |len, i| {
-        let (first, other) = (&key(0)[..len], key(i));
-        if other.starts_with(first) {
-            return len;
-        }
-        first.iter().zip(other).take_while(|(a, b)| a == b).count()
-    });
-    let heads: Vec<u64> = (0..n)
-        .map(|i| {
-            // Padding with zeros keeps the order: a shorter key sorts first.
-            let rest = &key(i)[shared..];
-            let mut head = [0u8; 8];
-            let len = rest.len().min(8);
-            head[..len].copy_from_slice(&rest[..len]);
-            u64::from_be_bytes(head)
-        })
-        .collect();
-    let mut order: Vec<usize> = (0..n).collect();
-    order.sort_unstable_by(|&a, &b| {
-        heads[a]
-            .cmp(&heads[b])
-            .then_with(|| key(a).cmp(key(b)))
-            .then(a.cmp(&b))
-    });
-    let distinct = order.windows(2).all(|w| key(w[0]) != key(w[1]));
-    LabelOrder { order, distinct }
+
+    /// Moves `other`'s sets after these.
+    pub(crate) fn append(&mut self, other: LabelKeys) {
+        let base = self.bytes.len();
+        self.bytes.extend_from_slice(&other.bytes);
+        self.ends.extend(other.ends.iter().map(|e| base + e));
+    }
+
+    fn key(&self, i: usize) -> &[u8] {
+        &self.bytes[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]]
+    }
+
+    /// The sets' indices in label order.
+    pub(crate) fn order(&self) -> LabelOrder {
+        let n = self.ends.len();
+        let key = |i: usize| self.key(i);
+        let shared = (1..n).fold(if n == 0 { 0 } else { key(0).len() }, |len, i| {
+            let (first, other) = (&key(0)[..len], key(i));
+            if other.starts_with(first) {
+                return len;
+            }
+            first.iter().zip(other).take_while(|(a, b)| a == b).count()
+        });
+        // Heads next to their indices: the sort mostly compares them
+        // without looking anything up.
+        let mut heads: Vec<(u64, usize)> = (0..n)
+            .map(|i| {
+                // Padding with zeros keeps the order: a shorter key sorts first.
+                let rest = &key(i)[shared..];
+                let mut head = [0u8; 8];
+                let len = rest.len().min(8);
+                head[..len].copy_from_slice(&rest[..len]);
+                (u64::from_be_bytes(head), i)
+            })
+            .collect();
+        heads.sort_unstable_by(|&(ha, a), &(hb, b)| {
+            ha.cmp(&hb).then_with(|| key(a).cmp(key(b))).then(a.cmp(&b))
+        });
+        let order: Vec<usize> = heads.into_iter().map(|(_, i)| i).collect();
+        let distinct = order.windows(2).all(|w| key(w[0]) != key(w[1]));
+        LabelOrder { order, distinct }
+    }
 }
 
 fn select_all(

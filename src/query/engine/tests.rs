@@ -659,6 +659,111 @@ fn ms_to_secs_is_the_division_bit_for_bit() {
 }
 
 #[test]
+fn extrapolation_is_prometheus_bit_for_bit() {
+    use super::functions::{Extrapolation, WindowSpan};
+    // Prometheus's extrapolatedRate written out in one piece.
+    fn plain(points: &[(i64, f64)], start: i64, end: i64, counter: bool, rate: bool) -> f64 {
+        let (ft, fv) = points[0];
+        let (lt, lv) = points[points.len() - 1];
+        let mut result = lv - fv;
+        if counter {
+            for p in points.windows(2) {
+                if p[1].1 < p[0].1 {
+                    result += p[0].1;
+                }
+            }
+        }
+        let mut to_start = (ft - start) as f64 / 1000.0;
+        let to_end = (end - lt) as f64 / 1000.0;
+        let sampled = (lt - ft) as f64 / 1000.0;
+        let avg = sampled / (points.len() - 1) as f64;
+        if counter && result > 0.0 && fv >= 0.0 {
+            let to_zero = sampled * (fv / result);
+            if to_zero < to_start {
+                to_start = to_zero;
+            }
+        }
+        let mut ext = sampled;
+        ext += if to_start < avg * 1.1 {
+            to_start
+        } else {
+            avg / 2.0
+        };
+        ext += if to_end < avg * 1.1 {
+            to_end
+        } else {
+            avg / 2.0
+        };
+        let mut factor = ext / sampled;
+        if rate {
+            factor /= (end - start) as f64 / 1000.0;
+        }
+        result * factor
+    }
+    struct Case {
+        name: &'static str,
+        points: &'static [(i64, f64)],
+        start: i64,
+        end: i64,
+    }
+    let cases = [
+        Case {
+            name: "aligned",
+            points: &[(15_000, 1.0), (30_000, 4.0), (45_000, 9.5)],
+            start: 0,
+            end: 60_000,
+        },
+        Case {
+            name: "counter starts near zero",
+            points: &[(1_000, 0.25), (16_000, 30.0), (31_000, 61.0)],
+            start: 0,
+            end: 40_000,
+        },
+        Case {
+            name: "reset",
+            points: &[(10_000, 50.0), (20_000, 3.0), (30_000, 9.0)],
+            start: 5_000,
+            end: 35_000,
+        },
+        Case {
+            name: "fractional seconds",
+            points: &[(1_234, 2.0), (17_001, 7.5)],
+            start: 999,
+            end: 20_333,
+        },
+        Case {
+            name: "negative first value",
+            points: &[(0, -4.0), (15_000, -1.0), (30_000, 2.0)],
+            start: -7_000,
+            end: 31_000,
+        },
+    ];
+    for c in &cases {
+        let (ft, fv) = c.points[0];
+        let lt = c.points[c.points.len() - 1].0;
+        let span = WindowSpan::new(ft, lt, c.points.len(), c.start, c.end);
+        for (counter, rate) in [(true, true), (true, false), (false, false)] {
+            let want = plain(c.points, c.start, c.end, counter, rate);
+            let mut result = c.points[c.points.len() - 1].1 - fv;
+            if counter {
+                for p in c.points.windows(2) {
+                    if p[1].1 < p[0].1 {
+                        result += p[0].1;
+                    }
+                }
+            }
+            let got = Extrapolation::new(span).apply(result, fv, counter, rate);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "case {} (counter {counter}, rate {rate}): {got} != {want}",
+                c.name
+            );
+        }
+    }
+}
+
+#[test]
 fn label_order_sorts_as_label_sets_compare() {
     let set = |pairs: &[(&str, &str)]| -> Labels {
         pairs
@@ -736,5 +841,19 @@ fn label_order_sorts_as_label_sets_compare() {
         want.sort_by(|&a, &b| case.sets[a].cmp(&case.sets[b]));
         assert_eq!(got.order, want, "case {}: order", case.name);
         assert_eq!(got.distinct, case.distinct, "case {}: distinct", case.name);
+        // Encoded in two parts (as a split selection does) and joined.
+        let half = case.sets.len() / 2;
+        let mut keys = super::plan::LabelKeys::default();
+        let mut second = super::plan::LabelKeys::default();
+        case.sets[..half].iter().for_each(|s| keys.push(s));
+        case.sets[half..].iter().for_each(|s| second.push(s));
+        keys.append(second);
+        let joined = keys.order();
+        assert_eq!(joined.order, want, "case {}: order in parts", case.name);
+        assert_eq!(
+            joined.distinct, case.distinct,
+            "case {}: distinct in parts",
+            case.name
+        );
     }
 }
