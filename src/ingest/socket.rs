@@ -128,7 +128,6 @@ fn decode_all(
                 *frames += 1;
                 match check_frame(&f, grant) {
                     Ok((prefix, sample)) => pending.push(Pending {
-                        shard: writer.shard_of(f.path),
                         path: f.path,
                         prefix,
                         sample,
@@ -138,24 +137,19 @@ fn decode_all(
             }
         }
     };
-    // Stable: a path's samples keep their order.
-    pending.sort_by_key(|p| p.shard);
-    for group in pending.chunk_by(|a, b| a.shard == b.shard) {
-        let mut shard = writer.lock(group[0].shard);
-        for p in group {
-            match shard.write(p.path, p.prefix, p.sample, now) {
-                Ok(_) => tally.accepted += 1,
-                Err(reason) => tally.reject(reason.as_str()),
-            }
-        }
-    }
+    writer.write_grouped(
+        &pending,
+        |p| p.path,
+        |shard, p| match shard.write(p.path, p.prefix, p.sample, now) {
+            Ok(_) => tally.accepted += 1,
+            Err(reason) => tally.reject(reason.as_str()),
+        },
+    );
     ended
 }
 
 /// A checked frame of one read, waiting to be written.
 struct Pending<'b> {
-    /// The store shard of `path`.
-    shard: usize,
     path: &'b str,
     prefix: &'b str,
     sample: Sample,

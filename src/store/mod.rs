@@ -332,15 +332,33 @@ impl Writer<'_> {
         self.write_locked(lock, id, samples, now_ms, outcome);
     }
 
-    /// The shard holding `key`. A caller writing many series groups them by
-    /// it and writes each group under one hold of its lock ([`Writer::lock`]).
-    pub fn shard_of(&self, key: &str) -> usize {
-        self.store.shard_of(key)
+    /// Writes `items` grouped by the store shard of each one's series key:
+    /// each shard's lock is taken once for all its items, and the items of
+    /// one key are written in their order in `items`.
+    pub fn write_grouped<T>(
+        &self,
+        items: &[T],
+        key: impl Fn(&T) -> &str,
+        mut write: impl FnMut(&mut ShardWriter<'_, '_>, &T),
+    ) {
+        let mut order: Vec<(usize, usize)> = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (self.store.shard_of(key(item)), i))
+            .collect();
+        // (shard, position): within a shard, the order of `items`.
+        order.sort_unstable();
+        for group in order.chunk_by(|a, b| a.0 == b.0) {
+            let mut shard = self.lock(group[0].0);
+            for &(_, i) in group {
+                write(&mut shard, &items[i]);
+            }
+        }
     }
 
-    /// Holds one shard's write lock for the writes of a group of series,
-    /// all of whose keys are in that shard.
-    pub fn lock(&self, shard: usize) -> ShardWriter<'_, '_> {
+    /// Holds one shard's write lock for the writes of series whose keys are
+    /// all in that shard.
+    fn lock(&self, shard: usize) -> ShardWriter<'_, '_> {
         ShardWriter {
             writer: self,
             index: shard,
@@ -419,7 +437,7 @@ impl Writer<'_> {
     }
 }
 
-/// A [`Writer`] holding one shard's write lock (see [`Writer::lock`]).
+/// A [`Writer`] holding one shard's write lock (see [`Writer::write_grouped`]).
 pub struct ShardWriter<'w, 's> {
     writer: &'w Writer<'s>,
     index: usize,
@@ -452,7 +470,7 @@ impl ShardWriter<'_, '_> {
         now_ms: TimestampMs,
         outcome: impl FnMut(Result<usize, WriteReject>),
     ) {
-        debug_assert_eq!(self.writer.shard_of(id.key), self.index, "{}", id.key);
+        debug_assert_eq!(self.writer.store.shard_of(id.key), self.index, "{}", id.key);
         let shard = &mut *self.shard;
         self.writer
             .write_locked(|| shard, id, samples, now_ms, outcome);

@@ -294,7 +294,8 @@ pub fn ingest(
         }
     }
     // Checked series first, then written grouped by store shard: each
-    // shard's lock is taken once per request instead of once per series.
+    // shard's lock is taken once per request instead of once per series
+    // (a series sent twice keeps its order).
     let writer = store.writer();
     let mut samples: Vec<Sample> = Vec::new();
     let mut pending: Vec<Pending<'_>> = Vec::new();
@@ -342,51 +343,43 @@ pub fn ingest(
             negative,
         );
         pending.push(Pending {
-            shard: writer.shard_of(&key),
             key,
             name,
             labels: series.labels,
             samples: first..samples.len(),
         });
     }
-    // Stable: a series sent twice keeps its order.
-    pending.sort_by_key(|p| p.shard);
-    for group in pending.chunk_by(|a, b| a.shard == b.shard) {
-        let mut shard = writer.lock(group[0].shard);
-        for p in group {
-            let make_labels = || {
-                p.labels
-                    .iter()
-                    .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
-                    .collect::<Vec<_>>()
-            };
-            let id = SeriesId {
-                key: &p.key,
-                shared: Some(&p.key),
-                prefix: p.name,
-                labels: Some(&make_labels),
-            };
-            let written = &samples[p.samples.clone()];
-            let mut i = 0;
-            shard.write_batch(&id, written, now_ms, |outcome| {
-                match outcome {
-                    Ok(_) if matches!(written[i].value, Value::Float(v) if crate::rrd::is_stale_marker(v)) => {
-                        report.stale_markers += 1
-                    }
-                    Ok(_) => report.accepted += 1,
-                    Err(reason) => report.reject(reason.as_str(), 1),
+    writer.write_grouped(&pending, |p| &p.key, |shard, p| {
+        let make_labels = || {
+            p.labels
+                .iter()
+                .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let id = SeriesId {
+            key: &p.key,
+            shared: Some(&p.key),
+            prefix: p.name,
+            labels: Some(&make_labels),
+        };
+        let written = &samples[p.samples.clone()];
+        let mut i = 0;
+        shard.write_batch(&id, written, now_ms, |outcome| {
+            match outcome {
+                Ok(_) if matches!(written[i].value, Value::Float(v) if crate::rrd::is_stale_marker(v)) => {
+                    report.stale_markers += 1
                 }
-                i += 1;
-            });
-        }
-    }
+                Ok(_) => report.accepted += 1,
+                Err(reason) => report.reject(reason.as_str(), 1),
+            }
+            i += 1;
+        });
+    });
     Ok(report)
 }
 
 /// A checked series of a request, waiting to be written.
 struct Pending<'r> {
-    /// The store shard of `key`.
-    shard: usize,
     key: Arc<str>,
     name: &'r str,
     labels: &'r [(&'r [u8], &'r [u8])],
