@@ -18,15 +18,35 @@
 use super::ValueSize;
 use allocator_api2::alloc::System;
 use allocator_api2::boxed::Box;
+use std::ops::Range;
 
 /// A fixed array of cells, owned by the system allocator.
 type CellArray<T> = Box<[T], System>;
 
 /// An unsigned integer cell word: all zero bits are a valid value.
-trait Word: Copy {}
-impl Word for u16 {}
-impl Word for u32 {}
-impl Word for u64 {}
+trait Word: Copy {
+    /// The word from a stored value that fits its width.
+    fn from_stored(v: u64) -> Self;
+    fn stored(self) -> u64;
+}
+
+macro_rules! word {
+    ($t:ty) => {
+        impl Word for $t {
+            #[inline]
+            fn from_stored(v: u64) -> Self {
+                v as $t
+            }
+            #[inline]
+            fn stored(self) -> u64 {
+                u64::from(self)
+            }
+        }
+    };
+}
+word!(u16);
+word!(u32);
+word!(u64);
 
 /// `len` zero words in one zeroed allocation.
 fn zeroed<T: Word>(len: usize) -> CellArray<T> {
@@ -35,6 +55,16 @@ fn zeroed<T: Word>(len: usize) -> CellArray<T> {
     // all zero bits are a valid, initialised value.
     unsafe { words.assume_init() }
 }
+
+/// `old` copied into a zeroed array of `len` words.
+fn grown<T: Word>(old: &CellArray<T>, len: usize) -> CellArray<T> {
+    let mut words = zeroed(len);
+    words[..old.len()].copy_from_slice(old);
+    words
+}
+
+/// Words a ring holds once it holds any: growth then doubles.
+const FIRST_WORDS: usize = 16;
 
 /// A decoded cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,30 +83,160 @@ const CANONICAL_NAN: u64 = 0x7ff8_0000_0000_0000;
 const FLOAT_EMPTY: u64 = FLOAT_TAG_BASE | EMPTY_TAG;
 
 #[derive(Debug, Clone)]
-pub(crate) enum Cells {
+enum Words {
     Small(CellArray<u16>),
     Medium(CellArray<u32>),
     Large(CellArray<u64>),
     Float(CellArray<u64>),
 }
 
+/// `$body` with `$c` bound to the word array, whatever its width.
+macro_rules! each_width {
+    ($words:expr, $c:ident => $body:expr) => {
+        match $words {
+            Words::Small($c) => $body,
+            Words::Medium($c) => $body,
+            Words::Large($c) => $body,
+            Words::Float($c) => $body,
+        }
+    };
+}
+
+/// The cells of a ring of `len` positions. Words are allocated for the
+/// span written so far, not for the whole ring: word 0 holds the ring
+/// position written first (`origin`) and word `i` the position `i` after
+/// it, wrapping at `len`. A position past the words is empty. A write past
+/// them grows the words (doubling, at most to `len`), so an archive costs
+/// what it holds until its window is full, and then `len` words.
+#[derive(Debug, Clone)]
+pub(crate) struct Cells {
+    /// Ring position of word 0.
+    origin: u32,
+    /// Ring positions.
+    len: u32,
+    words: Words,
+}
+
+/// Positions `positions` (ascending, no wrap) held from word `first` on.
+struct Run {
+    positions: Range<usize>,
+    first: usize,
+}
+
 impl Cells {
+    /// A ring of `len` empty cells; nothing is allocated until a write.
     pub(crate) fn new(kind: ValueSize, len: usize) -> Cells {
-        match kind {
-            ValueSize::Small => Cells::Small(zeroed(len)),
-            ValueSize::Medium => Cells::Medium(zeroed(len)),
-            ValueSize::Large => Cells::Large(zeroed(len)),
-            ValueSize::Float => Cells::Float(zeroed(len)),
+        let words = match kind {
+            ValueSize::Small => Words::Small(zeroed(0)),
+            ValueSize::Medium => Words::Medium(zeroed(0)),
+            ValueSize::Large => Words::Large(zeroed(0)),
+            ValueSize::Float => Words::Float(zeroed(0)),
+        };
+        Cells {
+            origin: 0,
+            len: u32::try_from(len).expect("ring length fits u32"),
+            words,
         }
     }
 
+    /// Words allocated.
+    fn capacity(&self) -> usize {
+        each_width!(&self.words, c => c.len())
+    }
+
+    /// Bytes held for cells.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.capacity() * self.width()
+    }
+
+    /// Word index of ring position `pos` (held only when below the
+    /// capacity); a compare instead of a division.
+    #[inline]
+    fn index(&self, pos: usize) -> usize {
+        let origin = self.origin as usize;
+        if pos >= origin {
+            pos - origin
+        } else {
+            pos + self.len as usize - origin
+        }
+    }
+
+    /// The stored word of position `pos` (0 when empty).
+    #[inline]
+    fn stored(&self, pos: usize) -> u64 {
+        let i = self.index(pos);
+        each_width!(&self.words, c => c.get(i).map_or(0, |w| w.stored()))
+    }
+
+    /// Word index of `pos`, growing the words to hold it.
+    fn reserve(&mut self, pos: usize) -> usize {
+        if self.capacity() == 0 {
+            self.origin = pos as u32;
+        }
+        let i = self.index(pos);
+        if i >= self.capacity() {
+            self.grow(i + 1);
+        }
+        i
+    }
+
+    /// Grows the words to at least `min` (at most the ring length).
+    fn grow(&mut self, min: usize) {
+        let len = (self.capacity() * 2)
+            .max(min)
+            .max(FIRST_WORDS)
+            .min(self.len as usize);
+        self.words = match &self.words {
+            Words::Small(c) => Words::Small(grown(c, len)),
+            Words::Medium(c) => Words::Medium(grown(c, len)),
+            Words::Large(c) => Words::Large(grown(c, len)),
+            Words::Float(c) => Words::Float(grown(c, len)),
+        };
+    }
+
+    /// Drops every cell: the ring is empty and holds no words.
+    pub(crate) fn clear(&mut self) {
+        *self = Cells::new(self.kind(), self.len as usize);
+    }
+
+    fn kind(&self) -> ValueSize {
+        match self.words {
+            Words::Small(_) => ValueSize::Small,
+            Words::Medium(_) => ValueSize::Medium,
+            Words::Large(_) => ValueSize::Large,
+            Words::Float(_) => ValueSize::Float,
+        }
+    }
+
+    /// `positions` (ascending, within the ring) as at most two runs of
+    /// consecutive words, in position order: those before the origin,
+    /// then those from it.
+    fn runs(&self, positions: Range<usize>) -> [Run; 2] {
+        let origin = self.origin as usize;
+        let split = positions.end.min(origin).max(positions.start);
+        [
+            Run {
+                first: self.index(positions.start),
+                positions: positions.start..split,
+            },
+            Run {
+                first: split.saturating_sub(origin),
+                positions: split..positions.end,
+            },
+        ]
+    }
+
     pub(crate) fn get(&self, pos: usize) -> Cell {
-        match self {
-            Cells::Small(c) => decode_int(u64::from(c[pos] ^ u16::MAX), 12),
-            Cells::Medium(c) => decode_int(u64::from(c[pos] ^ u32::MAX), 28),
-            Cells::Large(c) => decode_int(c[pos] ^ u64::MAX, 60),
-            Cells::Float(c) => {
-                let raw = c[pos] ^ FLOAT_EMPTY;
+        self.decode(self.stored(pos))
+    }
+
+    fn decode(&self, stored: u64) -> Cell {
+        match self.words {
+            Words::Small(_) => decode_int(stored ^ u64::from(u16::MAX), 12),
+            Words::Medium(_) => decode_int(stored ^ u64::from(u32::MAX), 28),
+            Words::Large(_) => decode_int(stored ^ u64::MAX, 60),
+            Words::Float(_) => {
+                let raw = stored ^ FLOAT_EMPTY;
                 if raw & !0xf == FLOAT_TAG_BASE {
                     tag_cell(raw & 0xf)
                 } else {
@@ -91,48 +251,59 @@ impl Cells {
     /// behind the other.
     #[inline]
     pub(crate) fn touch(&self, pos: usize) {
-        let word = match self {
-            Cells::Small(c) => u64::from(c[pos]),
-            Cells::Medium(c) => u64::from(c[pos]),
-            Cells::Large(c) | Cells::Float(c) => c[pos],
-        };
-        std::hint::black_box(word);
+        std::hint::black_box(self.stored(pos));
     }
 
     pub(crate) fn set(&mut self, pos: usize, cell: Cell) {
-        match self {
-            Cells::Small(c) => c[pos] = encode_int(cell, 12) as u16 ^ u16::MAX,
-            Cells::Medium(c) => c[pos] = encode_int(cell, 28) as u32 ^ u32::MAX,
-            Cells::Large(c) => c[pos] = encode_int(cell, 60) ^ u64::MAX,
-            Cells::Float(c) => {
-                c[pos] = FLOAT_EMPTY
+        let stored = match self.words {
+            Words::Small(_) => encode_int(cell, 12) ^ u64::from(u16::MAX),
+            Words::Medium(_) => encode_int(cell, 28) ^ u64::from(u32::MAX),
+            Words::Large(_) => encode_int(cell, 60) ^ u64::MAX,
+            Words::Float(_) => {
+                FLOAT_EMPTY
                     ^ match cell {
                         Cell::Empty => FLOAT_EMPTY,
                         Cell::Special(t) => FLOAT_TAG_BASE | u64::from(t),
                         Cell::Num(bits) => bits,
                     }
             }
-        }
+        };
+        let i = if stored == 0 {
+            match self.index(pos) {
+                i if i < self.capacity() => i,
+                // Empty past the words already.
+                _ => return,
+            }
+        } else {
+            self.reserve(pos)
+        };
+        each_width!(&mut self.words, c => c[i] = Word::from_stored(stored));
     }
 
     /// Calls `f(pos, n)` for every cell in `positions` holding a number,
     /// in order: [`Cells::get`] over a run of cells with the width matched
     /// once, for bulk reads.
-    pub(crate) fn for_each_num(
-        &self,
-        positions: std::ops::Range<usize>,
-        mut f: impl FnMut(usize, u64),
-    ) {
-        let start = positions.start;
-        match self {
-            Cells::Small(c) => each_num(&c[positions], start, |v| u64::from(v ^ u16::MAX), 12, f),
-            Cells::Medium(c) => each_num(&c[positions], start, |v| u64::from(v ^ u32::MAX), 28, f),
-            Cells::Large(c) => each_num(&c[positions], start, |v| v ^ u64::MAX, 60, f),
-            Cells::Float(c) => {
-                for (i, &v) in c[positions].iter().enumerate() {
-                    let raw = v ^ FLOAT_EMPTY;
-                    if raw & !0xf != FLOAT_TAG_BASE {
-                        f(start + i, raw);
+    pub(crate) fn for_each_num(&self, positions: Range<usize>, mut f: impl FnMut(usize, u64)) {
+        for run in self.runs(positions) {
+            let held = run.first..(run.first + run.positions.len()).min(self.capacity());
+            if held.is_empty() {
+                continue;
+            }
+            let start = run.positions.start;
+            match &self.words {
+                Words::Small(c) => {
+                    each_num(&c[held], start, |v| u64::from(v ^ u16::MAX), 12, &mut f)
+                }
+                Words::Medium(c) => {
+                    each_num(&c[held], start, |v| u64::from(v ^ u32::MAX), 28, &mut f)
+                }
+                Words::Large(c) => each_num(&c[held], start, |v| v ^ u64::MAX, 60, &mut f),
+                Words::Float(c) => {
+                    for (i, &v) in c[held].iter().enumerate() {
+                        let raw = v ^ FLOAT_EMPTY;
+                        if raw & !0xf != FLOAT_TAG_BASE {
+                            f(start + i, raw);
+                        }
                     }
                 }
             }
@@ -141,30 +312,73 @@ impl Cells {
 
     /// Bytes per cell in the encoded page format.
     pub(crate) fn width(&self) -> usize {
-        match self {
-            Cells::Small(_) => 2,
-            Cells::Medium(_) => 4,
-            Cells::Large(_) | Cells::Float(_) => 8,
+        match self.words {
+            Words::Small(_) => 2,
+            Words::Medium(_) => 4,
+            Words::Large(_) | Words::Float(_) => 8,
+        }
+    }
+
+    /// Calls `f` with the stored word (0 when empty) of every position in
+    /// `positions`, in order.
+    fn each_stored(&self, positions: Range<usize>, mut f: impl FnMut(u64)) {
+        for run in self.runs(positions) {
+            let n = run.positions.len();
+            let held = run.first.min(self.capacity())..(run.first + n).min(self.capacity());
+            let held_len = held.len();
+            each_width!(&self.words, c => c[held].iter().for_each(|w| f(w.stored())));
+            (held_len..n).for_each(|_| f(0));
+        }
+    }
+
+    /// Overwrites the cells from `start` with `stored(k)` for the `n`
+    /// positions `start + k`; words are grown to hold the non-empty ones.
+    fn load_stored(&mut self, start: usize, n: usize, stored: impl Fn(usize) -> u64) {
+        let Some(first) = (0..n).find(|&k| stored(k) != 0) else {
+            // All empty: clear what is held, allocate nothing.
+            (0..n).for_each(|k| self.set(start + k, Cell::Empty));
+            return;
+        };
+        self.reserve(start + first);
+        let last = (0..n)
+            .filter(|&k| stored(k) != 0)
+            .map(|k| self.index(start + k))
+            .max()
+            .unwrap_or(0);
+        if last >= self.capacity() {
+            self.grow(last + 1);
+        }
+        let cap = self.capacity();
+        for run in self.runs(start..start + n) {
+            let offset = run.positions.start - start;
+            let held = run.first.min(cap)..(run.first + run.positions.len()).min(cap);
+            each_width!(&mut self.words, c => c[held]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(k, w)| *w = Word::from_stored(stored(offset + k))));
         }
     }
 
     /// Overwrites cells from `start` with raw little-endian bytes (codec v1
     /// pages).
     pub(crate) fn load_raw(&mut self, start: usize, bytes: &[u8]) {
-        match self {
-            Cells::Small(c) => bytes
-                .chunks_exact(2)
-                .zip(&mut c[start..])
-                .for_each(|(b, v)| *v = u16::from_le_bytes([b[0], b[1]])),
-            Cells::Medium(c) => bytes
-                .chunks_exact(4)
-                .zip(&mut c[start..])
-                .for_each(|(b, v)| *v = u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Cells::Large(c) | Cells::Float(c) => bytes
-                .chunks_exact(8)
-                .zip(&mut c[start..])
-                .for_each(|(b, v)| *v = u64::from_le_bytes(b.try_into().expect("8 bytes"))),
-        }
+        let width = self.width();
+        let n = bytes.len() / width;
+        self.load_stored(start, n, |k| {
+            let mut word = [0u8; 8];
+            word[..width].copy_from_slice(&bytes[k * width..(k + 1) * width]);
+            u64::from_le_bytes(word)
+        });
+    }
+
+    /// Cells `range` as raw little-endian bytes (codec v1 pages, for the
+    /// tests that check those are still read).
+    #[cfg(test)]
+    pub(crate) fn raw_bytes(&self, range: Range<usize>) -> Vec<u8> {
+        let width = self.width();
+        let mut out = Vec::with_capacity(range.len() * width);
+        self.each_stored(range, |w| out.extend_from_slice(&w.to_le_bytes()[..width]));
+        out
     }
 
     /// Cells `range` as small numbers for the varint page codec (v2): an
@@ -172,47 +386,43 @@ impl Cells {
     /// module doc), so their negation is `encoded + 1`: small counts stay
     /// small. A float is its bits byte-swapped plus one, so floats with
     /// short mantissas (integers, halves) are small too.
-    pub(crate) fn page_values(&self, range: std::ops::Range<usize>, out: &mut Vec<u64>) {
-        match self {
-            Cells::Small(c) => out.extend(c[range].iter().map(|v| u64::from(v.wrapping_neg()))),
-            Cells::Medium(c) => out.extend(c[range].iter().map(|v| u64::from(v.wrapping_neg()))),
-            Cells::Large(c) => out.extend(c[range].iter().map(|v| v.wrapping_neg())),
-            Cells::Float(c) => out.extend(c[range].iter().map(|&v| match v {
+    pub(crate) fn page_values(&self, range: Range<usize>, out: &mut Vec<u64>) {
+        let mask = self.mask();
+        let float = matches!(self.words, Words::Float(_));
+        self.each_stored(range, |w| {
+            out.push(match w {
                 0 => 0,
-                v => (v ^ FLOAT_EMPTY).swap_bytes().wrapping_add(1),
-            })),
+                w if float => (w ^ FLOAT_EMPTY).swap_bytes().wrapping_add(1),
+                w => w.wrapping_neg() & mask,
+            })
+        });
+    }
+
+    /// All ones at the cell width.
+    fn mask(&self) -> u64 {
+        match self.words {
+            Words::Small(_) => u64::from(u16::MAX),
+            Words::Medium(_) => u64::from(u32::MAX),
+            Words::Large(_) | Words::Float(_) => u64::MAX,
         }
     }
 
     /// Overwrites cells from `start` with [`Cells::page_values`]; false
     /// (nothing written) when a value does not fit the cell width.
     pub(crate) fn load_page_values(&mut self, start: usize, values: &[u64]) -> bool {
-        fn load<T: TryFrom<u64>>(cells: &mut [T], values: &[u64], neg: fn(T) -> T) -> bool {
-            if values.iter().any(|v| T::try_from(*v).is_err()) {
-                return false;
-            }
-            for (cell, v) in cells.iter_mut().zip(values) {
-                if let Ok(v) = T::try_from(*v) {
-                    *cell = neg(v);
-                }
-            }
-            true
+        let mask = self.mask();
+        if matches!(self.words, Words::Float(_)) {
+            self.load_stored(start, values.len(), |k| match values[k] {
+                0 => 0,
+                v => v.wrapping_sub(1).swap_bytes() ^ FLOAT_EMPTY,
+            });
+            return true;
         }
-        let end = start + values.len();
-        match self {
-            Cells::Small(c) => load(&mut c[start..end], values, u16::wrapping_neg),
-            Cells::Medium(c) => load(&mut c[start..end], values, u32::wrapping_neg),
-            Cells::Large(c) => load(&mut c[start..end], values, u64::wrapping_neg),
-            Cells::Float(c) => {
-                c[start..end].iter_mut().zip(values).for_each(|(c, &v)| {
-                    *c = match v {
-                        0 => 0,
-                        v => v.wrapping_sub(1).swap_bytes() ^ FLOAT_EMPTY,
-                    }
-                });
-                true
-            }
+        if values.iter().any(|v| v & !mask != 0) {
+            return false;
         }
+        self.load_stored(start, values.len(), |k| values[k].wrapping_neg() & mask);
+        true
     }
 }
 

@@ -352,20 +352,7 @@ pub(crate) fn encode_v1(
     let pages = (0..limit.div_ceil(PAGE_BUCKETS))
         .map(|page| {
             let range = page * PAGE_BUCKETS..((page + 1) * PAGE_BUCKETS).min(limit);
-            let cells = match &archive.cells {
-                super::cells::Cells::Small(c) => c[range.clone()]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                super::cells::Cells::Medium(c) => c[range.clone()]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-                super::cells::Cells::Large(c) | super::cells::Cells::Float(c) => c[range.clone()]
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect(),
-            };
+            let cells = archive.cells.raw_bytes(range.clone());
             let means = archive
                 .means
                 .as_deref()

@@ -131,19 +131,6 @@ impl Shape {
     fn timeframe_ms(&self) -> u64 {
         self.timeframe_secs * 1000
     }
-
-    /// Bytes of cell storage an archive of this shape holds.
-    pub fn cell_bytes(&self) -> usize {
-        let cell = match (self.value_size, self.consolidation) {
-            (ValueSize::Small, Consolidation::Avg) => 2 + 8,
-            (ValueSize::Medium, Consolidation::Avg) => 4 + 8,
-            (_, Consolidation::Avg) => 8 + 8,
-            (ValueSize::Small, _) => 2,
-            (ValueSize::Medium, _) => 4,
-            _ => 8,
-        };
-        cell * self.limit as usize
-    }
 }
 
 /// Why an archive refused a sample.
@@ -310,9 +297,14 @@ impl Archive {
         &self.shape
     }
 
-    /// Bytes held in memory for buckets, means and dirty bits.
+    /// Bytes held in memory for buckets, means and dirty bits. Cells are
+    /// held for the span written so far (see `Cells`), so this grows with
+    /// writes up to the whole ring.
     pub fn memory_bytes(&self) -> usize {
-        self.shape.cell_bytes() + self.dirty_pages.heap_bytes() + std::mem::size_of::<Self>()
+        self.cells.heap_bytes()
+            + self.means.as_ref().map_or(0, |m| m.len() * 8)
+            + self.dirty_pages.heap_bytes()
+            + std::mem::size_of::<Self>()
     }
 
     /// Bucket number of the newest bucket seen, if any.
@@ -478,10 +470,12 @@ impl Archive {
         }) as usize
     }
 
+    /// Empties every bucket and gives the cells' memory back.
     fn clear_all(&mut self) {
         for pos in 0..self.shape.limit as usize {
             self.clear_position(pos);
         }
+        self.cells.clear();
     }
 
     fn clear_position(&mut self, pos: usize) {

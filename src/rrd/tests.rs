@@ -455,3 +455,140 @@ fn a_page_with_a_cell_too_wide_is_reported() {
     assert_eq!(errors.len(), 1);
     assert_eq!(back.get(1), Reading::Empty);
 }
+
+/// One change to a ring of cells, for the model test below.
+#[derive(Debug, Clone)]
+enum CellOp {
+    Set(usize, cells::Cell),
+    Clear,
+}
+
+fn cell_op(len: usize) -> impl proptest::strategy::Strategy<Value = CellOp> {
+    use proptest::prelude::*;
+    let cell = prop_oneof![
+        Just(cells::Cell::Empty),
+        (1u8..=2).prop_map(cells::Cell::Special),
+        (0u64..4000).prop_map(cells::Cell::Num),
+    ];
+    prop_oneof![
+        20 => (0..len, cell).prop_map(|(pos, c)| CellOp::Set(pos, c)),
+        1 => Just(CellOp::Clear),
+    ]
+}
+
+proptest::proptest! {
+    /// Cells that hold only the span written read, page and reload exactly
+    /// as a plain array of the whole ring would, wherever writes start
+    /// and however the span wraps.
+    #[test]
+    fn growing_cells_match_a_whole_array(
+        kind in proptest::sample::select(vec![
+            ValueSize::Small, ValueSize::Medium, ValueSize::Large, ValueSize::Float,
+        ]),
+        len in 1usize..200,
+        seed_ops in proptest::collection::vec(cell_op(1000), 0..300),
+        from in 0usize..1000,
+        to in 0usize..1000,
+    ) {
+        use cells::{Cell, Cells};
+        let mut model = vec![Cell::Empty; len];
+        let mut c = Cells::new(kind, len);
+        for op in seed_ops {
+            match op {
+                CellOp::Set(pos, cell) => {
+                    // Floats keep the bits; integers fit every width here.
+                    c.set(pos % len, cell);
+                    model[pos % len] = cell;
+                }
+                CellOp::Clear => {
+                    c.clear();
+                    model.fill(Cell::Empty);
+                }
+            }
+            proptest::prop_assert!(c.heap_bytes() <= len * c.width());
+        }
+        for (pos, want) in model.iter().enumerate() {
+            proptest::prop_assert_eq!(c.get(pos), *want, "position {}", pos);
+        }
+        let (from, to) = (from % len, to % len);
+        let range = from.min(to)..from.max(to) + 1;
+        let mut seen = Vec::new();
+        c.for_each_num(range.clone(), |pos, n| seen.push((pos, n)));
+        let want: Vec<_> = range
+            .clone()
+            .filter_map(|pos| match model[pos] {
+                Cell::Num(n) => Some((pos, n)),
+                _ => None,
+            })
+            .collect();
+        proptest::prop_assert_eq!(seen, want);
+        // Paged out and loaded into a fresh ring, page by page.
+        let mut back = Cells::new(kind, len);
+        for start in (0..len).step_by(PAGE_BUCKETS) {
+            let mut values = Vec::new();
+            c.page_values(start..(start + PAGE_BUCKETS).min(len), &mut values);
+            proptest::prop_assert!(back.load_page_values(start, &values));
+        }
+        for (pos, want) in model.iter().enumerate() {
+            proptest::prop_assert_eq!(back.get(pos), *want, "reloaded position {}", pos);
+        }
+        let mut raw = Cells::new(kind, len);
+        raw.load_raw(0, &c.raw_bytes(0..len));
+        for (pos, want) in model.iter().enumerate() {
+            proptest::prop_assert_eq!(raw.get(pos), *want, "raw position {}", pos);
+        }
+    }
+}
+
+#[test]
+fn an_archive_holds_memory_for_the_span_written_up_to_its_ring() {
+    let mut a = Archive::new(shape(
+        Consolidation::Last,
+        Split::Backward,
+        ValueSize::Float,
+        480,
+    ));
+    let fixed = a.memory_bytes();
+    a.update(s(600, Value::Float(1.0))).unwrap();
+    let one = a.memory_bytes() - fixed;
+    assert!(one > 0 && one <= 16 * 8, "one bucket: {one} bytes of cells");
+    for i in 0..100u64 {
+        a.update(s(600 + i * 60, Value::Float(i as f64))).unwrap();
+    }
+    let hundred = a.memory_bytes() - fixed;
+    assert!(
+        (100 * 8..=128 * 8).contains(&hundred),
+        "100 buckets: {hundred}"
+    );
+    for i in 0..1000u64 {
+        a.update(s(600 + i * 60, Value::Float(i as f64))).unwrap();
+    }
+    assert_eq!(a.memory_bytes() - fixed, 480 * 8, "a full window: the ring");
+    // A gap longer than the window empties it and gives the memory back;
+    // writes go on from where the head is, wrapping around the ring.
+    a.update(s(600 + 2000 * 60, Value::Float(7.0))).unwrap();
+    assert_eq!(a.memory_bytes() - fixed, 16 * 8);
+    for i in 1..=40u64 {
+        a.update(s(600 + (2000 + i) * 60, Value::Float(i as f64)))
+            .unwrap();
+    }
+    assert!(a.memory_bytes() - fixed <= 64 * 8);
+    let newest = 10 + 2040;
+    let got = numbers(&a, newest - 40, newest);
+    assert_eq!(got.len(), 41);
+    assert_eq!(f64::from_bits(got[0].1), 7.0);
+    assert_eq!(f64::from_bits(got[40].1), 40.0);
+    // Saved and restored, it holds the same span again.
+    a.mark_all_dirty();
+    let all = a.take_dirty("r", "p", None);
+    let header = codec::decode_header(all.header.as_ref().unwrap()).unwrap();
+    let (back, errors) =
+        Archive::restore(&header, all.pages.iter().map(|(n, b)| (*n, b.as_slice())));
+    assert!(errors.is_empty());
+    assert_eq!(numbers(&back, 0, u64::MAX), numbers(&a, 0, u64::MAX));
+    assert!(
+        back.memory_bytes() - fixed <= 128 * 8,
+        "{}",
+        back.memory_bytes()
+    );
+}

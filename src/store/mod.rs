@@ -575,7 +575,11 @@ impl Store {
             {
                 Err(Reject::TooOld)
             } else {
-                self.archive_for(series, rule).update(sample)
+                let archive = self.archive_for(series, rule);
+                let before = archive.memory_bytes();
+                let result = archive.update(sample);
+                self.resized(before, archive.memory_bytes());
+                result
             };
             match result {
                 Ok(()) => stored += 1,
@@ -801,11 +805,8 @@ impl Store {
                         return false;
                     };
                     if rule.shape != a.rule.shape {
-                        let before = a.archive.memory_bytes() as u64;
                         let (migrated, report) = a.archive.migrate(rule.shape.clone());
-                        self.archive_bytes.fetch_sub(before, Ordering::Relaxed);
-                        self.archive_bytes
-                            .fetch_add(migrated.memory_bytes() as u64, Ordering::Relaxed);
+                        self.resized(a.archive.memory_bytes(), migrated.memory_bytes());
                         a.archive = migrated;
                         change.migrated += 1;
                         change.dropped_buckets += report.dropped;
@@ -825,6 +826,19 @@ impl Store {
         self.migration_dropped
             .fetch_add(change.dropped_buckets, Ordering::Relaxed);
         change
+    }
+
+    /// Counts an archive's memory going from `before` to `after` bytes
+    /// (its cells grow with the span written, and shrink when a gap
+    /// empties it).
+    fn resized(&self, before: usize, after: usize) {
+        if after > before {
+            self.archive_bytes
+                .fetch_add((after - before) as u64, Ordering::Relaxed);
+        } else if after < before {
+            self.archive_bytes
+                .fetch_sub((before - after) as u64, Ordering::Relaxed);
+        }
     }
 
     fn forget_archive(&self, archive: &Archive) {

@@ -323,3 +323,41 @@ fn short_long_and_shared_keys_are_the_same_series_everywhere() {
     }
     assert_eq!(store.stats().series, 0);
 }
+
+#[test]
+fn archive_bytes_follow_the_cells_written() {
+    let s = store();
+    let held = |s: &Store| {
+        ["traffic-a", "other-a"]
+            .iter()
+            .filter_map(|key| {
+                s.read(key, |series| {
+                    series
+                        .archives()
+                        .iter()
+                        .map(|a| a.archive.memory_bytes() as u64)
+                        .sum::<u64>()
+                })
+            })
+            .sum::<u64>()
+    };
+    s.write("traffic-a", "traffic", sample(NOW, 5), NOW)
+        .unwrap();
+    s.write("other-a", "other", sample(NOW, 5), NOW).unwrap();
+    let first = s.stats().archive_bytes;
+    assert_eq!(first, held(&s));
+    // 100 minutes: the 1-minute archive's ring (100 buckets) fills.
+    for m in 1..100 {
+        let t = NOW + m * 60_000;
+        s.write("traffic-a", "traffic", sample(t, 1), t).unwrap();
+    }
+    let full = s.stats().archive_bytes;
+    assert!(full > first, "{full} after 100 minutes, {first} after one");
+    assert_eq!(full, held(&s));
+    // A gap longer than the window empties the 1-minute ring.
+    let later = NOW + 500 * 60_000;
+    s.write("traffic-a", "traffic", sample(later, 1), later)
+        .unwrap();
+    assert!(s.stats().archive_bytes < full);
+    assert_eq!(s.stats().archive_bytes, held(&s));
+}
