@@ -85,10 +85,19 @@ def main():
         ">= 3x", None if vs_prom is None else vs_prom >= 3.0)
     row(what, "ringdb / vm", "skipped" if vs_vm is None else f"{vs_vm:.2f}x",
         ">= 1.2x", None if vs_vm is None else vs_vm >= 1.2)
-    for system in ("ringdb", "prometheus", "victoriametrics"):
-        b = get("memory_label_sets", system, "bytes_per_series")
-        row(f"RSS per label-set series after remote_write ({series})", system,
-            "skipped" if b is None else f"{b:,} B")
+    def memory_rows(scenario, what, systems):
+        held = {s: get(scenario, s, "bytes_per_series") for s in systems}
+        peers = [b for s, b in held.items() if s != "ringdb" and b is not None]
+        for system, b in held.items():
+            lead = system == "ringdb" and b is not None and peers
+            row(what, system, "skipped" if b is None else f"{b:,} B",
+                "least of all" if lead else "", (b < min(peers)) if lead else None)
+
+    memory_rows("memory_label_sets", f"RSS per label-set series after remote_write ({series}, 20 samples each)",
+                ("ringdb", "prometheus", "victoriametrics"))
+    qset = get("memory_query_set", "ringdb", "series")
+    memory_rows("memory_query_set", f"RSS growth per series of the query data set ({qset}, 240 samples over 1 h)",
+                ("ringdb", "prometheus"))
 
     qs = get("query_sum_rate", "ringdb", "series")
     q = {s: (get("query_sum_rate", s, "p50_ms"), get("query_sum_rate", s, "p99_ms"))

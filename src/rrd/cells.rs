@@ -56,10 +56,10 @@ fn zeroed<T: Word>(len: usize) -> CellArray<T> {
     unsafe { words.assume_init() }
 }
 
-/// `old` copied into a zeroed array of `len` words.
-fn grown<T: Word>(old: &CellArray<T>, len: usize) -> CellArray<T> {
+/// `old` copied into a zeroed array of `len` words, from word `front`.
+fn grown<T: Word>(old: &CellArray<T>, front: usize, len: usize) -> CellArray<T> {
     let mut words = zeroed(len);
-    words[..old.len()].copy_from_slice(old);
+    words[front..front + old.len()].copy_from_slice(old);
     words
 }
 
@@ -103,11 +103,12 @@ macro_rules! each_width {
 }
 
 /// The cells of a ring of `len` positions. Words are allocated for the
-/// span written so far, not for the whole ring: word 0 holds the ring
-/// position written first (`origin`) and word `i` the position `i` after
-/// it, wrapping at `len`. A position past the words is empty. A write past
-/// them grows the words (doubling, at most to `len`), so an archive costs
-/// what it holds until its window is full, and then `len` words.
+/// span written so far, not for the whole ring: word 0 holds ring
+/// position `origin` (at first the position written first) and word `i`
+/// the position `i` after it, wrapping at `len`. A position past the words
+/// is empty. A write past them grows the words (doubling, at most to
+/// `len`) at whichever end is nearer, so an archive costs what it holds
+/// until its window is full, and then `len` words.
 #[derive(Debug, Clone)]
 pub(crate) struct Cells {
     /// Ring position of word 0.
@@ -168,29 +169,40 @@ impl Cells {
         each_width!(&self.words, c => c.get(i).map_or(0, |w| w.stored()))
     }
 
-    /// Word index of `pos`, growing the words to hold it.
+    /// Word index of `pos`, growing the words to hold it: at their end,
+    /// or at their start (moving the origin back) when `pos` is nearer
+    /// before the origin than after the last word, as an older sample is.
     fn reserve(&mut self, pos: usize) -> usize {
-        if self.capacity() == 0 {
+        let cap = self.capacity();
+        if cap == 0 {
             self.origin = pos as u32;
         }
         let i = self.index(pos);
-        if i >= self.capacity() {
-            self.grow(i + 1);
+        if i < cap {
+            return i;
         }
-        i
+        let len = self.len as usize;
+        let after = i + 1 - cap;
+        let before = len - i;
+        let more = |need: usize| (cap * 2).max(cap + need).max(FIRST_WORDS).min(len) - cap;
+        if cap == 0 || after <= before {
+            self.grow(0, more(after));
+        } else {
+            let front = more(before);
+            self.origin = ((self.origin as usize + len - front) % len) as u32;
+            self.grow(front, 0);
+        }
+        self.index(pos)
     }
 
-    /// Grows the words to at least `min` (at most the ring length).
-    fn grow(&mut self, min: usize) {
-        let len = (self.capacity() * 2)
-            .max(min)
-            .max(FIRST_WORDS)
-            .min(self.len as usize);
+    /// Adds `front` empty words before the words held and `back` after.
+    fn grow(&mut self, front: usize, back: usize) {
+        let len = self.capacity() + front + back;
         self.words = match &self.words {
-            Words::Small(c) => Words::Small(grown(c, len)),
-            Words::Medium(c) => Words::Medium(grown(c, len)),
-            Words::Large(c) => Words::Large(grown(c, len)),
-            Words::Float(c) => Words::Float(grown(c, len)),
+            Words::Small(c) => Words::Small(grown(c, front, len)),
+            Words::Medium(c) => Words::Medium(grown(c, front, len)),
+            Words::Large(c) => Words::Large(grown(c, front, len)),
+            Words::Float(c) => Words::Float(grown(c, front, len)),
         };
     }
 
@@ -339,14 +351,10 @@ impl Cells {
             (0..n).for_each(|k| self.set(start + k, Cell::Empty));
             return;
         };
-        self.reserve(start + first);
-        let last = (0..n)
-            .filter(|&k| stored(k) != 0)
-            .map(|k| self.index(start + k))
-            .max()
-            .unwrap_or(0);
-        if last >= self.capacity() {
-            self.grow(last + 1);
+        for k in first..n {
+            if stored(k) != 0 {
+                self.reserve(start + k);
+            }
         }
         let cap = self.capacity();
         for run in self.runs(start..start + n) {

@@ -477,6 +477,7 @@ fn cell_op(len: usize) -> impl proptest::strategy::Strategy<Value = CellOp> {
 }
 
 proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
     /// Cells that hold only the span written read, page and reload exactly
     /// as a plain array of the whole ring would, wherever writes start
     /// and however the span wraps.
@@ -591,4 +592,24 @@ fn an_archive_holds_memory_for_the_span_written_up_to_its_ring() {
         "{}",
         back.memory_bytes()
     );
+}
+
+#[test]
+fn an_older_sample_grows_the_cells_backward_not_around_the_ring() {
+    let mut a = Archive::new(shape(
+        Consolidation::Sum,
+        Split::Backward,
+        ValueSize::Large,
+        1440,
+    ));
+    let fixed = a.memory_bytes();
+    // Newest first, as a pipelined agent may send them.
+    for back in 0..30u64 {
+        a.update(s((10_000 - back) * 60, Value::Uint(back)))
+            .unwrap();
+    }
+    assert!(a.memory_bytes() - fixed <= 64 * 8, "{}", a.memory_bytes());
+    let got = numbers(&a, 0, u64::MAX);
+    assert_eq!(got.len(), 30);
+    assert_eq!(got[0], (10_000 - 29, 29f64.to_bits()));
 }
