@@ -57,6 +57,14 @@ pub struct SaveReport {
 /// per-key work inside sled is what a save costs.
 const SAVE_THREADS: usize = 2;
 
+/// Archives with several records (new, slid or migrated ones) go to sled
+/// in batches of at most this many. sled keeps memory in proportion to a
+/// batch long after applying it: one batch per store shard (1,500 new
+/// archives each for 100K label-set series) left the daemon 3.5 KB RSS a
+/// series above its store, batches of 64 leave 0.8 KB, and the first save
+/// of 100K archives is no slower (1.75 s, against 2.13 s).
+const BATCH_ARCHIVES: usize = 64;
+
 /// Threads a restore decodes with (besides the one reading sled): decoding
 /// and filling the store cost about twice what reading sled does.
 const RESTORE_THREADS: usize = 2;
@@ -289,8 +297,8 @@ impl Snapshotter {
                 return (report, first_error);
             }
             let dirty = store.take_dirty(shard);
-            // Archives with several records go in one batch for the shard
-            // (sled serialises batches and each costs a log reservation).
+            // Archives with several records go in batches (sled serialises
+            // batches and each costs a log reservation; see BATCH_ARCHIVES).
             let mut batched = Vec::new();
             let mut batch = sled::Batch::default();
             for d in &dirty {
@@ -302,20 +310,38 @@ impl Snapshotter {
                         first_error.get_or_insert(e);
                     }
                 }
-            }
-            if batched.is_empty() {
-                continue;
-            }
-            match self.db.apply_batch(batch) {
-                Ok(()) => batched.iter().for_each(|d| report.add(d)),
-                Err(e) => {
-                    batched
-                        .iter()
-                        .for_each(|d| store.mark_dirty(&d.series, &d.rule.name));
-                    first_error.get_or_insert(e);
+                if batched.len() == BATCH_ARCHIVES {
+                    let full = std::mem::take(&mut batch);
+                    self.apply_batch(store, full, &mut batched, &mut report, &mut first_error);
                 }
             }
+            self.apply_batch(store, batch, &mut batched, &mut report, &mut first_error);
         }
+    }
+
+    /// Applies `batch`, holding the records of the archives `batched`
+    /// (emptied): counted in `report` when written, else marked dirty again.
+    fn apply_batch(
+        &self,
+        store: &Store,
+        batch: sled::Batch,
+        batched: &mut Vec<&DirtyArchive>,
+        report: &mut SaveReport,
+        first_error: &mut Option<sled::Error>,
+    ) {
+        if batched.is_empty() {
+            return;
+        }
+        match self.db.apply_batch(batch) {
+            Ok(()) => batched.iter().for_each(|d| report.add(d)),
+            Err(e) => {
+                batched
+                    .iter()
+                    .for_each(|d| store.mark_dirty(&d.series, &d.rule.name));
+                first_error.get_or_insert(e);
+            }
+        }
+        batched.clear();
     }
 
     /// Writes one archive's records. A single record (the common case: one

@@ -55,6 +55,24 @@ fn sigterm_and_restart_give_identical_answers() {
 }
 
 #[test]
+fn many_new_archives_in_one_save_all_come_back() {
+    // 6,000 archives over the store's 64 shards: about 94 new
+    // archives a shard, so a save writes each shard in two batches.
+    let mut d = Daemon::start(&RULES.replace("interval: 1s", "interval: 1h"));
+    let paths = write_batch(&d, "many", 2000);
+    let archives = d.metric("ringdb_archives");
+    assert_eq!(archives, 6000.0);
+    let sample: Vec<String> = paths.iter().step_by(97).cloned().collect();
+    let before = answers(&d, &sample);
+    let status = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    d.spawn();
+    assert_eq!(d.metric("ringdb_archives"), archives);
+    assert_eq!(d.metric("ringdb_series"), 4000.0);
+    assert_eq!(answers(&d, &sample), before);
+}
+
+#[test]
 fn kill_9_loses_at_most_one_interval() {
     let mut d = Daemon::start(RULES);
     let saved = write_batch(&d, "a", 20);
