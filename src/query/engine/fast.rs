@@ -250,9 +250,9 @@ struct RowBuilder<'s> {
     /// Buffers reused from series to series.
     unstale: Vec<(i64, f64)>,
     resets: Vec<usize>,
-    /// The last window span extrapolated and its figures: regularly spaced
-    /// samples keep one span over most windows.
-    last_span: Option<(WindowSpan, Extrapolation)>,
+    /// Per step, the last window span extrapolated and its figures: over
+    /// regularly spaced samples, series share one span at each step.
+    spans: Vec<Option<(WindowSpan, Extrapolation)>>,
     failed: Option<EngineError>,
     too_many: bool,
 }
@@ -278,7 +278,7 @@ impl<'s> RowBuilder<'s> {
             },
             unstale: Vec::new(),
             resets: Vec::new(),
-            last_span: None,
+            spans: vec![None; steps.len()],
             failed: None,
             too_many: false,
         }
@@ -326,7 +326,7 @@ impl<'s> RowBuilder<'s> {
         rows.values.resize(row + n_steps, 0.0);
         rows.present.resize(row + n_steps, false);
         let (mut lo, mut hi) = (0usize, 0usize);
-        for (k, &(t, wstart, te)) in steps.iter().enumerate() {
+        for ((k, &(t, wstart, te)), last_span) in steps.iter().enumerate().zip(&mut self.spans) {
             // Windows only move forward with t (or stay, with `@`).
             if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
                 lo = 0;
@@ -357,11 +357,11 @@ impl<'s> RowBuilder<'s> {
                         result += pts[i - 1].1;
                     }
                     let span = WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
-                    let ex = match self.last_span {
+                    let ex = match *last_span {
                         Some((last, ex)) if last == span => ex,
                         _ => {
                             let ex = Extrapolation::new(span);
-                            self.last_span = Some((span, ex));
+                            *last_span = Some((span, ex));
                             ex
                         }
                     };
