@@ -995,3 +995,84 @@ fn plain_extrapolation(
     }
     result * factor
 }
+
+/// The streamed fast path against the general evaluator, bit for bit, over
+/// enough series and steps that its table spans many chunks and its sums
+/// are split over threads: counters with resets, gaps, staleness markers
+/// and values near zero, steps aligned and not with the samples.
+#[test]
+fn fast_path_is_the_general_path_bit_for_bit() {
+    const N: usize = 2500;
+    let labels: Vec<[(String, String); 3]> = (0..N)
+        .map(|i| {
+            [
+                ("__name__".to_string(), "m".to_string()),
+                // Label order unlike arrival order.
+                ("instance".to_string(), format!("h{:04}", (i * 7919) % N)),
+                ("grp".to_string(), ["a", "b", "c"][i % 3].to_string()),
+            ]
+        })
+        .collect();
+    let samples: Vec<Vec<(i64, f64)>> = (0..N)
+        .map(|i| {
+            let mut v = (i % 5) as f64 * 0.1;
+            (0..280i64)
+                .filter(|k| i % 11 != 0 || k % 9 != 4)
+                .map(|k| {
+                    v += 1.0 + ((k as usize * 31 + i) % 7) as f64 * 0.37;
+                    if i % 7 == 0 && k == 140 {
+                        v = 0.25;
+                    }
+                    // Runs of series sampled at the same times.
+                    let at = 1_000 * ((i / 100) % 3) as i64 + k * 15_000;
+                    match i % 13 == 0 && k % 50 == 7 {
+                        true => (at, STALE),
+                        false => (at, v),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let pairs: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|l| l.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect())
+        .collect();
+    let defs: Vec<SeriesDef> = pairs
+        .iter()
+        .zip(&samples)
+        .map(|(l, s)| (l.as_slice(), s.as_slice(), Some(15_000)))
+        .collect();
+    let mem = Mem::new(&defs);
+    let engine = engine();
+    let queries = [
+        "sum(rate(m[5m]))",
+        "sum by (grp) (rate(m[5m]))",
+        "avg without (instance) (increase(m[5m]))",
+        "stddev by (grp) (irate(m[1m]))",
+        "rate(m[5m])",
+    ];
+    // (start, end, step): aligned with the samples, and not.
+    let ranges = [(600_000, 4_200_000, 60_000), (601_234, 4_000_000, 45_000)];
+    for q in queries {
+        let expr = parse(q).expect("parses");
+        for (start, end, step) in ranges {
+            let fast = engine
+                .range(&mem, &expr, start, end, step)
+                .expect("fast path");
+            let general = eval::Evaluator::new(&engine, &mem, &expr, start, end, step, None)
+                .and_then(|ev| ev.run_range(&expr, start, end, step))
+                .expect("general path");
+            let (Value::Matrix(fast), Value::Matrix(general)) = (fast, general) else {
+                panic!("{q}: not matrices");
+            };
+            assert_eq!(fast.len(), general.len(), "{q} from {start}: series");
+            for (f, g) in fast.iter().zip(&general) {
+                assert_eq!(f.labels, g.labels, "{q} from {start}: labels");
+                let bits = |s: &Series| -> Vec<(i64, u64)> {
+                    s.points.iter().map(|(t, v)| (*t, v.to_bits())).collect()
+                };
+                assert_eq!(bits(f), bits(g), "{q} from {start}: {:?}", f.labels);
+            }
+        }
+    }
+}
