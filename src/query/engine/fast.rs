@@ -416,6 +416,8 @@ struct RowBuilder<'s> {
     /// Per step, the last window span extrapolated and its figures: over
     /// regularly spaced samples, series share one span at each step.
     spans: Vec<Option<(WindowSpan, Extrapolation)>>,
+    /// The last series' sample times and windows.
+    grid: Grid,
     failed: Option<EngineError>,
     too_many: bool,
 }
@@ -441,6 +443,7 @@ impl<'s> RowBuilder<'s> {
             unstale: Vec::new(),
             resets: Vec::new(),
             spans: vec![None; steps.len()],
+            grid: Grid::default(),
             failed: None,
             too_many: false,
         }
@@ -485,35 +488,26 @@ impl<'s> RowBuilder<'s> {
         rows.labels.push(s.labels.clone());
         rows.keys.push(&s.labels);
         let mut out = rows.table.push_row();
-        let (mut lo, mut hi) = (0usize, 0usize);
-        // How far each end of the window moved at the last step: over
-        // regularly spaced samples, it moves as far at the next one.
-        let (mut lo_moved, mut hi_moved) = (0usize, 0usize);
-        for ((k, &(t, wstart, te)), last_span) in steps.iter().enumerate().zip(&mut self.spans) {
-            // Windows only move forward with t (or stay, with `@`).
-            if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
-                lo = 0;
-                hi = 0;
-            }
-            let (lo_was, hi_was) = (lo, hi);
-            // Samples are in ascending order: if the one before the guess
-            // is still before the window, so are all before it.
-            let guess = (lo + lo_moved).min(pts.len());
-            if guess > lo && pts[guess - 1].0 < wstart {
-                lo = guess;
-            }
-            while lo < pts.len() && pts[lo].0 < wstart {
-                lo += 1;
-            }
-            hi = hi.max(lo);
-            let guess = (hi + hi_moved).min(pts.len());
-            if guess > hi && pts[guess - 1].0 <= te {
-                hi = guess;
-            }
-            while hi < pts.len() && pts[hi].0 <= te {
-                hi += 1;
-            }
-            (lo_moved, hi_moved) = (lo - lo_was, hi - hi_was);
+        // Series of one metric are mostly sampled at the same times: then
+        // their windows are the last series' ones.
+        let same_times = pts.len() == self.grid.times.len()
+            && pts
+                .iter()
+                .zip(&self.grid.times)
+                .fold(true, |same, (p, &t)| same & (p.0 == t));
+        if !same_times {
+            self.grid.times.clear();
+            self.grid.times.extend(pts.iter().map(|p| p.0));
+            windows(pts, steps, &mut self.grid.windows);
+            self.grid.extrapolations.clear();
+            self.grid.extrapolations.resize(n_steps, None);
+        }
+        let grid = &mut self.grid;
+        let windows = grid.windows.iter().zip(&mut grid.extrapolations);
+        let cached = windows.zip(&mut self.spans);
+        for ((k, &(t, wstart, te)), ((&(lo, hi), grid_ex), last_span)) in
+            steps.iter().enumerate().zip(cached)
+        {
             let w = &pts[lo..hi];
             if w.is_empty() {
                 continue;
@@ -531,12 +525,20 @@ impl<'s> RowBuilder<'s> {
                         }
                         result += pts[i - 1].1;
                     }
-                    let span = WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
-                    let ex = match *last_span {
-                        Some((last, ex)) if last == span => ex,
-                        _ => {
-                            let ex = Extrapolation::new(span);
-                            *last_span = Some((span, ex));
+                    let ex = match *grid_ex {
+                        Some(ex) => ex,
+                        None => {
+                            let span =
+                                WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
+                            let ex = match *last_span {
+                                Some((last, ex)) if last == span => ex,
+                                _ => {
+                                    let ex = Extrapolation::new(span);
+                                    *last_span = Some((span, ex));
+                                    ex
+                                }
+                            };
+                            *grid_ex = Some(ex);
                             ex
                         }
                     };
@@ -550,6 +552,54 @@ impl<'s> RowBuilder<'s> {
             }
         }
         Ok(true)
+    }
+}
+
+/// Sample times and, per step, the window over them.
+#[derive(Default)]
+struct Grid {
+    times: Vec<i64>,
+    /// Per step, the window's samples as `lo..hi`.
+    windows: Vec<(usize, usize)>,
+    /// Per step, the window's extrapolation figures once worked out: they
+    /// depend on the sample times alone.
+    extrapolations: Vec<Option<Extrapolation>>,
+}
+
+/// Each step's window over `pts` as `lo..hi` (samples with `wstart <= t
+/// <= te`), into `out`.
+fn windows(pts: &[(i64, f64)], steps: &[(i64, i64, i64)], out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    let (mut lo, mut hi) = (0usize, 0usize);
+    // How far each end of the window moved at the last step: over
+    // regularly spaced samples, it moves as far at the next one.
+    let (mut lo_moved, mut hi_moved) = (0usize, 0usize);
+    for &(_, wstart, te) in steps {
+        // Windows only move forward with t (or stay, with `@`).
+        if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
+            lo = 0;
+            hi = 0;
+        }
+        let (lo_was, hi_was) = (lo, hi);
+        // Samples are in ascending order: if the one before the guess is
+        // still before the window, so are all before it.
+        let guess = (lo + lo_moved).min(pts.len());
+        if guess > lo && pts[guess - 1].0 < wstart {
+            lo = guess;
+        }
+        while lo < pts.len() && pts[lo].0 < wstart {
+            lo += 1;
+        }
+        hi = hi.max(lo);
+        let guess = (hi + hi_moved).min(pts.len());
+        if guess > hi && pts[guess - 1].0 <= te {
+            hi = guess;
+        }
+        while hi < pts.len() && pts[hi].0 <= te {
+            hi += 1;
+        }
+        (lo_moved, hi_moved) = (lo - lo_was, hi - hi_was);
+        out.push((lo, hi));
     }
 }
 
