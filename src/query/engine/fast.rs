@@ -5,11 +5,13 @@
 //! AST at every step (cloning every series' labels and window per step),
 //! the selection is streamed one series at a time
 //! ([`Storage::select_each`]): while a series' samples are in cache, its
-//! window slides with two pointers over every step and only the range
-//! function's value per step is kept. The rows then meet their groups in
-//! label order. Results are bit-identical to the general evaluator: the
-//! same arithmetic runs in the same order. Anything unusual (e.g. output
-//! label sets that collide) falls back to the general path.
+//! window slides with two pointers over every step (a series sampled at
+//! the same times as the one before reuses its windows) and only the
+//! range function's value per step is kept. The rows then meet their
+//! groups in label order, on several threads for large tables, each
+//! taking a share of the steps. Results are bit-identical to the general
+//! evaluator: the same arithmetic runs in the same order. Anything unusual
+//! (e.g. output label sets that collide) falls back to the general path.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
