@@ -5,11 +5,13 @@
 //! AST at every step (cloning every series' labels and window per step),
 //! the selection is streamed one series at a time
 //! ([`Storage::select_each`]): while a series' samples are in cache, its
-//! window slides with two pointers over every step and only the range
-//! function's value per step is kept. The rows then meet their groups in
-//! label order. Results are bit-identical to the general evaluator: the
-//! same arithmetic runs in the same order. Anything unusual (e.g. output
-//! label sets that collide) falls back to the general path.
+//! window slides with two pointers over every step (a series sampled at
+//! the same times as the one before reuses its windows) and only the
+//! range function's value per step is kept. The rows then meet their
+//! groups in label order, on several threads for large tables, each
+//! taking a share of the steps. Results are bit-identical to the general
+//! evaluator: the same arithmetic runs in the same order. Anything unusual
+//! (e.g. output label sets that collide) falls back to the general path.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
@@ -174,14 +176,184 @@ impl Acc {
     }
 }
 
+/// Rows of `n_steps` values (and whether each is present), one row per
+/// series in arrival order.
+///
+/// The rows are summed in label order, not in the order they arrive, so
+/// the table is laid out for that: steps are grouped in blocks of up to
+/// [`LANES`], and a block's values for one row fill one cache line next
+/// to the same block of the next row. Adding up one block over all rows
+/// then reads a block's worth of the table (it stays in cache) rather
+/// than jumping between whole rows, and the sums of the steps in a block
+/// advance side by side.
+///
+/// The number of series is not known before the scan, so rows go into
+/// chunks, which double in size up to [`MAX_CHUNK_ROWS`]: a new chunk
+/// never copies the rows already held (as growing one vector would), and
+/// chunks of one size are reused by the allocator from query to query.
+struct StepTable {
+    n_steps: usize,
+    /// Steps per block.
+    lanes: usize,
+    /// Index of each chunk's first row.
+    starts: Vec<usize>,
+    chunks: Vec<Chunk>,
+    len: usize,
+}
+
+/// Steps per block of a [`StepTable`]: eight values, one cache line.
+const LANES: usize = 8;
+
+/// Up to `capacity_rows` rows of a [`StepTable`], block by block: the
+/// value of row `r` at step `b * lanes + j` is at
+/// `(b * capacity_rows + r) * lanes + j`.
+struct Chunk {
+    rows: usize,
+    capacity_rows: usize,
+    values: Vec<f64>,
+    present: Vec<bool>,
+}
+
+/// Rows in a table's first chunk.
+const FIRST_CHUNK_ROWS: usize = 16;
+/// Rows in a table's largest chunks.
+const MAX_CHUNK_ROWS: usize = 256;
+/// Values in a table's largest chunks (512 KiB), whatever the step count.
+const MAX_CHUNK_VALUES: usize = 1 << 16;
+
+impl StepTable {
+    fn new(n_steps: usize) -> StepTable {
+        StepTable {
+            n_steps,
+            // A power of two: rows find a step's block with a shift.
+            lanes: n_steps.clamp(1, LANES).next_power_of_two(),
+            starts: Vec::new(),
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+
+    fn n_blocks(&self) -> usize {
+        self.n_steps.div_ceil(self.lanes)
+    }
+
+    /// A new row, all absent.
+    fn push_row(&mut self) -> RowMut<'_> {
+        let row_values = self.n_blocks() * self.lanes;
+        if self.chunks.last().is_none_or(|c| c.rows == c.capacity_rows) {
+            let rows = self
+                .len
+                .clamp(FIRST_CHUNK_ROWS, MAX_CHUNK_ROWS)
+                .min((MAX_CHUNK_VALUES / row_values.max(1)).max(1));
+            self.starts.push(self.len);
+            // Zeroed: rows start absent.
+            self.chunks.push(Chunk {
+                rows: 0,
+                capacity_rows: rows,
+                values: vec![0.0; rows * row_values],
+                present: vec![false; rows * row_values],
+            });
+        }
+        self.len += 1;
+        let last = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[last];
+        chunk.rows += 1;
+        RowMut {
+            row: chunk.rows - 1,
+            capacity_rows: chunk.capacity_rows,
+            lanes: self.lanes,
+            values: &mut chunk.values,
+            present: &mut chunk.present,
+        }
+    }
+
+    /// Row `i`.
+    fn row(&self, i: usize) -> RowRef<'_> {
+        let c = self.starts.partition_point(|&s| s <= i) - 1;
+        RowRef {
+            chunk: &self.chunks[c],
+            row: i - self.starts[c],
+            lanes: self.lanes,
+        }
+    }
+
+    /// Adds to `counts[k]` the rows with a value at step `k`.
+    fn count_present(&self, counts: &mut [usize]) {
+        for chunk in &self.chunks {
+            let block_values = chunk.capacity_rows * self.lanes;
+            for (b, block) in chunk.present.chunks(block_values).enumerate() {
+                let counts = &mut counts[b * self.lanes..];
+                for row in block[..chunk.rows * self.lanes].chunks(self.lanes) {
+                    for (count, &p) in counts.iter_mut().zip(row) {
+                        *count += usize::from(p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Step `k`'s block and lane: `k / lanes` and `k % lanes`, for a power
+/// of two without dividing.
+#[inline]
+fn block_lane(k: usize, lanes: usize) -> (usize, usize) {
+    (k >> lanes.trailing_zeros(), k & (lanes - 1))
+}
+
+/// One row of a [`StepTable`] being written.
+struct RowMut<'t> {
+    row: usize,
+    capacity_rows: usize,
+    lanes: usize,
+    values: &'t mut [f64],
+    present: &'t mut [bool],
+}
+
+impl RowMut<'_> {
+    /// Sets the value at step `k`.
+    #[inline]
+    fn set(&mut self, k: usize, v: f64) {
+        let (b, j) = block_lane(k, self.lanes);
+        let at = (b * self.capacity_rows + self.row) * self.lanes + j;
+        self.values[at] = v;
+        self.present[at] = true;
+    }
+}
+
+/// One row of a [`StepTable`].
+#[derive(Clone, Copy)]
+struct RowRef<'t> {
+    chunk: &'t Chunk,
+    row: usize,
+    lanes: usize,
+}
+
+impl<'t> RowRef<'t> {
+    /// The value at step `k`, if there is one.
+    fn get(&self, k: usize) -> Option<f64> {
+        let (b, j) = block_lane(k, self.lanes);
+        let (values, present) = self.block(b);
+        present[j].then(|| values[j])
+    }
+
+    /// The values of block `b` (steps from `b * lanes` on) and whether
+    /// each is present: `lanes` of them, past the last step all absent.
+    #[inline]
+    fn block(&self, b: usize) -> (&'t [f64], &'t [bool]) {
+        let at = (b * self.chunk.capacity_rows + self.row) * self.lanes;
+        (
+            &self.chunk.values[at..][..self.lanes],
+            &self.chunk.present[at..][..self.lanes],
+        )
+    }
+}
+
 /// What streaming the selection kept: per series its labels and, for
 /// every step, the range function's value (if it has one).
 struct Rows {
     labels: Vec<SharedLabels>,
-    /// `n_steps` values per series, in arrival order.
-    values: Vec<f64>,
-    /// Whether `values[i]` holds a value.
-    present: Vec<bool>,
+    /// One row per series, in arrival order.
+    table: StepTable,
     /// Samples in each step's windows, over all series.
     n_points: Vec<usize>,
     /// The series' label sets, encoded for sorting while at hand.
@@ -196,7 +368,6 @@ struct SplitRows {
     parts: Vec<Rows>,
     /// Index of each part's first series.
     starts: Vec<usize>,
-    n_steps: usize,
     n_points: Vec<usize>,
 }
 
@@ -221,20 +392,14 @@ impl SplitRows {
             keys,
             parts,
             starts,
-            n_steps,
             n_points,
         }
     }
 
-    /// Series `i`'s values and whether each is present, one per step.
-    fn row(&self, i: usize) -> (&[f64], &[bool]) {
+    /// Series `i`'s row.
+    fn row(&self, i: usize) -> RowRef<'_> {
         let p = self.starts.partition_point(|&s| s <= i) - 1;
-        let at = (i - self.starts[p]) * self.n_steps;
-        let part = &self.parts[p];
-        (
-            &part.values[at..][..self.n_steps],
-            &part.present[at..][..self.n_steps],
-        )
+        self.parts[p].table.row(i - self.starts[p])
     }
 }
 
@@ -250,9 +415,11 @@ struct RowBuilder<'s> {
     /// Buffers reused from series to series.
     unstale: Vec<(i64, f64)>,
     resets: Vec<usize>,
-    /// The last window span extrapolated and its figures: regularly spaced
-    /// samples keep one span over most windows.
-    last_span: Option<(WindowSpan, Extrapolation)>,
+    /// Per step, the last window span extrapolated and its figures: over
+    /// regularly spaced samples, series share one span at each step.
+    spans: Vec<Option<(WindowSpan, Extrapolation)>>,
+    /// The last series' sample times and windows.
+    grid: Grid,
     failed: Option<EngineError>,
     too_many: bool,
 }
@@ -271,14 +438,14 @@ impl<'s> RowBuilder<'s> {
             max_samples,
             rows: Rows {
                 labels: Vec::new(),
-                values: Vec::new(),
-                present: Vec::new(),
+                table: StepTable::new(steps.len()),
                 n_points: vec![0; steps.len()],
                 keys: LabelKeys::default(),
             },
             unstale: Vec::new(),
             resets: Vec::new(),
-            last_span: None,
+            spans: vec![None; steps.len()],
+            grid: Grid::default(),
             failed: None,
             too_many: false,
         }
@@ -307,7 +474,7 @@ impl<'s> RowBuilder<'s> {
             self.too_many = true;
             return Ok(false);
         }
-        let pts: &[(i64, f64)] = if s.samples.iter().any(|(_, v)| is_stale_nan(*v)) {
+        let pts: &[(i64, f64)] = if any_stale(&s.samples) {
             self.unstale.clear();
             self.unstale
                 .extend(s.samples.iter().filter(|(_, v)| !is_stale_nan(*v)));
@@ -317,28 +484,32 @@ impl<'s> RowBuilder<'s> {
         };
         let resets = &mut self.resets;
         resets.clear();
-        if is_counter_rate {
+        if is_counter_rate && any_decrease(pts) {
             resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
         }
         rows.labels.push(s.labels.clone());
         rows.keys.push(&s.labels);
-        let row = rows.values.len();
-        rows.values.resize(row + n_steps, 0.0);
-        rows.present.resize(row + n_steps, false);
-        let (mut lo, mut hi) = (0usize, 0usize);
-        for (k, &(t, wstart, te)) in steps.iter().enumerate() {
-            // Windows only move forward with t (or stay, with `@`).
-            if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
-                lo = 0;
-                hi = 0;
-            }
-            while lo < pts.len() && pts[lo].0 < wstart {
-                lo += 1;
-            }
-            hi = hi.max(lo);
-            while hi < pts.len() && pts[hi].0 <= te {
-                hi += 1;
-            }
+        let mut out = rows.table.push_row();
+        // Series of one metric are mostly sampled at the same times: then
+        // their windows are the last series' ones.
+        let same_times = pts.len() == self.grid.times.len()
+            && pts
+                .iter()
+                .zip(&self.grid.times)
+                .fold(true, |same, (p, &t)| same & (p.0 == t));
+        if !same_times {
+            self.grid.times.clear();
+            self.grid.times.extend(pts.iter().map(|p| p.0));
+            windows(pts, steps, &mut self.grid.windows);
+            self.grid.extrapolations.clear();
+            self.grid.extrapolations.resize(n_steps, None);
+        }
+        let grid = &mut self.grid;
+        let windows = grid.windows.iter().zip(&mut grid.extrapolations);
+        let cached = windows.zip(&mut self.spans);
+        for ((k, &(t, wstart, te)), ((&(lo, hi), grid_ex), last_span)) in
+            steps.iter().enumerate().zip(cached)
+        {
             let w = &pts[lo..hi];
             if w.is_empty() {
                 continue;
@@ -356,12 +527,20 @@ impl<'s> RowBuilder<'s> {
                         }
                         result += pts[i - 1].1;
                     }
-                    let span = WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
-                    let ex = match self.last_span {
-                        Some((last, ex)) if last == span => ex,
-                        _ => {
-                            let ex = Extrapolation::new(span);
-                            self.last_span = Some((span, ex));
+                    let ex = match *grid_ex {
+                        Some(ex) => ex,
+                        None => {
+                            let span =
+                                WindowSpan::new(w[0].0, w[w.len() - 1].0, w.len(), wstart, te);
+                            let ex = match *last_span {
+                                Some((last, ex)) if last == span => ex,
+                                _ => {
+                                    let ex = Extrapolation::new(span);
+                                    *last_span = Some((span, ex));
+                                    ex
+                                }
+                            };
+                            *grid_ex = Some(ex);
                             ex
                         }
                     };
@@ -371,12 +550,74 @@ impl<'s> RowBuilder<'s> {
                 range_value(self.func, w, wstart, te, t, &[])?
             };
             if let Some(v) = v {
-                rows.values[row + k] = v;
-                rows.present[row + k] = true;
+                out.set(k, v);
             }
         }
         Ok(true)
     }
+}
+
+/// Sample times and, per step, the window over them.
+#[derive(Default)]
+struct Grid {
+    times: Vec<i64>,
+    /// Per step, the window's samples as `lo..hi`.
+    windows: Vec<(usize, usize)>,
+    /// Per step, the window's extrapolation figures once worked out: they
+    /// depend on the sample times alone.
+    extrapolations: Vec<Option<Extrapolation>>,
+}
+
+/// Each step's window over `pts` as `lo..hi` (samples with `wstart <= t
+/// <= te`), into `out`.
+fn windows(pts: &[(i64, f64)], steps: &[(i64, i64, i64)], out: &mut Vec<(usize, usize)>) {
+    out.clear();
+    let (mut lo, mut hi) = (0usize, 0usize);
+    // How far each end of the window moved at the last step: over
+    // regularly spaced samples, it moves as far at the next one.
+    let (mut lo_moved, mut hi_moved) = (0usize, 0usize);
+    for &(_, wstart, te) in steps {
+        // Windows only move forward with t (or stay, with `@`).
+        if lo > 0 && pts[lo - 1].0 >= wstart || hi > 0 && pts[hi - 1].0 > te {
+            lo = 0;
+            hi = 0;
+        }
+        let (lo_was, hi_was) = (lo, hi);
+        // Samples are in ascending order: if the one before the guess is
+        // still before the window, so are all before it.
+        let guess = (lo + lo_moved).min(pts.len());
+        if guess > lo && pts[guess - 1].0 < wstart {
+            lo = guess;
+        }
+        while lo < pts.len() && pts[lo].0 < wstart {
+            lo += 1;
+        }
+        hi = hi.max(lo);
+        let guess = (hi + hi_moved).min(pts.len());
+        if guess > hi && pts[guess - 1].0 <= te {
+            hi = guess;
+        }
+        while hi < pts.len() && pts[hi].0 <= te {
+            hi += 1;
+        }
+        (lo_moved, hi_moved) = (lo - lo_was, hi - hi_was);
+        out.push((lo, hi));
+    }
+}
+
+/// Whether any sample is a staleness marker. No early exit, so that the
+/// compiler can compare several samples at once: most series have none.
+fn any_stale(pts: &[(i64, f64)]) -> bool {
+    pts.iter().fold(false, |any, &(_, v)| any | is_stale_nan(v))
+}
+
+/// Whether any sample is below the one before (a counter reset), in the
+/// same way as [`any_stale`]: most windows of most series have none.
+fn any_decrease(pts: &[(i64, f64)]) -> bool {
+    let next = pts.iter().skip(1);
+    pts.iter()
+        .zip(next)
+        .fold(false, |any, (a, b)| any | (b.1 < a.1))
 }
 
 /// How many parts a selection is split into: one per core, at most four.
@@ -563,26 +804,31 @@ impl Evaluator<'_> {
             Some(_) => out_labels.len(),
         };
 
-        // Per step, series meet their group in label order, so sums add up
-        // in the same order as the general path.
         let mut out_count = vec![0usize; n_steps];
-        let mut accs: Vec<Option<Acc>> = vec![None; if op.is_some() { n_out * n_steps } else { 0 }];
+        let mut accs: Vec<Option<Acc>> = Vec::new();
         let mut appeared: Vec<usize> = Vec::new();
-        for &i in &order {
-            let (values, present) = rows.row(i);
-            for k in (0..n_steps).filter(|&k| present[k]) {
-                let v = values[k];
-                match op {
-                    None => out_count[k] += 1,
-                    Some(op) => match &mut accs[k * n_out + series_out[i]] {
-                        Some(a) => a.add(op, v),
-                        slot @ None => {
-                            *slot = Some(Acc::new(op, v));
-                            out_count[k] += 1;
-                            appeared.push(series_out[i]);
-                        }
-                    },
+        match op {
+            None => {
+                for part in &rows.parts {
+                    part.table.count_present(&mut out_count);
                 }
+            }
+            Some(op) => {
+                let ordered: Vec<OrderedRow<'_>> = order
+                    .iter()
+                    .map(|&i| OrderedRow {
+                        row: rows.row(i),
+                        out: series_out[i],
+                    })
+                    .collect();
+                accs = vec![None; n_out * n_steps];
+                let all = StepAccs {
+                    first_step: 0,
+                    accs: &mut accs,
+                    out_count: &mut out_count,
+                    appeared: &mut appeared,
+                };
+                accumulate(op, &ordered, n_out, all);
             }
         }
 
@@ -611,10 +857,7 @@ impl Evaluator<'_> {
         // Output `o`'s value at step `k`, if it has one.
         let value_at = |o: usize, k: usize| -> Option<f64> {
             match op {
-                None => {
-                    let (values, present) = rows.row(o);
-                    present[k].then(|| values[k])
-                }
+                None => rows.row(o).get(k),
                 Some(op) => accs[k * n_out + o].map(|a| a.finish(op)),
             }
         };
@@ -652,6 +895,121 @@ impl Evaluator<'_> {
                     .collect(),
             )
         }))
+    }
+}
+
+/// One series' row as [`accumulate`] takes it.
+struct OrderedRow<'r> {
+    row: RowRef<'r>,
+    /// The output (aggregation group) it adds to.
+    out: usize,
+}
+
+/// Fewest values (series times steps) worth splitting [`accumulate`]
+/// over threads for.
+const SPLIT_MIN_VALUES: usize = 1 << 17;
+
+/// The accumulators of a run of steps, which [`accumulate`] fills.
+struct StepAccs<'a> {
+    /// Index of the first step, a multiple of the table's lanes.
+    first_step: usize,
+    /// `accs[k * n_out + out]`: output `out` at step `first_step + k`.
+    accs: &'a mut [Option<Acc>],
+    /// How many outputs have a value, at each step.
+    out_count: &'a mut [usize],
+    /// Each output when it first has a value, step by step.
+    appeared: &'a mut Vec<usize>,
+}
+
+/// Adds every row's values to its output's accumulator, rows in the
+/// order given: per step, series meet their group in label order, so
+/// sums add up in the same order as the general path. Large tables are
+/// split by blocks of steps over threads: each step's order of additions
+/// stays the same.
+fn accumulate(op: TokenId, ordered: &[OrderedRow<'_>], n_out: usize, all: StepAccs<'_>) {
+    let Some(first) = ordered.first() else {
+        return;
+    };
+    let lanes = first.row.lanes;
+    let n_steps = all.out_count.len();
+    let n_blocks = n_steps.div_ceil(lanes);
+    let parts = if ordered.len().saturating_mul(n_steps) < SPLIT_MIN_VALUES || n_out == 0 {
+        1
+    } else {
+        split_parts().min(n_blocks)
+    };
+    if parts <= 1 {
+        accumulate_steps(op, ordered, n_out, all);
+        return;
+    }
+    let per_part = n_blocks.div_ceil(parts) * lanes;
+    let mut appeared_parts: Vec<Vec<usize>> = vec![Vec::new(); parts];
+    let mut step_accs = all
+        .accs
+        .chunks_mut(per_part * n_out)
+        .zip(all.out_count.chunks_mut(per_part))
+        .zip(&mut appeared_parts)
+        .enumerate()
+        .map(|(part, ((accs, out_count), appeared))| StepAccs {
+            first_step: part * per_part,
+            accs,
+            out_count,
+            appeared,
+        });
+    std::thread::scope(|scope| {
+        let first = step_accs.next();
+        for part in step_accs {
+            scope.spawn(move || accumulate_steps(op, ordered, n_out, part));
+        }
+        if let Some(part) = first {
+            accumulate_steps(op, ordered, n_out, part);
+        }
+    });
+    all.appeared.extend(appeared_parts.into_iter().flatten());
+}
+
+/// [`accumulate`] for one run of steps, on the calling thread.
+fn accumulate_steps(op: TokenId, ordered: &[OrderedRow<'_>], n_out: usize, part: StepAccs<'_>) {
+    // `sum` is the common case: spelled out, its addition is inlined
+    // rather than matched on `op` for every value.
+    match op {
+        T_SUM => accumulate_with(op, ordered, n_out, part, |a, v| a.add(T_SUM, v)),
+        _ => accumulate_with(op, ordered, n_out, part, |a, v| a.add(op, v)),
+    }
+}
+
+fn accumulate_with(
+    op: TokenId,
+    ordered: &[OrderedRow<'_>],
+    n_out: usize,
+    part: StepAccs<'_>,
+    add: impl Fn(&mut Acc, f64),
+) {
+    let Some(first) = ordered.first() else {
+        return;
+    };
+    let lanes = first.row.lanes;
+    let n_steps = part.out_count.len();
+    let first_block = part.first_step / lanes;
+    for b in 0..n_steps.div_ceil(lanes) {
+        let k0 = b * lanes;
+        let width = lanes.min(n_steps - k0);
+        for row in ordered {
+            let (values, present) = row.row.block(first_block + b);
+            for (j, (&v, &p)) in values[..width].iter().zip(present).enumerate() {
+                if !p {
+                    continue;
+                }
+                match &mut part.accs[(k0 + j) * n_out + row.out] {
+                    Some(a) => add(a, v),
+                    slot @ None => {
+                        *slot = Some(Acc::new(op, v));
+                        part.out_count[k0 + j] += 1;
+                        part.appeared.push(row.out);
+                    }
+                }
+            }
+        }
     }
 }
 

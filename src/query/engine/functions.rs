@@ -224,53 +224,142 @@ pub(crate) struct Extrapolation {
     /// What the end of the window adds to the extrapolated interval.
     end_term: f64,
     range_secs: f64,
+    /// The factor for `increase` and `delta` when the start of the window
+    /// is not moved to the counter's zero (most windows): the divisions
+    /// done once per span rather than once per window.
+    factor: f64,
+    /// `factor` divided by the window's length, for `rate`.
+    rate_factor: f64,
+    /// See [`Extrapolation::zero_before_start_impossible`]; 0 when that
+    /// shortcut does not apply to the span.
+    zero_ratio: f64,
 }
 
 impl Extrapolation {
     #[inline]
     pub(crate) fn new(span: WindowSpan) -> Extrapolation {
+        let duration_to_start = ms_to_secs(span.to_start_ms);
         let duration_to_end = ms_to_secs(span.to_end_ms);
         let sampled_interval = ms_to_secs(span.sampled_ms);
         let avg_between = sampled_interval / (span.n_points - 1) as f64;
         let threshold = avg_between * 1.1;
         let half_avg_between = avg_between / 2.0;
+        let end_term = if duration_to_end < threshold {
+            duration_to_end
+        } else {
+            half_avg_between
+        };
+        let range_secs = ms_to_secs(span.range_ms);
+        let factor = Self::factor_of(
+            sampled_interval,
+            duration_to_start,
+            threshold,
+            half_avg_between,
+            end_term,
+        );
+        // A ratio K with sampled_interval * K >= duration_to_start (as
+        // rounded): see `zero_before_start_impossible`. Twice the quotient
+        // leaves room for its rounding; the check makes sure.
+        let zero_ratio = duration_to_start / sampled_interval * 2.0;
+        let zero_ratio = if sampled_interval > 0.0
+            && zero_ratio > 0.0
+            && zero_ratio.is_finite()
+            && sampled_interval * zero_ratio >= duration_to_start
+        {
+            zero_ratio
+        } else {
+            0.0
+        };
         Extrapolation {
-            duration_to_start: ms_to_secs(span.to_start_ms),
+            duration_to_start,
             sampled_interval,
             half_avg_between,
             threshold,
-            end_term: if duration_to_end < threshold {
-                duration_to_end
-            } else {
-                half_avg_between
-            },
-            range_secs: ms_to_secs(span.range_ms),
+            end_term,
+            range_secs,
+            factor,
+            rate_factor: factor / range_secs,
+            zero_ratio,
         }
+    }
+
+    /// Prometheus's extrapolation factor (before dividing by the range)
+    /// for a window whose start counts as `duration_to_start` away.
+    #[inline]
+    fn factor_of(
+        sampled_interval: f64,
+        duration_to_start: f64,
+        threshold: f64,
+        half_avg_between: f64,
+        end_term: f64,
+    ) -> f64 {
+        let mut extrapolate_to = sampled_interval;
+        extrapolate_to += if duration_to_start < threshold {
+            duration_to_start
+        } else {
+            half_avg_between
+        };
+        extrapolate_to += end_term;
+        extrapolate_to / sampled_interval
+    }
+
+    /// Whether Prometheus's `durationToZero = sampledInterval * (first_v /
+    /// result)` surely is not below the duration to the window's start,
+    /// decided without dividing (`result > 0`, `first_v >= 0`). False
+    /// means "work it out".
+    ///
+    /// When the first sample is at the window's start (steps aligned with
+    /// the samples, as dashboards ask), durationToStart is 0 and
+    /// durationToZero, a product and quotient of numbers at least 0, is
+    /// never below it (a NaN is not below anything either).
+    ///
+    /// With K = `zero_ratio` > 0 and sampledInterval * K >= durationToStart
+    /// as rounded (checked in `new`): let p = result * K as rounded, a
+    /// finite normal number. Rounding to nearest errs by at most 2^-53
+    /// relatively, so the exact result * K is below 2p, and first_v >= 2p
+    /// gives first_v / result > K exactly. Rounding is monotonic and K is
+    /// a float, so the rounded quotient is at least K and durationToZero
+    /// at least the rounded sampledInterval * K, hence at least
+    /// durationToStart: the start stays where it is.
+    #[inline]
+    fn zero_before_start_impossible(&self, result: f64, first_v: f64) -> bool {
+        if self.duration_to_start <= 0.0 {
+            return true;
+        }
+        let p = result * self.zero_ratio;
+        p >= f64::MIN_POSITIVE && p.is_finite() && first_v >= 2.0 * p
     }
 
     /// The extrapolated `result` of a window whose first sample is
     /// `first_v`.
     #[inline]
     pub(crate) fn apply(&self, result: f64, first_v: f64, is_counter: bool, is_rate: bool) -> f64 {
-        let mut duration_to_start = self.duration_to_start;
-        if is_counter && result > 0.0 && first_v >= 0.0 {
+        if is_counter
+            && result > 0.0
+            && first_v >= 0.0
+            && !self.zero_before_start_impossible(result, first_v)
+        {
             let duration_to_zero = self.sampled_interval * (first_v / result);
-            if duration_to_zero < duration_to_start {
-                duration_to_start = duration_to_zero;
+            if duration_to_zero < self.duration_to_start {
+                let mut factor = Self::factor_of(
+                    self.sampled_interval,
+                    duration_to_zero,
+                    self.threshold,
+                    self.half_avg_between,
+                    self.end_term,
+                );
+                if is_rate {
+                    factor /= self.range_secs;
+                }
+                return result * factor;
             }
         }
-        let mut extrapolate_to = self.sampled_interval;
-        extrapolate_to += if duration_to_start < self.threshold {
-            duration_to_start
-        } else {
-            self.half_avg_between
-        };
-        extrapolate_to += self.end_term;
-        let mut factor = extrapolate_to / self.sampled_interval;
-        if is_rate {
-            factor /= self.range_secs;
-        }
-        result * factor
+        result
+            * if is_rate {
+                self.rate_factor
+            } else {
+                self.factor
+            }
     }
 }
 

@@ -737,6 +737,49 @@ fn extrapolation_is_prometheus_bit_for_bit() {
             start: -7_000,
             end: 31_000,
         },
+        Case {
+            name: "first sample at the window's start",
+            points: &[(0, 0.5), (15_000, 30.0), (30_000, 61.0)],
+            start: 0,
+            end: 30_000,
+        },
+        Case {
+            name: "first value zero at the window's start",
+            points: &[(60_000, 0.0), (75_000, 30.0), (90_000, 61.0)],
+            start: 60_000,
+            end: 95_000,
+        },
+        Case {
+            name: "first value zero",
+            points: &[(61_000, 0.0), (75_000, 30.0), (90_000, 61.0)],
+            start: 60_000,
+            end: 95_000,
+        },
+        Case {
+            name: "zero just before the start",
+            // durationToZero = 15 * (0.9 / 13.5) = 1.0, the start is 1 s away.
+            points: &[(16_000, 0.9), (31_000, 14.4)],
+            start: 15_000,
+            end: 31_000,
+        },
+        Case {
+            name: "large counter, small increase",
+            points: &[(7_000, 1.795_719e6), (22_000, 1.795_719_015e6)],
+            start: 0,
+            end: 30_000,
+        },
+        Case {
+            name: "tiny values",
+            points: &[(1_000, 1e-310), (16_000, 3e-308)],
+            start: 0,
+            end: 20_000,
+        },
+        Case {
+            name: "huge values",
+            points: &[(1_000, 1e300), (16_000, 1.7e308)],
+            start: 0,
+            end: 20_000,
+        },
     ];
     for c in &cases {
         let (ft, fv) = c.points[0];
@@ -855,5 +898,181 @@ fn label_order_sorts_as_label_sets_compare() {
             "case {}: distinct in parts",
             case.name
         );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(2048))]
+
+    /// The extrapolation's shortcuts (figures kept per span, the counter's
+    /// zero ruled out without dividing) give Prometheus's bits, with
+    /// values over the whole float range and windows of any alignment.
+    #[test]
+    fn extrapolation_shortcuts_are_bit_for_bit(
+        to_start_ms in proptest::prop_oneof![proptest::strategy::Just(0i64), 0i64..20_000],
+        to_end_ms in proptest::prop_oneof![proptest::strategy::Just(0i64), 0i64..20_000],
+        sampled_ms in 1i64..400_000,
+        n_points in 2usize..40,
+        result in proptest::prop_oneof![
+            proptest::num::f64::POSITIVE | proptest::num::f64::SUBNORMAL,
+            0.0f64..1e3,
+            proptest::num::f64::ANY,
+        ],
+        first_v in proptest::prop_oneof![
+            proptest::num::f64::POSITIVE | proptest::num::f64::SUBNORMAL,
+            0.0f64..1e3,
+            proptest::num::f64::ANY,
+        ],
+        near_zero in proptest::bool::ANY,
+        scale in 0.25f64..4.0,
+    ) {
+        use super::functions::{Extrapolation, WindowSpan};
+        // Half the cases put the counter's zero about as far before the
+        // first sample as the window's start, where the shortcut gives up.
+        let first_v = if near_zero {
+            result * (to_start_ms as f64 / sampled_ms as f64) * scale
+        } else {
+            first_v
+        };
+        let (start, first_t) = (0i64, to_start_ms);
+        let last_t = first_t + sampled_ms;
+        let end = last_t + to_end_ms;
+        let span = WindowSpan::new(first_t, last_t, n_points, start, end);
+        let ex = Extrapolation::new(span);
+        for (counter, rate) in [(true, true), (true, false), (false, false)] {
+            let want = plain_extrapolation(
+                result, first_v, to_start_ms, to_end_ms, sampled_ms, n_points, end - start,
+                counter, rate,
+            );
+            let got = ex.apply(result, first_v, counter, rate);
+            proptest::prop_assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "counter {} rate {}: {} != {}", counter, rate, got, want
+            );
+        }
+    }
+}
+
+/// Prometheus's extrapolation of `result` spelled out, from where the
+/// window's samples sit in it.
+#[allow(clippy::too_many_arguments)]
+fn plain_extrapolation(
+    result: f64,
+    first_v: f64,
+    to_start_ms: i64,
+    to_end_ms: i64,
+    sampled_ms: i64,
+    n_points: usize,
+    range_ms: i64,
+    counter: bool,
+    rate: bool,
+) -> f64 {
+    let mut to_start = to_start_ms as f64 / 1000.0;
+    let to_end = to_end_ms as f64 / 1000.0;
+    let sampled = sampled_ms as f64 / 1000.0;
+    let avg = sampled / (n_points - 1) as f64;
+    if counter && result > 0.0 && first_v >= 0.0 {
+        let to_zero = sampled * (first_v / result);
+        if to_zero < to_start {
+            to_start = to_zero;
+        }
+    }
+    let mut ext = sampled;
+    ext += if to_start < avg * 1.1 {
+        to_start
+    } else {
+        avg / 2.0
+    };
+    ext += if to_end < avg * 1.1 {
+        to_end
+    } else {
+        avg / 2.0
+    };
+    let mut factor = ext / sampled;
+    if rate {
+        factor /= range_ms as f64 / 1000.0;
+    }
+    result * factor
+}
+
+/// The streamed fast path against the general evaluator, bit for bit, over
+/// enough series and steps that its table spans many chunks and its sums
+/// are split over threads: counters with resets, gaps, staleness markers
+/// and values near zero, steps aligned and not with the samples.
+#[test]
+fn fast_path_is_the_general_path_bit_for_bit() {
+    const N: usize = 2500;
+    let labels: Vec<[(String, String); 3]> = (0..N)
+        .map(|i| {
+            [
+                ("__name__".to_string(), "m".to_string()),
+                // Label order unlike arrival order.
+                ("instance".to_string(), format!("h{:04}", (i * 7919) % N)),
+                ("grp".to_string(), ["a", "b", "c"][i % 3].to_string()),
+            ]
+        })
+        .collect();
+    let samples: Vec<Vec<(i64, f64)>> = (0..N)
+        .map(|i| {
+            let mut v = (i % 5) as f64 * 0.1;
+            (0..280i64)
+                .filter(|k| i % 11 != 0 || k % 9 != 4)
+                .map(|k| {
+                    v += 1.0 + ((k as usize * 31 + i) % 7) as f64 * 0.37;
+                    if i % 7 == 0 && k == 140 {
+                        v = 0.25;
+                    }
+                    // Runs of series sampled at the same times.
+                    let at = 1_000 * ((i / 100) % 3) as i64 + k * 15_000;
+                    match i % 13 == 0 && k % 50 == 7 {
+                        true => (at, STALE),
+                        false => (at, v),
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let pairs: Vec<Vec<(&str, &str)>> = labels
+        .iter()
+        .map(|l| l.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect())
+        .collect();
+    let defs: Vec<SeriesDef> = pairs
+        .iter()
+        .zip(&samples)
+        .map(|(l, s)| (l.as_slice(), s.as_slice(), Some(15_000)))
+        .collect();
+    let mem = Mem::new(&defs);
+    let engine = engine();
+    let queries = [
+        "sum(rate(m[5m]))",
+        "sum by (grp) (rate(m[5m]))",
+        "avg without (instance) (increase(m[5m]))",
+        "stddev by (grp) (irate(m[1m]))",
+        "rate(m[5m])",
+    ];
+    // (start, end, step): aligned with the samples, and not.
+    let ranges = [(600_000, 4_200_000, 60_000), (601_234, 4_000_000, 45_000)];
+    for q in queries {
+        let expr = parse(q).expect("parses");
+        for (start, end, step) in ranges {
+            let fast = engine
+                .range(&mem, &expr, start, end, step)
+                .expect("fast path");
+            let general = eval::Evaluator::new(&engine, &mem, &expr, start, end, step, None)
+                .and_then(|ev| ev.run_range(&expr, start, end, step))
+                .expect("general path");
+            let (Value::Matrix(fast), Value::Matrix(general)) = (fast, general) else {
+                panic!("{q}: not matrices");
+            };
+            assert_eq!(fast.len(), general.len(), "{q} from {start}: series");
+            for (f, g) in fast.iter().zip(&general) {
+                assert_eq!(f.labels, g.labels, "{q} from {start}: labels");
+                let bits = |s: &Series| -> Vec<(i64, u64)> {
+                    s.points.iter().map(|(t, v)| (*t, v.to_bits())).collect()
+                };
+                assert_eq!(bits(f), bits(g), "{q} from {start}: {:?}", f.labels);
+            }
+        }
     }
 }
