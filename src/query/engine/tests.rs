@@ -661,7 +661,8 @@ fn ms_to_secs_is_the_division_bit_for_bit() {
 #[test]
 fn extrapolation_is_prometheus_bit_for_bit() {
     use super::functions::{Extrapolation, WindowSpan};
-    // Prometheus's extrapolatedRate written out in one piece.
+    // Prometheus's extrapolatedRate: the increase (resets added for
+    // counters), then its extrapolation spelled out (plain_extrapolation).
     fn plain(points: &[(i64, f64)], start: i64, end: i64, counter: bool, rate: bool) -> f64 {
         let (ft, fv) = points[0];
         let (lt, lv) = points[points.len() - 1];
@@ -673,32 +674,17 @@ fn extrapolation_is_prometheus_bit_for_bit() {
                 }
             }
         }
-        let mut to_start = (ft - start) as f64 / 1000.0;
-        let to_end = (end - lt) as f64 / 1000.0;
-        let sampled = (lt - ft) as f64 / 1000.0;
-        let avg = sampled / (points.len() - 1) as f64;
-        if counter && result > 0.0 && fv >= 0.0 {
-            let to_zero = sampled * (fv / result);
-            if to_zero < to_start {
-                to_start = to_zero;
-            }
-        }
-        let mut ext = sampled;
-        ext += if to_start < avg * 1.1 {
-            to_start
-        } else {
-            avg / 2.0
-        };
-        ext += if to_end < avg * 1.1 {
-            to_end
-        } else {
-            avg / 2.0
-        };
-        let mut factor = ext / sampled;
-        if rate {
-            factor /= (end - start) as f64 / 1000.0;
-        }
-        result * factor
+        plain_extrapolation(
+            result,
+            fv,
+            ft - start,
+            end - lt,
+            lt - ft,
+            points.len(),
+            end - start,
+            counter,
+            rate,
+        )
     }
     struct Case {
         name: &'static str,
