@@ -346,12 +346,8 @@ impl Cells {
     /// Overwrites the cells from `start` with `stored(k)` for the `n`
     /// positions `start + k`; words are grown to hold the non-empty ones.
     fn load_stored(&mut self, start: usize, n: usize, stored: impl Fn(usize) -> u64) {
-        let Some(first) = (0..n).find(|&k| stored(k) != 0) else {
-            // All empty: clear what is held, allocate nothing.
-            (0..n).for_each(|k| self.set(start + k, Cell::Empty));
-            return;
-        };
-        for k in first..n {
+        // Empty cells past the words need none; the rest are overwritten.
+        for k in 0..n {
             if stored(k) != 0 {
                 self.reserve(start + k);
             }
