@@ -57,6 +57,9 @@ pub struct SaveReport {
 /// per-key work inside sled is what a save costs.
 const SAVE_THREADS: usize = 2;
 
+/// sled's page cache (its default is 1 GiB); see [`Snapshotter::open`].
+const SLED_CACHE_BYTES: u64 = 16 << 20;
+
 /// Archives with several records (new, slid or migrated ones) go to sled
 /// in batches of at most this many. sled keeps memory in proportion to a
 /// batch long after applying it: one batch per store shard (1,500 new
@@ -134,10 +137,12 @@ impl Snapshotter {
             .path(dir)
             .mode(sled::Mode::HighThroughput)
             .flush_every_ms(None)
-            // Snapshots are written, and read only at start: a bounded page
-            // cache keeps sled from holding a second copy of the archives
-            // (64 MiB made saves twice as slow; sled's default is 1 GiB).
-            .cache_capacity(256 << 20)
+            // Snapshots are written, and read only at start: a small page
+            // cache keeps sled from holding a second copy of the archives.
+            // Measured (RSS per series after two saves; one new sample in
+            // each of 100K archives): 256 MiB 1,939 B and 0.34 s,
+            // 16 MiB 1,553 B and 0.50 s, 8 MiB 1,440 B and 0.67 s.
+            .cache_capacity(SLED_CACHE_BYTES)
             .open()
             .map_err(|source| SnapshotError::Sled {
                 dir: name.clone(),
