@@ -129,6 +129,112 @@ pub fn series_key<'a>(name: &str, labels: impl Iterator<Item = (&'a str, &'a str
     key
 }
 
+/// The metric name of a canonical series key (see [`series_key`]): the
+/// bytes before its `{`.
+pub fn series_key_name(key: &str) -> &str {
+    let end = key.bytes().position(|b| b == b'{').unwrap_or(key.len());
+    &key[..end]
+}
+
+/// The labels other than `__name__` of a canonical series key, in key
+/// order, each value still escaped (see [`unescape_label_value`]). Stops at
+/// the first byte out of that form; [`labels_of_series_key`] tells whether
+/// a key is in it. Scans bytes once: queries call it for every series.
+pub fn series_key_labels(key: &str) -> SeriesKeyLabels<'_> {
+    let at = series_key_name(key).len() + 1;
+    SeriesKeyLabels { key, at }
+}
+
+/// Iterator of [`series_key_labels`].
+pub struct SeriesKeyLabels<'k> {
+    key: &'k str,
+    /// Where the next label's name starts.
+    at: usize,
+}
+
+impl<'k> Iterator for SeriesKeyLabels<'k> {
+    type Item = (&'k str, &'k str);
+
+    fn next(&mut self) -> Option<(&'k str, &'k str)> {
+        let bytes = self.key.as_bytes();
+        let start = self.at;
+        let eq = start + bytes.get(start..)?.iter().position(|&b| b == b'=')?;
+        if bytes.get(eq + 1) != Some(&b'"') {
+            self.at = bytes.len();
+            return None;
+        }
+        let mut i = eq + 2;
+        while i < bytes.len() && bytes[i] != b'"' {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        // `=`, `"` and the closing quote are ASCII: these are char bounds.
+        let name = self.key.get(start..eq)?;
+        let value = self.key.get(eq + 2..i)?;
+        // After the closing quote: `,` and the next label, or `}`.
+        self.at = i + 2;
+        Some((name, value))
+    }
+}
+
+/// A label value as written in a series key, unescaped (borrowed when it
+/// has no escape).
+pub fn unescape_label_value(escaped: &str) -> std::borrow::Cow<'_, str> {
+    if !escaped.contains('\\') {
+        return std::borrow::Cow::Borrowed(escaped);
+    }
+    let mut out = String::with_capacity(escaped.len());
+    let mut chars = escaped.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => {}
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The label set a canonical series key stands for, sorted by name with
+/// `__name__` in place (absent when the name is empty); `None` when the
+/// key is not exactly what [`series_key`] makes of valid names in that
+/// order.
+pub fn labels_of_series_key(key: &str) -> Option<Vec<(String, String)>> {
+    let labels = series_key_label_set(key);
+    let name = series_key_name(key);
+    let others: Vec<(&str, &str)> = labels
+        .iter()
+        .filter(|(n, _)| n != "__name__")
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    let names_ok = (name.is_empty() || is_metric_name(name))
+        && others.iter().all(|(n, _)| is_label_name(n))
+        && others.windows(2).all(|w| w[0].0 < w[1].0);
+    (names_ok && series_key(name, others.into_iter()) == key).then_some(labels)
+}
+
+/// The label set of a key known to be canonical (see
+/// [`labels_of_series_key`], which checks), sorted by name with `__name__`
+/// in place.
+pub fn series_key_label_set(key: &str) -> Vec<(String, String)> {
+    let name = series_key_name(key);
+    let mut labels = Vec::with_capacity(4);
+    let mut name_pending = !name.is_empty();
+    for (n, v) in series_key_labels(key) {
+        if name_pending && n > "__name__" {
+            labels.push(("__name__".to_string(), name.to_string()));
+            name_pending = false;
+        }
+        labels.push((n.to_string(), unescape_label_value(v).into_owned()));
+    }
+    if name_pending {
+        labels.push(("__name__".to_string(), name.to_string()));
+    }
+    labels
+}
+
 /// Parses `10s`, `1m`, `1h30m`, `1d`, `500ms` (units ms, s, m, h, d, w, y).
 ///
 /// # Errors
@@ -202,6 +308,47 @@ mod tests {
         assert_eq!(metric_name_of_prefix("interface_in"), "interface_in");
         assert_eq!(metric_name_of_prefix("if.in"), "if_in");
         assert_eq!(metric_name_of_prefix("5xx"), "_5xx");
+    }
+
+    #[test]
+    fn series_keys_parse_back_to_their_labels() {
+        let pairs = [
+            ("Zone", "eu"),
+            ("instance", "a:9090"),
+            ("q", "x\"y\\z\n,}{="),
+        ];
+        let key = series_key("up", pairs.into_iter());
+        let mut want: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect();
+        want.insert(1, ("__name__".into(), "up".into()));
+        assert_eq!(labels_of_series_key(&key), Some(want));
+        assert_eq!(series_key_name(&key), "up");
+        let found: Vec<_> = series_key_labels(&key)
+            .map(|(n, v)| (n, unescape_label_value(v).into_owned()))
+            .collect();
+        assert_eq!(found[2], ("q", "x\"y\\z\n,}{=".to_string()));
+        assert_eq!(
+            labels_of_series_key("up"),
+            Some(vec![("__name__".into(), "up".into())])
+        );
+        assert_eq!(
+            labels_of_series_key("{a=\"b\"}"),
+            Some(vec![("a".into(), "b".into())])
+        );
+        // Not the canonical form: a space, unsorted labels, a truncated
+        // key, unquoted or trailing text.
+        let bad = [
+            "up{a=\"b\", c=\"d\"}",
+            "up{c=\"d\",a=\"b\"}",
+            "up{a=\"b\"",
+            "up{a=b}",
+            "up{a=\"b\"}x",
+        ];
+        for bad in bad {
+            assert_eq!(labels_of_series_key(bad), None, "case {bad}");
+        }
     }
 
     #[test]

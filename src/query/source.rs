@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::access::Grant;
 use crate::model;
@@ -28,33 +29,19 @@ pub struct StoreSource<'a> {
 
 /// The labels PromQL sees for a series.
 pub fn series_labels(key: &str, series: &Series) -> Labels {
-    match series.labels() {
-        Some(labels) => labels.to_vec(),
-        None => vec![
-            (
-                "__name__".to_string(),
-                model::metric_name_of_prefix(series.prefix()),
-            ),
-            ("path".to_string(), key.to_string()),
-        ],
-    }
+    shared_labels(key, series).to_vec()
 }
 
 /// One label of a series as [`series_labels`] would give it, without
 /// building the label set (empty when absent).
 fn series_label<'s>(key: &'s str, series: &'s Series, name: &str) -> Cow<'s, str> {
-    match series.labels() {
-        Some(labels) => Cow::Borrowed(
-            labels
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or("", |(_, v)| v.as_str()),
-        ),
-        None => match name {
-            "__name__" => Cow::Owned(model::metric_name_of_prefix(series.prefix())),
-            "path" => Cow::Borrowed(key),
-            _ => Cow::Borrowed(""),
-        },
+    if series.is_label_set() {
+        return series.label(key, name).unwrap_or_default();
+    }
+    match name {
+        "__name__" => Cow::Owned(model::metric_name_of_prefix(series.prefix(key))),
+        "path" => Cow::Borrowed(key),
+        _ => Cow::Borrowed(""),
     }
 }
 
@@ -123,7 +110,7 @@ impl StoreSource<'_> {
         let (forced, others) = split_rule(matchers);
         let mut out = Vec::new();
         self.store.scan(|key, series| {
-            if !self.grant.may_read(series.prefix()) {
+            if !self.grant.may_read(series.prefix(key)) {
                 return true;
             }
             if !matches_all(key, series, &others) {
@@ -175,12 +162,22 @@ fn read_samples(
     archive.for_each_number(from, to, |b, v| out.push(((b * tf_ms as u64) as i64, v)));
 }
 
-/// The labels a selection hands out: the store's own when the series has
-/// a label set (shared, not copied).
+/// The labels a selection hands out: a label set's canonical key as it
+/// is (parsed only where the engine needs strings), a socket path's made
+/// from its key and prefix (DESIGN §7).
 fn shared_labels(key: &str, series: &Series) -> SharedLabels {
-    match series.shared_labels() {
-        Some(labels) => labels.clone(),
-        None => series_labels(key, series).into(),
+    if series.labels_are_key() {
+        return SharedLabels::Key(Arc::from(key));
+    }
+    match series.labels(key) {
+        Some(labels) => SharedLabels::Pairs(labels),
+        None => {
+            let name = model::metric_name_of_prefix(series.prefix(key));
+            SharedLabels::from([
+                ("__name__".to_string(), name),
+                ("path".to_string(), key.to_string()),
+            ])
+        }
     }
 }
 
@@ -309,13 +306,13 @@ impl StoreSource<'_> {
             if stop.load(Ordering::Relaxed) {
                 return false;
             }
-            if !self.grant.may_read(series.prefix()) {
+            if !self.grant.may_read(series.prefix(key)) {
                 return true;
             }
             if !matches_all(key, series, others) {
                 return true;
             }
-            let prefix = series.prefix();
+            let prefix = series.prefix(key);
             let first_type = match &first_type {
                 Some((p, t)) if p == prefix => *t,
                 _ => {

@@ -6,10 +6,11 @@
 //! I/O), atomics for counters. The clock is a parameter. It must never import
 //! tokio, hyper, rustls or sled.
 
-use crate::model::{Sample, TimestampMs, Value};
+use crate::model::{self, Sample, TimestampMs, Value};
 use crate::rrd::codec::Dirty;
 use crate::rrd::{self, Archive, Reject};
 use crate::rules::{Rule, RuleSet};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::DerefMut;
@@ -153,12 +154,66 @@ pub struct RuleArchive {
     pub archive: Archive,
 }
 
-/// One series: its prefix and its archives.
+/// One series: how its prefix and labels are found, and its archives.
 #[derive(Debug)]
 pub struct Series {
+    form: Form,
+    archives: Vec<RuleArchive>,
+}
+
+/// Where a series' prefix and labels are kept. Most series need nothing
+/// beside their key: a socket path's prefix is its first part, and a label
+/// set's canonical key holds its name and labels (parsed when asked for,
+/// which only queries do). Measured with 100K label sets of 3 labels:
+/// 1,500 → 1,200 B RSS per series after two saves.
+#[derive(Debug)]
+enum Form {
+    /// A socket path whose prefix is [`model::path_prefix`] of the key.
+    Path,
+    /// A label set whose key is [`model::series_key`] of its labels.
+    LabelKey,
+    /// Anything else, kept as given.
+    Given(Box<GivenForm>),
+}
+
+#[derive(Debug)]
+struct GivenForm {
     prefix: Box<str>,
     labels: Option<Labels>,
-    archives: Vec<RuleArchive>,
+}
+
+impl Form {
+    fn new(key: &str, prefix: &str, labels: Option<Vec<(String, String)>>) -> Form {
+        match labels {
+            None if model::path_prefix(key) == prefix => Form::Path,
+            Some(labels)
+                if model::series_key_name(key) == prefix
+                    && model::labels_of_series_key(key).as_ref() == Some(&labels) =>
+            {
+                Form::LabelKey
+            }
+            labels => Form::Given(Box::new(GivenForm {
+                prefix: prefix.into(),
+                labels: labels.map(Arc::from),
+            })),
+        }
+    }
+
+    fn prefix<'s>(&'s self, key: &'s str) -> &'s str {
+        match self {
+            Form::Path => model::path_prefix(key),
+            Form::LabelKey => model::series_key_name(key),
+            Form::Given(given) => &given.prefix,
+        }
+    }
+
+    fn labels(&self, key: &str) -> Option<Labels> {
+        match self {
+            Form::Path => None,
+            Form::LabelKey => Some(Arc::from(model::series_key_label_set(key))),
+            Form::Given(given) => given.labels.clone(),
+        }
+    }
 }
 
 /// The labels of a label-set series, sorted by name, `__name__` included.
@@ -212,9 +267,9 @@ impl hashbrown::Equivalent<SeriesKey> for Lookup<'_> {
 }
 
 impl Series {
-    /// The prefix that selects the series' rules.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
+    /// The prefix that selects the series' rules; `key` is the series' own.
+    pub fn prefix<'s>(&'s self, key: &'s str) -> &'s str {
+        self.form.prefix(key)
     }
 
     /// The archive kept for the named rule.
@@ -225,15 +280,45 @@ impl Series {
             .map(|a| &a.archive)
     }
 
-    /// Labels of a label-set series; `None` for a socket path.
-    pub fn labels(&self) -> Option<&[(String, String)]> {
-        self.labels.as_deref()
+    /// Labels of a label-set series, sorted by name; `None` for a socket
+    /// path. `key` is the series' own.
+    pub fn labels(&self, key: &str) -> Option<Labels> {
+        self.form.labels(key)
     }
 
-    /// Labels of a label-set series as the store shares them; `None` for a
-    /// socket path.
-    pub fn shared_labels(&self) -> Option<&Labels> {
-        self.labels.as_ref()
+    /// One label's value of a label-set series without building its set:
+    /// `None` when absent or for a socket path. `key` is the series' own.
+    pub fn label<'s>(&'s self, key: &'s str, name: &str) -> Option<Cow<'s, str>> {
+        match &self.form {
+            Form::Path => None,
+            Form::LabelKey if name == "__name__" => {
+                Some(Cow::Borrowed(model::series_key_name(key))).filter(|n| !n.is_empty())
+            }
+            Form::LabelKey => model::series_key_labels(key)
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| model::unescape_label_value(v)),
+            Form::Given(given) => given
+                .labels
+                .as_ref()?
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| Cow::Borrowed(v.as_str())),
+        }
+    }
+
+    /// Whether the series is a label set whose key is the canonical form
+    /// of its labels ([`crate::model::series_key`]).
+    pub fn labels_are_key(&self) -> bool {
+        matches!(self.form, Form::LabelKey)
+    }
+
+    /// Whether the series is a label set (not a socket path).
+    pub fn is_label_set(&self) -> bool {
+        match &self.form {
+            Form::Path => false,
+            Form::LabelKey => true,
+            Form::Given(given) => given.labels.is_some(),
+        }
     }
 
     /// Every archive, in the order they were created.
@@ -423,8 +508,7 @@ impl Writer<'_> {
                 }
                 store.series.fetch_add(1, Ordering::Relaxed);
                 let series = Series {
-                    prefix: id.prefix.into(),
-                    labels: id.labels.map(|make| Arc::from(make())),
+                    form: Form::new(id.key, id.prefix, id.labels.map(|make| make())),
                     archives: Vec::with_capacity(matching.len()),
                 };
                 v.insert_with_key(SeriesKey::new(id.key, id.shared), series)
@@ -657,7 +741,7 @@ impl Store {
             .flat_map(|i| {
                 self.read_shard(i)
                     .iter()
-                    .map(|(k, s)| (k.to_arc(), s.prefix.clone()))
+                    .map(|(k, s)| (k.to_arc(), s.prefix(k.as_str()).into()))
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -697,16 +781,17 @@ impl Store {
         let mut guard = self.write_shard(shard);
         let mut out = Vec::new();
         for (key, series) in guard.iter_mut() {
-            let mut shared = None;
+            let (mut shared, mut labels) = (None, None);
             for a in &mut series.archives {
                 if a.archive.is_dirty() {
+                    let labels = labels.get_or_insert_with(|| series.form.labels(key.as_str()));
                     out.push(DirtyArchive {
                         series: shared.get_or_insert_with(|| key.to_arc()).clone(),
                         rule: a.rule.clone(),
                         dirty: a.archive.take_dirty(
                             &a.rule.name,
-                            &series.prefix,
-                            series.labels.as_deref(),
+                            series.form.prefix(key.as_str()),
+                            labels.as_deref(),
                         ),
                     });
                 }
@@ -762,8 +847,7 @@ impl Store {
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 self.series.fetch_add(1, Ordering::Relaxed);
                 let series = Series {
-                    prefix: prefix.into(),
-                    labels: labels.map(Arc::from),
+                    form: Form::new(key, prefix, labels),
                     archives: Vec::new(),
                 };
                 v.insert_with_key(SeriesKey::new(key, None), series)
@@ -796,8 +880,8 @@ impl Store {
         let mut change = RulesChange::default();
         for i in 0..self.shards.len() {
             let mut shard = self.write_shard(i);
-            shard.retain(|_, series| {
-                let applying = rules.for_prefix(&series.prefix);
+            shard.retain(|key, series| {
+                let applying = rules.for_prefix(series.prefix(key.as_str()));
                 series.archives.retain_mut(|a| {
                     let Some(rule) = applying.iter().find(|r| r.name == a.rule.name) else {
                         change.unloaded += 1;

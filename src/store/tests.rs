@@ -361,3 +361,92 @@ fn archive_bytes_follow_the_cells_written() {
     assert!(s.stats().archive_bytes < full);
     assert_eq!(s.stats().archive_bytes, held(&s));
 }
+
+#[test]
+fn prefixes_and_labels_come_from_the_key_or_as_given() {
+    let store = Store::new(
+        RuleSet::new(vec![rule("any", "*", 10, ValueSize::Float)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 10,
+        },
+    );
+    let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+        p.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    };
+    let canonical = pairs(&[("__name__", "up"), ("job", "a\"b"), ("x", "1")]);
+    let unsorted = pairs(&[("__name__", "up"), ("x", "1"), ("job", "a")]);
+    type Pairs = Option<Vec<(String, String)>>;
+    // (key, prefix, labels, expected compact form)
+    let cases: Vec<(&str, &str, Pairs, bool)> = vec![
+        ("traffic-a-b", "traffic", None, true),
+        ("traffic-a-b", "other", None, false),
+        (
+            r#"up{job="a\"b",x="1"}"#,
+            "up",
+            Some(canonical.clone()),
+            true,
+        ),
+        (r#"up{x="1",job="a"}"#, "up", Some(unsorted.clone()), false),
+        (
+            r#"up{job="a\"b",x="1"}"#,
+            "down",
+            Some(canonical.clone()),
+            false,
+        ),
+    ];
+    for (i, (key, prefix, labels, compact)) in cases.into_iter().enumerate() {
+        let make = labels.clone().map(|l| move || l.clone());
+        let id = SeriesId {
+            key,
+            shared: None,
+            prefix,
+            labels: make
+                .as_ref()
+                .map(|f| f as &dyn Fn() -> Vec<(String, String)>),
+        };
+        store.remove(key);
+        store.write_batch(&id, &[sample(NOW - 10_000, 1)], NOW, |r| {
+            assert_eq!(r, Ok(1), "case {i}");
+        });
+        let seen = store.read(key, |s| {
+            let x = s.label(key, "x").map(Cow::into_owned);
+            let name = s.label(key, "__name__").map(Cow::into_owned);
+            let form_compact = !matches!(s.form, Form::Given(_));
+            (
+                s.prefix(key).to_string(),
+                s.labels(key).map(|l| l.to_vec()),
+                x,
+                name,
+                form_compact,
+            )
+        });
+        let (got_prefix, got_labels, x, name, form_compact) = seen.expect("series kept");
+        assert_eq!(got_prefix, prefix, "case {i}");
+        assert_eq!(got_labels, labels, "case {i}");
+        assert_eq!(x, labels.as_ref().map(|_| "1".to_string()), "case {i}");
+        assert_eq!(name, labels.as_ref().map(|_| "up".to_string()), "case {i}");
+        assert_eq!(form_compact, compact, "case {i}");
+        // A restored series takes the same form.
+        let archive = store.read(key, |s| s.archives()[0].archive.clone());
+        store.remove(key);
+        let restored = store.restore(
+            key,
+            prefix,
+            labels.clone(),
+            "any",
+            archive.expect("archive"),
+        );
+        assert_eq!(restored, Ok(()), "case {i}");
+        let again = store.read(key, |s| {
+            (s.prefix(key).to_string(), s.labels(key).map(|l| l.to_vec()))
+        });
+        assert_eq!(
+            again,
+            Some((prefix.to_string(), labels)),
+            "case {i} restored"
+        );
+    }
+}

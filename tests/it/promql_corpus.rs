@@ -37,7 +37,9 @@ impl Storage for MemStorage {
     ) -> Result<Vec<SeriesData>, String> {
         let mut out = Vec::new();
         for s in &self.series {
-            let ok = matchers.iter().all(|m| m.matches_labels(&s.labels));
+            let ok = matchers
+                .iter()
+                .all(|m| m.matches_labels(&s.labels.to_vec()));
             if !ok {
                 continue;
             }
@@ -104,7 +106,7 @@ impl Loaded {
             let store = crate::common::float_store(tf, (max_t / 1000 / tf + 2) as u32);
             for s in &self.raw.series {
                 // Refusals are what the corpus figure measures; not asserted here.
-                crate::common::write_labelled(&store, &s.labels, &s.samples);
+                crate::common::write_labelled(&store, &s.labels.to_vec(), &s.samples);
             }
             self.store = Some(store);
         }
@@ -115,7 +117,11 @@ impl Loaded {
 /// Loads parsed series into the raw copy; loads add to earlier loads.
 fn load_into(storage: &mut MemStorage, series: Vec<(Labels, Vec<(i64, f64)>)>) {
     for (labels, samples) in series {
-        match storage.series.iter_mut().find(|s| *s.labels == *labels) {
+        match storage
+            .series
+            .iter_mut()
+            .find(|s| s.labels.to_vec() == labels)
+        {
             Some(s) => {
                 s.samples.extend(samples);
                 s.samples.sort_by_key(|(t, _)| *t);

@@ -528,7 +528,7 @@ mod tests {
         let key = r#"up{job="a"}"#;
         assert!(store.remove(key));
         assert_eq!(write(&good, now - 1000, &Grant::All).accepted, 1);
-        let labels = store.read(key, |s| s.labels().map(<[_]>::to_vec));
+        let labels = store.read(key, |s| s.labels(key).map(|l| l.to_vec()));
         let labels = labels.flatten().expect("series recreated with labels");
         assert_eq!(labels.len(), 2, "labels rebuilt from the request");
         let bad = [("__name__", "up"), ("z", "1"), ("a", "1")];

@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(report.rejected.get("too_far_future"), Some(&1));
         let key = "c{exported_job=\"inner\",instance=\"h:9100\",job=\"node\",x=\"1\"}";
         let labels = s
-            .read(key, |series| series.labels().map(<[_]>::to_vec))
+            .read(key, |series| series.labels(key).map(|l| l.to_vec()))
             .flatten();
         assert_eq!(
             labels,

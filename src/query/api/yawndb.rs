@@ -122,11 +122,11 @@ fn slice_rows(
 ) -> Result<Option<Vec<(u64, Json)>>, ApiError> {
     let rules = ctx.store.rules();
     let found = ctx.store.read(path, |series| {
-        if !grant.may_read(series.prefix()) {
+        if !grant.may_read(series.prefix(path)) {
             return Err(err("path_not_found", format!("path {path:?} not found")));
         }
         let configured = rules
-            .for_prefix(series.prefix())
+            .for_prefix(series.prefix(path))
             .iter()
             .find(|r| r.name == rule)
             .ok_or_else(|| {
@@ -243,9 +243,9 @@ pub async fn rules(
     let names = ctx
         .store
         .read(&path, |series| {
-            grant.may_read(series.prefix()).then(|| {
+            grant.may_read(series.prefix(&path)).then(|| {
                 rules
-                    .for_prefix(series.prefix())
+                    .for_prefix(series.prefix(&path))
                     .iter()
                     .map(|r| r.name.clone())
                     .collect::<Vec<_>>()

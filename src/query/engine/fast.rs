@@ -488,7 +488,7 @@ impl<'s> RowBuilder<'s> {
             resets.extend((1..pts.len()).filter(|&i| pts[i].1 < pts[i - 1].1));
         }
         rows.labels.push(s.labels.clone());
-        rows.keys.push(&s.labels);
+        rows.keys.push_shared(&s.labels);
         let mut out = rows.table.push_row();
         // Series of one metric are mostly sampled at the same times: then
         // their windows are the last series' ones.
@@ -758,7 +758,7 @@ impl Evaluator<'_> {
             if keeps_name {
                 labels[i].to_vec()
             } else {
-                drop_name(&labels[i])
+                drop_name(&labels[i].to_vec())
             }
         };
         // A collision of output labels would be an error (or not)
@@ -1016,13 +1016,8 @@ fn accumulate_with(
 /// Whether every series has the same `__name__` (or none has one): then
 /// dropping it keeps distinct label sets distinct.
 fn one_metric_name(labels: &[SharedLabels]) -> bool {
-    fn name(labels: &SharedLabels) -> Option<&str> {
-        labels
-            .iter()
-            .find(|(n, _)| n == "__name__")
-            .map(|(_, v)| v.as_str())
-    }
-    labels
-        .first()
-        .is_none_or(|first| labels.iter().all(|l| name(l) == name(first)))
+    labels.first().is_none_or(|first| {
+        let name = first.metric_name();
+        labels.iter().all(|l| l.metric_name() == name)
+    })
 }

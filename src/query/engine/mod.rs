@@ -6,9 +6,73 @@
 /// A label set, sorted by name, `__name__` included.
 pub type Labels = Vec<(String, String)>;
 
-/// A label set shared rather than copied: storage hands out its own, and
-/// selections clone only a pointer.
-pub type SharedLabels = std::sync::Arc<[(String, String)]>;
+/// A series' label set as storage hands it out: shared rather than copied,
+/// so a selection clones a pointer, and read pair by pair without building
+/// strings where the fast path only sorts or compares them.
+#[derive(Debug, Clone)]
+pub enum SharedLabels {
+    /// Pairs sorted by name, `__name__` included.
+    Pairs(std::sync::Arc<[(String, String)]>),
+    /// A canonical series key (`name{a="b",...}`, see
+    /// [`crate::model::series_key`]) standing for its labels.
+    Key(std::sync::Arc<str>),
+}
+
+impl SharedLabels {
+    /// Each pair, sorted by name, `__name__` in place.
+    pub fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
+        match self {
+            SharedLabels::Pairs(pairs) => pairs.iter().for_each(|(n, v)| f(n, v)),
+            SharedLabels::Key(key) => {
+                let name = crate::model::series_key_name(key);
+                let mut name_pending = !name.is_empty();
+                for (n, v) in crate::model::series_key_labels(key) {
+                    if name_pending && n > "__name__" {
+                        f("__name__", name);
+                        name_pending = false;
+                    }
+                    f(n, &crate::model::unescape_label_value(v));
+                }
+                if name_pending {
+                    f("__name__", name);
+                }
+            }
+        }
+    }
+
+    /// The pairs, built.
+    pub fn to_vec(&self) -> Labels {
+        match self {
+            SharedLabels::Pairs(pairs) => pairs.to_vec(),
+            SharedLabels::Key(key) => crate::model::series_key_label_set(key),
+        }
+    }
+
+    /// The value of `__name__`, if any.
+    pub fn metric_name(&self) -> Option<&str> {
+        match self {
+            SharedLabels::Pairs(pairs) => pairs
+                .iter()
+                .find(|(n, _)| n == "__name__")
+                .map(|(_, v)| v.as_str()),
+            SharedLabels::Key(key) => {
+                Some(crate::model::series_key_name(key)).filter(|n| !n.is_empty())
+            }
+        }
+    }
+}
+
+impl PartialEq for SharedLabels {
+    fn eq(&self, other: &SharedLabels) -> bool {
+        self.to_vec() == other.to_vec()
+    }
+}
+
+impl<T: Into<std::sync::Arc<[(String, String)]>>> From<T> for SharedLabels {
+    fn from(pairs: T) -> SharedLabels {
+        SharedLabels::Pairs(pairs.into())
+    }
+}
 
 /// One series as the storage returns it.
 #[derive(Debug, Clone, PartialEq)]

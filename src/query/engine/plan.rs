@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use promql_parser::label::MatchOp as PMatchOp;
 use promql_parser::parser::{AtModifier, Expr, Offset, VectorSelector};
 
-use super::{EngineError, MatchOp, Matcher, SeriesData, Storage};
+use super::{EngineError, MatchOp, Matcher, SeriesData, SharedLabels, Storage};
 
 /// Selector data keyed by the address of its `VectorSelector` node.
 pub(crate) type SelectorData = HashMap<usize, Rc<Vec<SeriesData>>>;
@@ -258,30 +258,19 @@ pub(crate) fn fetch(
 
 /// `series` sorted by labels, ties kept in their order (a stable sort).
 fn sorted_by_labels(series: Vec<SeriesData>) -> Vec<SeriesData> {
-    let order = label_order(series.len(), |i| &series[i].labels).order;
+    let mut keys = LabelKeys::default();
+    series.iter().for_each(|s| keys.push_shared(&s.labels));
+    let order = keys.order().order;
     let mut slots: Vec<Option<SeriesData>> = series.into_iter().map(Some).collect();
     order.into_iter().filter_map(|i| slots[i].take()).collect()
 }
 
-/// Label sets in order, see [`label_order`].
+/// Label sets in order, see [`LabelKeys::order`].
 pub(crate) struct LabelOrder {
     /// Indices, by label set; equal sets in index order.
     pub order: Vec<usize>,
     /// Whether no two label sets are equal.
     pub distinct: bool,
-}
-
-/// Sorts label sets `0..n` as `Vec<(String, String)>` compares them
-/// without comparing strings pair by pair: see [`LabelKeys`].
-pub(crate) fn label_order<'l>(
-    n: usize,
-    labels: impl Fn(usize) -> &'l [(String, String)],
-) -> LabelOrder {
-    let mut keys = LabelKeys::default();
-    for i in 0..n {
-        keys.push(labels(i));
-    }
-    keys.order()
 }
 
 /// Label sets encoded into bytes that sort the same way (every string ends
@@ -300,21 +289,24 @@ pub(crate) struct LabelKeys {
 
 impl LabelKeys {
     /// Encodes one more label set.
-    pub(crate) fn push(&mut self, labels: &[(String, String)]) {
+    pub(crate) fn push_shared(&mut self, labels: &SharedLabels) {
+        let each = |f: &mut dyn FnMut(&str, &str)| labels.for_each(f);
         let bytes = &mut self.bytes;
         let start = bytes.len();
-        for (name, value) in labels {
+        let mut pairs = 0;
+        each(&mut |name, value| {
+            pairs += 1;
             for s in [name.as_bytes(), value.as_bytes()] {
                 bytes.extend_from_slice(s);
                 bytes.extend([0, 0]);
             }
-        }
+        });
         // Zero bytes inside strings are rare: one count over the set tells
         // whether it must be encoded again escaping them.
         let zeros = bytes[start..].iter().filter(|&&b| b == 0).count();
-        if zeros != 4 * labels.len() {
+        if zeros != 4 * pairs {
             bytes.truncate(start);
-            for (name, value) in labels {
+            each(&mut |name, value| {
                 for s in [name.as_bytes(), value.as_bytes()] {
                     for &b in s {
                         match b {
@@ -324,7 +316,7 @@ impl LabelKeys {
                     }
                     bytes.extend([0, 0]);
                 }
-            }
+            });
         }
         self.ends.push(bytes.len());
     }
@@ -390,7 +382,7 @@ fn select_all(
             .select(g, start, end)
             .map_err(EngineError::Execution)?
         {
-            if seen.insert(s.labels.clone()) {
+            if seen.insert(s.labels.to_vec()) {
                 out.push(s);
             }
         }

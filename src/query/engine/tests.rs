@@ -56,7 +56,11 @@ impl Storage for Mem {
         Ok(self
             .series
             .iter()
-            .filter(|s| matchers.iter().all(|m| m.matches_labels(&s.labels)))
+            .filter(|s| {
+                matchers
+                    .iter()
+                    .all(|m| m.matches_labels(&s.labels.to_vec()))
+            })
             .map(|s| SeriesData {
                 labels: s.labels.clone(),
                 samples: s
@@ -854,6 +858,17 @@ fn label_order_sorts_as_label_sets_compare() {
             distinct: true,
         },
         Case {
+            name: "names around __name__, escaped values",
+            sets: vec![
+                set(&[("Zone", "b"), ("__name__", "m"), ("a", "q\"\\\n")]),
+                set(&[("Zone", "b"), ("__name__", "m"), ("a", "q")]),
+                set(&[("Zone", "a"), ("__name__", "n")]),
+                set(&[("__name__", "m"), ("a", "q\"")]),
+                set(&[("__name__", "m")]),
+            ],
+            distinct: true,
+        },
+        Case {
             name: "equal sets keep their order",
             sets: vec![
                 set(&[("b", "1")]),
@@ -864,18 +879,48 @@ fn label_order_sorts_as_label_sets_compare() {
             distinct: false,
         },
     ];
+    let order_of = |sets: &[SharedLabels]| {
+        let mut keys = super::plan::LabelKeys::default();
+        sets.iter().for_each(|s| keys.push_shared(s));
+        keys.order()
+    };
+    // A set as a canonical series key, when it has one.
+    let key_form = |set: &Labels| {
+        let name = set
+            .iter()
+            .find(|(n, _)| n == "__name__")
+            .map_or("", |(_, v)| v.as_str());
+        let others = set.iter().filter(|(n, _)| n != "__name__");
+        let key = crate::model::series_key(name, others.map(|(n, v)| (n.as_str(), v.as_str())));
+        (crate::model::labels_of_series_key(&key).as_ref() == Some(set))
+            .then(|| SharedLabels::Key(key.into()))
+    };
     for case in cases {
-        let got = super::plan::label_order(case.sets.len(), |i| &case.sets[i]);
+        let shared: Vec<SharedLabels> = case.sets.iter().map(|s| s.clone().into()).collect();
+        let got = order_of(&shared);
         let mut want: Vec<usize> = (0..case.sets.len()).collect();
         want.sort_by(|&a, &b| case.sets[a].cmp(&case.sets[b]));
         assert_eq!(got.order, want, "case {}: order", case.name);
         assert_eq!(got.distinct, case.distinct, "case {}: distinct", case.name);
+        // The same sets handed out as canonical keys sort alike.
+        let keyed: Option<Vec<SharedLabels>> = case.sets.iter().map(key_form).collect();
+        if let Some(keyed) = keyed {
+            assert_eq!(
+                order_of(&keyed).order,
+                want,
+                "case {}: keyed order",
+                case.name
+            );
+            for (k, set) in keyed.iter().zip(&case.sets) {
+                assert_eq!(&k.to_vec(), set, "case {}: keyed labels", case.name);
+            }
+        }
         // Encoded in two parts (as a split selection does) and joined.
         let half = case.sets.len() / 2;
         let mut keys = super::plan::LabelKeys::default();
         let mut second = super::plan::LabelKeys::default();
-        case.sets[..half].iter().for_each(|s| keys.push(s));
-        case.sets[half..].iter().for_each(|s| second.push(s));
+        shared[..half].iter().for_each(|s| keys.push_shared(s));
+        shared[half..].iter().for_each(|s| second.push_shared(s));
         keys.append(second);
         let joined = keys.order();
         assert_eq!(joined.order, want, "case {}: order in parts", case.name);
