@@ -219,20 +219,26 @@ pub fn labels_of_series_key(key: &str) -> Option<Vec<(String, String)>> {
 /// [`labels_of_series_key`], which checks), sorted by name with `__name__`
 /// in place.
 pub fn series_key_label_set(key: &str) -> Vec<(String, String)> {
-    let name = series_key_name(key);
     let mut labels = Vec::with_capacity(4);
+    each_series_key_label(key, &mut |n, v| labels.push((n.to_string(), v.to_string())));
+    labels
+}
+
+/// Hands each pair of a canonical key's label set to `f`, sorted by name
+/// with `__name__` in place, values unescaped, without building the set.
+pub fn each_series_key_label(key: &str, f: &mut dyn FnMut(&str, &str)) {
+    let name = series_key_name(key);
     let mut name_pending = !name.is_empty();
     for (n, v) in series_key_labels(key) {
         if name_pending && n > "__name__" {
-            labels.push(("__name__".to_string(), name.to_string()));
+            f("__name__", name);
             name_pending = false;
         }
-        labels.push((n.to_string(), unescape_label_value(v).into_owned()));
+        f(n, &unescape_label_value(v));
     }
     if name_pending {
-        labels.push(("__name__".to_string(), name.to_string()));
+        f("__name__", name);
     }
-    labels
 }
 
 /// Parses `10s`, `1m`, `1h30m`, `1d`, `500ms` (units ms, s, m, h, d, w, y).

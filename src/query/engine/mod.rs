@@ -23,20 +23,7 @@ impl SharedLabels {
     pub fn for_each(&self, f: &mut dyn FnMut(&str, &str)) {
         match self {
             SharedLabels::Pairs(pairs) => pairs.iter().for_each(|(n, v)| f(n, v)),
-            SharedLabels::Key(key) => {
-                let name = crate::model::series_key_name(key);
-                let mut name_pending = !name.is_empty();
-                for (n, v) in crate::model::series_key_labels(key) {
-                    if name_pending && n > "__name__" {
-                        f("__name__", name);
-                        name_pending = false;
-                    }
-                    f(n, &crate::model::unescape_label_value(v));
-                }
-                if name_pending {
-                    f("__name__", name);
-                }
-            }
+            SharedLabels::Key(key) => crate::model::each_series_key_label(key, f),
         }
     }
 
