@@ -74,6 +74,50 @@ pub struct Limits {
     pub max_query_samples: u64,
     /// remote_write requests decoded or stored at once; more get 429.
     pub max_inflight_writes: usize,
+    /// Longest PromQL expression accepted, in bytes.
+    pub max_query_bytes: usize,
+    /// Deepest nesting of a PromQL expression (calls, operators,
+    /// parentheses, subqueries).
+    pub max_query_depth: usize,
+    /// Largest body of one HTTP answer.
+    pub max_response_bytes: usize,
+    /// Most buckets one YAWNDB request may read (paths × buckets).
+    pub max_slice_buckets: u64,
+    /// Queries (PromQL and YAWNDB reads) evaluated at once.
+    pub max_concurrent_queries: usize,
+    /// Queries one client certificate may have evaluated at once.
+    pub max_client_queries: usize,
+    /// Connections open at once on one listener.
+    pub max_connections: usize,
+    /// Connections one client certificate may hold open on one listener.
+    pub max_client_connections: usize,
+    /// Connections from one IP address still in the TLS handshake at once.
+    pub max_handshakes_per_ip: usize,
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Longest an HTTP client may take to send a request's headers.
+    pub header_timeout: Duration,
+    /// Longest an HTTP connection may stay idle between requests.
+    pub idle_timeout: Duration,
+    /// Longest an HTTP client may take to send one request body.
+    pub body_timeout: Duration,
+    /// A socket connection that sends nothing for this long is closed.
+    pub socket_idle_timeout: Duration,
+    /// Most labels in one label set.
+    pub max_labels_per_series: usize,
+    /// Longest label name.
+    pub max_label_name_bytes: usize,
+    /// Longest label value.
+    pub max_label_value_bytes: usize,
+    /// Longest series key (a path, or a label set's canonical form), for
+    /// every protocol.
+    pub max_series_key_bytes: usize,
+    /// Most bytes of series keys held in all.
+    pub max_series_key_bytes_total: u64,
+    /// Longest metadata help text kept.
+    pub max_help_bytes: usize,
+    /// Most bytes of metadata (names, help, unit) kept in all.
+    pub max_metadata_bytes: u64,
 }
 
 /// What one client certificate may do.

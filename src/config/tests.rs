@@ -131,3 +131,79 @@ fn durations() {
         );
     }
 }
+
+/// Config numbers are bounded where arithmetic on them could overflow or
+/// where a value makes no sense; each case names its key.
+#[test]
+fn numbers_out_of_range_name_their_key() {
+    let rule = "rules: [{name: a, prefix: p, type: sum, timeframe: 60, limit: 10}]";
+    let cases = [
+        (
+            "huge timeframe",
+            "rules: [{name: a, prefix: p, type: sum, timeframe: 18446744073709551, limit: 10}]",
+            "rules[0].timeframe: expected whole seconds from 1 to",
+        ),
+        (
+            "timeframe over a year",
+            "rules: [{name: a, prefix: p, type: sum, timeframe: 400d, limit: 10}]",
+            "rules[0].timeframe: expected whole seconds from 1 to",
+        ),
+        (
+            "window over 100 years",
+            "rules: [{name: a, prefix: p, type: sum, timeframe: 1d, limit: 40000}]",
+            "rules[0].limit: a window of 40000",
+        ),
+        (
+            "zero max_series",
+            &format!("limits: {{max_series: 0}}\n{rule}"),
+            "limits.max_series: 0 is out of range",
+        ),
+        (
+            "huge max_future",
+            &format!("limits: {{max_future: 100000y}}\n{rule}"),
+            "limits.max_future:",
+        ),
+        (
+            "zero query timeout",
+            &format!("limits: {{query_timeout: 0}}\n{rule}"),
+            "limits.query_timeout:",
+        ),
+        (
+            "depth over 1024",
+            &format!("limits: {{max_query_depth: 5000}}\n{rule}"),
+            "limits.max_query_depth: 5000 is out of range",
+        ),
+        (
+            "key bytes over u16",
+            &format!("limits: {{max_series_key_bytes: 70000}}\n{rule}"),
+            "limits.max_series_key_bytes: 70000 is out of range",
+        ),
+        (
+            "client queries over total",
+            &format!("limits: {{max_concurrent_queries: 2, max_client_queries: 3}}\n{rule}"),
+            "limits.max_client_queries: 3 is more than",
+        ),
+        (
+            "unknown limits key",
+            &format!("limits: {{max_everything: 1}}\n{rule}"),
+            "limits.max_everything: unknown key",
+        ),
+        (
+            "zero snapshot interval",
+            &format!("snapshot: {{interval: 0}}\n{rule}"),
+            "snapshot.interval:",
+        ),
+        (
+            "zero scrape interval",
+            &format!("scrape: [{{job: j, interval: 0, targets: [\"127.0.0.1:1\"]}}]\n{rule}"),
+            "scrape[0].interval:",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let got = issues(text);
+        assert!(
+            got.iter().any(|g| g.starts_with(want)),
+            "case {name}: missing {want:?} in {got:#?}"
+        );
+    }
+}

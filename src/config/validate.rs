@@ -70,6 +70,45 @@ impl Checker {
         }
     }
 
+    /// An integer within `min..=max` (both named in the message when not).
+    fn unsigned_in(
+        &mut self,
+        at: &str,
+        value: Option<&Value>,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let v = self.unsigned(at, value, default);
+        if (min..=max).contains(&v) {
+            v
+        } else {
+            self.issue(at, format!("{v} is out of range; expected {min} to {max}"));
+            default
+        }
+    }
+
+    /// A duration within `min..=max` (both named in the message when not).
+    fn duration_in(
+        &mut self,
+        at: &str,
+        value: Option<&Value>,
+        default: Duration,
+        min: Duration,
+        max: Duration,
+    ) -> Duration {
+        let d = self.duration(at, value, default);
+        if (min..=max).contains(&d) {
+            d
+        } else {
+            self.issue(
+                at,
+                format!("{d:?} is out of range; expected {min:?} to {max:?}"),
+            );
+            default
+        }
+    }
+
     fn duration(&mut self, at: &str, value: Option<&Value>, default: Duration) -> Duration {
         let Some(value) = value else { return default };
         match value {
@@ -144,6 +183,22 @@ impl Checker {
         }
     }
 }
+
+/// Longest rule timeframe: a year, so that `timeframe × 1000` (ms) and
+/// bucket arithmetic never overflow.
+const MAX_TIMEFRAME_SECS: u64 = 31_536_000;
+
+/// Longest rule window (`limit × timeframe`): 100 years.
+const MAX_WINDOW_SECS: u64 = 100 * 31_536_000;
+
+/// Every key of `limits:`, for the unknown-key message.
+const LIMIT_KEYS: &str =
+    "max_future, max_series, max_body_bytes, query_timeout, max_query_samples, \
+    max_inflight_writes, max_query_bytes, max_query_depth, max_response_bytes, max_slice_buckets, \
+    max_concurrent_queries, max_client_queries, max_connections, max_client_connections, \
+    max_handshakes_per_ip, handshake_timeout, header_timeout, idle_timeout, body_timeout, \
+    socket_idle_timeout, max_labels_per_series, max_label_name_bytes, max_label_value_bytes, \
+    max_series_key_bytes, max_series_key_bytes_total, max_help_bytes, max_metadata_bytes";
 
 fn join(at: &str, key: &str) -> String {
     if at.is_empty() {
@@ -231,40 +286,221 @@ pub(super) fn validate(raw: RawConfig, base: &Path) -> Result<Settings, Vec<Issu
         s.interval.as_ref(),
         Duration::from_secs(10),
     );
-    if snapshot_interval.is_zero() {
-        c.issue("snapshot.interval", "expected a positive duration, found 0");
+    if snapshot_interval < Duration::from_millis(100)
+        || snapshot_interval > Duration::from_secs(86_400)
+    {
+        c.issue(
+            "snapshot.interval",
+            format!("{snapshot_interval:?} is out of range; expected 100ms to 1d"),
+        );
     }
 
     let l = raw.limits.unwrap_or_default();
-    c.unknown(
-        "limits",
-        &l.unknown,
-        "max_future, max_series, max_body_bytes, query_timeout, max_query_samples, max_inflight_writes",
-    );
+    c.unknown("limits", &l.unknown, LIMIT_KEYS);
+    const KIB: u64 = 1 << 10;
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    let secs = Duration::from_secs;
     let limits = Limits {
-        max_future: c.duration(
+        max_future: c.duration_in(
             "limits.max_future",
             l.max_future.as_ref(),
-            Duration::from_secs(600),
+            secs(600),
+            secs(0),
+            secs(366 * 86_400),
         ),
-        max_series: c.unsigned("limits.max_series", l.max_series.as_ref(), 5_000_000),
-        max_inflight_writes: c.unsigned(
+        max_series: c.unsigned_in(
+            "limits.max_series",
+            l.max_series.as_ref(),
+            5_000_000,
+            1,
+            1 << 40,
+        ),
+        max_inflight_writes: c.unsigned_in(
             "limits.max_inflight_writes",
             l.max_inflight_writes.as_ref(),
             64,
+            1,
+            1 << 16,
         ) as usize,
-        max_body_bytes: c.unsigned("limits.max_body_bytes", l.max_body_bytes.as_ref(), 32 << 20),
-        query_timeout: c.duration(
+        max_body_bytes: c.unsigned_in(
+            "limits.max_body_bytes",
+            l.max_body_bytes.as_ref(),
+            32 * MIB,
+            KIB,
+            4 * GIB,
+        ),
+        query_timeout: c.duration_in(
             "limits.query_timeout",
             l.query_timeout.as_ref(),
-            Duration::from_secs(120),
+            secs(120),
+            Duration::from_millis(1),
+            secs(86_400),
         ),
-        max_query_samples: c.unsigned(
+        max_query_samples: c.unsigned_in(
             "limits.max_query_samples",
             l.max_query_samples.as_ref(),
             50_000_000,
+            1,
+            1 << 40,
+        ),
+        max_query_bytes: c.unsigned_in(
+            "limits.max_query_bytes",
+            l.max_query_bytes.as_ref(),
+            16 * KIB,
+            1,
+            16 * MIB,
+        ) as usize,
+        max_query_depth: c.unsigned_in(
+            "limits.max_query_depth",
+            l.max_query_depth.as_ref(),
+            128,
+            1,
+            1024,
+        ) as usize,
+        max_response_bytes: c.unsigned_in(
+            "limits.max_response_bytes",
+            l.max_response_bytes.as_ref(),
+            64 * MIB,
+            KIB,
+            4 * GIB,
+        ) as usize,
+        max_slice_buckets: c.unsigned_in(
+            "limits.max_slice_buckets",
+            l.max_slice_buckets.as_ref(),
+            1_000_000,
+            1,
+            1 << 32,
+        ),
+        max_concurrent_queries: c.unsigned_in(
+            "limits.max_concurrent_queries",
+            l.max_concurrent_queries.as_ref(),
+            4,
+            1,
+            1024,
+        ) as usize,
+        max_client_queries: c.unsigned_in(
+            "limits.max_client_queries",
+            l.max_client_queries.as_ref(),
+            2,
+            1,
+            1024,
+        ) as usize,
+        max_connections: c.unsigned_in(
+            "limits.max_connections",
+            l.max_connections.as_ref(),
+            4096,
+            1,
+            1 << 20,
+        ) as usize,
+        max_client_connections: c.unsigned_in(
+            "limits.max_client_connections",
+            l.max_client_connections.as_ref(),
+            512,
+            1,
+            1 << 20,
+        ) as usize,
+        max_handshakes_per_ip: c.unsigned_in(
+            "limits.max_handshakes_per_ip",
+            l.max_handshakes_per_ip.as_ref(),
+            256,
+            1,
+            1 << 20,
+        ) as usize,
+        handshake_timeout: c.duration_in(
+            "limits.handshake_timeout",
+            l.handshake_timeout.as_ref(),
+            secs(10),
+            Duration::from_millis(10),
+            secs(3600),
+        ),
+        header_timeout: c.duration_in(
+            "limits.header_timeout",
+            l.header_timeout.as_ref(),
+            secs(10),
+            Duration::from_millis(10),
+            secs(3600),
+        ),
+        idle_timeout: c.duration_in(
+            "limits.idle_timeout",
+            l.idle_timeout.as_ref(),
+            secs(120),
+            Duration::from_millis(10),
+            secs(86_400),
+        ),
+        body_timeout: c.duration_in(
+            "limits.body_timeout",
+            l.body_timeout.as_ref(),
+            secs(60),
+            Duration::from_millis(10),
+            secs(3600),
+        ),
+        socket_idle_timeout: c.duration_in(
+            "limits.socket_idle_timeout",
+            l.socket_idle_timeout.as_ref(),
+            secs(300),
+            Duration::from_millis(10),
+            secs(86_400),
+        ),
+        max_labels_per_series: c.unsigned_in(
+            "limits.max_labels_per_series",
+            l.max_labels_per_series.as_ref(),
+            64,
+            1,
+            1024,
+        ) as usize,
+        max_label_name_bytes: c.unsigned_in(
+            "limits.max_label_name_bytes",
+            l.max_label_name_bytes.as_ref(),
+            256,
+            1,
+            64 * KIB,
+        ) as usize,
+        max_label_value_bytes: c.unsigned_in(
+            "limits.max_label_value_bytes",
+            l.max_label_value_bytes.as_ref(),
+            4 * KIB,
+            1,
+            64 * KIB,
+        ) as usize,
+        max_series_key_bytes: c.unsigned_in(
+            "limits.max_series_key_bytes",
+            l.max_series_key_bytes.as_ref(),
+            16 * KIB,
+            64,
+            64 * KIB - 1,
+        ) as usize,
+        max_series_key_bytes_total: c.unsigned_in(
+            "limits.max_series_key_bytes_total",
+            l.max_series_key_bytes_total.as_ref(),
+            2 * GIB,
+            MIB,
+            1 << 40,
+        ),
+        max_help_bytes: c.unsigned_in(
+            "limits.max_help_bytes",
+            l.max_help_bytes.as_ref(),
+            4 * KIB,
+            0,
+            MIB,
+        ) as usize,
+        max_metadata_bytes: c.unsigned_in(
+            "limits.max_metadata_bytes",
+            l.max_metadata_bytes.as_ref(),
+            16 * MIB,
+            0,
+            GIB,
         ),
     };
+    if limits.max_client_queries > limits.max_concurrent_queries {
+        c.issue(
+            "limits.max_client_queries",
+            format!(
+                "{} is more than limits.max_concurrent_queries ({}); expected at most that",
+                limits.max_client_queries, limits.max_concurrent_queries
+            ),
+        );
+    }
 
     let clients = raw.clients.map(|list| {
         let mut seen = HashSet::new();
@@ -413,10 +649,13 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     };
     let timeframe_secs = timeframe.and_then(|v| {
         let d = c.duration(&join(at, "timeframe"), Some(&v), Duration::ZERO);
-        if d.is_zero() || d.subsec_nanos() != 0 {
+        if d.is_zero() || d.subsec_nanos() != 0 || d.as_secs() > MAX_TIMEFRAME_SECS {
             c.issue(
                 join(at, "timeframe"),
-                format!("expected whole seconds ≥ 1, found {}", show(&v)),
+                format!(
+                    "expected whole seconds from 1 to {MAX_TIMEFRAME_SECS} (a year), found {}",
+                    show(&v)
+                ),
             );
             None
         } else {
@@ -474,6 +713,16 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
             );
         }
     }
+    if let (Some(limit), Some(tf)) = (limit, timeframe_secs) {
+        if limit.saturating_mul(tf) > MAX_WINDOW_SECS {
+            c.issue(
+                join(at, if r.limit.is_some() { "limit" } else { "retention" }),
+                format!(
+                    "a window of {limit} × {tf}s is beyond {MAX_WINDOW_SECS}s (100 years); expected less"
+                ),
+            );
+        }
+    }
     let specials = specials(
         c,
         &join(at, "additional_values"),
@@ -481,6 +730,9 @@ fn rule(c: &mut Checker, at: &str, r: raw::RuleConfig) -> Option<Rule> {
     );
     let autoremove = c.bool(&join(at, "autoremove"), r.autoremove.as_ref(), false);
     let limit = limit.filter(|l| value_size.is_some_and(|vs| *l <= vs.max_limit()))?;
+    if limit.saturating_mul(timeframe_secs?) > MAX_WINDOW_SECS {
+        return None;
+    }
     Some(Rule {
         name: name?,
         prefix: prefix?,
@@ -607,17 +859,13 @@ fn scrape_jobs(
         } else if !job.is_empty() && !names.insert(job.clone()) {
             c.issue(join(&at, "job"), format!("duplicate job name {job:?}"));
         }
-        let interval = c.duration(
+        let interval = c.duration_in(
             &join(&at, "interval"),
             j.interval.as_ref(),
             Duration::from_secs(60),
+            Duration::from_millis(100),
+            Duration::from_secs(86_400),
         );
-        if interval.is_zero() {
-            c.issue(
-                join(&at, "interval"),
-                "expected a positive duration, found 0",
-            );
-        }
         let timeout = c.duration(
             &join(&at, "timeout"),
             j.timeout.as_ref(),
