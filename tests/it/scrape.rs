@@ -83,7 +83,7 @@ fn scrape_section_is_validated_with_locations() {
         (
             "zero interval",
             "[{job: a, interval: 0, targets: ['h:1']}]",
-            "scrape[0].interval: expected a positive duration",
+            "scrape[0].interval: 0ns is out of range; expected 100ms to 86400s",
         ),
         (
             "missing targets",
