@@ -350,3 +350,117 @@ fn a_full_in_flight_limit_answers_429_with_retry_after() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(post(&d, &body).0, 204);
 }
+
+fn post_as(d: &Daemon, client: &str, body: &[u8]) -> (u16, String, String) {
+    http_raw(
+        &d.pki,
+        client,
+        d.http,
+        "POST",
+        "/api/v1/write",
+        &PROTOBUF,
+        body,
+    )
+}
+
+#[test]
+fn key_and_label_limits_come_from_the_config_and_are_counted() {
+    let d = Daemon::start(
+        "limits: {max_labels_per_series: 3, max_label_value_bytes: 100, max_series_key_bytes: 120}\n\
+         rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n",
+    );
+    let t = now_secs() as i64 * 1000;
+    let v60 = "v".repeat(60);
+    let v101 = "v".repeat(101);
+    let req = proto::WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "fits"), ("a", &v60)], &[(t, 1.0)]),
+            series(
+                &[("__name__", "many"), ("a", "1"), ("b", "2"), ("c", "3")],
+                &[(t, 1.0)],
+            ),
+            series(&[("__name__", "long"), ("a", &v101)], &[(t, 1.0)]),
+            series(
+                &[("__name__", "key"), ("a", &v60), ("b", &v60)],
+                &[(t, 1.0), (t - 1000, 2.0)],
+            ),
+        ],
+        metadata: vec![],
+    };
+    let (code, _, body) = post(&d, &encode(&req));
+    assert_eq!(code, 400, "{body}");
+    for want in [
+        "rejected 4 of 5 samples",
+        "too_many_labels: 1",
+        "label_too_long: 1",
+        "series_key_too_long: 2",
+    ] {
+        assert!(body.contains(want), "missing {want:?} in {body:?}");
+    }
+    assert_eq!(
+        d.metric("ringdb_samples_rejected_total{protocol=\"remote_write\",reason=\"series_key_too_long\"}"),
+        2.0
+    );
+    // The same cap for a socket path.
+    let path = format!("key-{}", "p".repeat(200));
+    d.send_raw("client", &crate::common::frame(false, now_secs(), 1, &path));
+    assert_eq!(
+        d.wait_metric(
+            "ringdb_samples_rejected_total{protocol=\"socket\",reason=\"series_key_too_long\"}",
+            1.0
+        ),
+        1.0
+    );
+    assert!(d.metric("ringdb_series_key_bytes") > 0.0);
+}
+
+#[test]
+fn metadata_is_written_only_by_who_may_write_the_family_and_capped() {
+    let d = Daemon::start(
+        "limits: {max_help_bytes: 16}\n\
+         clients:\n  - {name: agent-7, write: [traffic], read: ['*']}\n  - {name: reader, write: [up], read: ['*'], admin: true}\n\
+         rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n",
+    );
+    let meta = |family: &str, help: &str| proto::MetricMetadata {
+        r#type: proto::metric_metadata::MetricType::Counter as i32,
+        metric_family_name: family.into(),
+        help: help.into(),
+        unit: String::new(),
+    };
+    let request = |entries: Vec<proto::MetricMetadata>| {
+        encode(&proto::WriteRequest {
+            timeseries: vec![],
+            metadata: entries,
+        })
+    };
+    let big_help = "h".repeat(8 << 10);
+    let (code, _, body) = post_as(
+        &d,
+        "reader",
+        &request(vec![meta("up", &format!("targets up {big_help}"))]),
+    );
+    assert_eq!(code, 204, "{body}");
+    // `client` is not listed in `clients:`; agent-7 may write only traffic.
+    for (who, family) in [("client", "up"), ("agent-7", "up"), ("agent-7", "traffic")] {
+        let (code, _, body) = post_as(&d, who, &request(vec![meta(family, &big_help)]));
+        assert_eq!(code, 204, "{who} {family}: {body}");
+    }
+    let get = |path: &str| {
+        let (code, body) = crate::common::http_request(&d.pki, "reader", d.http, "GET", path, "");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body
+    };
+    let answer: serde_json::Value = serde_json::from_str(&get("/api/v1/metadata")).unwrap();
+    assert_eq!(
+        answer["data"]["up"][0]["help"],
+        serde_json::json!("targets up hhhhh"),
+        "kept and cut to 16 bytes: {answer}"
+    );
+    assert_eq!(
+        answer["data"]["traffic"][0]["help"],
+        serde_json::json!("hhhhhhhhhhhhhhhh")
+    );
+    let metrics = get("/metrics");
+    let skipped = "ringdb_metadata_skipped_total{protocol=\"remote_write\",reason=\"forbidden\"} 2";
+    assert!(metrics.contains(skipped), "missing {skipped:?}");
+}

@@ -7,7 +7,7 @@ mod wire;
 
 use crate::access::Grant;
 use crate::model::{self, Sample, Value};
-use crate::store::{MetricMetadata, SeriesId, Store, WriteReject};
+use crate::store::{MetadataSkip, MetricMetadata, SeriesId, Store, WriteReject};
 use prost::Message;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -119,8 +119,10 @@ pub struct Report {
     pub exemplars: u64,
     /// Native histogram samples skipped.
     pub histograms: u64,
-    /// Metadata entries received (not stored).
+    /// Metadata entries received.
     pub metadata: u64,
+    /// Metadata entries not kept, by reason.
+    pub metadata_skipped: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -294,18 +296,33 @@ pub fn ingest(
         ..Report::default()
     };
     for m in &request.metadata {
-        if model::is_metric_name(&m.metric_family_name) {
+        let family = m.metric_family_name.as_str();
+        if !model::is_metric_name(family) {
+            *report
+                .metadata_skipped
+                .entry("invalid_metric_name")
+                .or_default() += 1;
+            continue;
+        }
+        // Only a client that may write the family may describe it: another
+        // tenant's help and type are not anyone's to overwrite.
+        let kept = if may_write_family(grant, family) {
             let kind = proto::metric_metadata::MetricType::try_from(m.r#type)
                 .map_or("unknown", |t| t.as_str_name())
                 .to_ascii_lowercase();
             store.set_metadata(
-                &m.metric_family_name,
+                family,
                 MetricMetadata {
                     kind,
                     help: m.help.clone(),
                     unit: m.unit.clone(),
                 },
-            );
+            )
+        } else {
+            Err(MetadataSkip::Forbidden)
+        };
+        if let Err(skip) = kept {
+            *report.metadata_skipped.entry(skip.as_str()).or_default() += 1;
         }
     }
     // Checked series first, then written grouped by store shard: each
@@ -398,6 +415,20 @@ pub fn ingest(
         });
     });
     Ok(report)
+}
+
+/// Whether the client may write a metric family: its name, or one of the
+/// series names Prometheus derives from it (a histogram `x` is written as
+/// `x_bucket`, `x_sum`, `x_count`).
+fn may_write_family(grant: &Grant, family: &str) -> bool {
+    const SUFFIXES: [&str; 6] = ["", "_bucket", "_sum", "_count", "_total", "_created"];
+    SUFFIXES.iter().any(|suffix| {
+        if suffix.is_empty() {
+            grant.may_write(family)
+        } else {
+            grant.may_write(&format!("{family}{suffix}"))
+        }
+    })
 }
 
 /// A checked series of a request, waiting to be written.
@@ -639,6 +670,89 @@ mod tests {
         .unwrap();
         let is_key = store.read(key, |s| s.labels_are_key());
         assert_eq!(is_key, Some(true), "recreated in canonical form");
+    }
+
+    #[test]
+    fn metadata_is_kept_only_for_families_the_client_may_write() {
+        use proto::metric_metadata::MetricType;
+        let store = float_store().with_size_limits(crate::store::SizeLimits {
+            max_help_bytes: 10,
+            ..Default::default()
+        });
+        let known = KnownSeries::new(10);
+        let meta = |family: &str, help: &str| proto::MetricMetadata {
+            r#type: MetricType::Gauge as i32,
+            metric_family_name: family.into(),
+            help: help.into(),
+            unit: String::new(),
+        };
+        let agent = Grant::Limited(Arc::new(crate::config::ClientSettings {
+            name: "agent".into(),
+            write: vec!["traffic".into(), "latency_bucket".into()],
+            read: vec![],
+            admin: false,
+        }));
+        type Case<'a> = (&'a str, &'a Grant, proto::MetricMetadata, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("own family", &agent, meta("traffic", "bytes seen"), None),
+            (
+                "histogram family of own _bucket",
+                &agent,
+                meta("latency", "h"),
+                None,
+            ),
+            (
+                "another tenant's family",
+                &agent,
+                meta("up", "overwritten"),
+                Some("forbidden"),
+            ),
+            (
+                "unlisted certificate",
+                &Grant::Nothing,
+                meta("traffic", "evil"),
+                Some("forbidden"),
+            ),
+            (
+                "bad family name",
+                &Grant::All,
+                meta("1x", "h"),
+                Some("invalid_metric_name"),
+            ),
+            (
+                "operator",
+                &Grant::All,
+                meta("up", "1234567890 and more"),
+                None,
+            ),
+        ];
+        for (case, grant, m, skipped) in cases {
+            let body = proto::WriteRequest {
+                timeseries: vec![],
+                metadata: vec![m],
+            }
+            .encode_to_vec();
+            let report = ingest(&store, &known, &body, grant, &LabelLimits::default(), 0).unwrap();
+            let want: BTreeMap<&str, u64> = skipped.into_iter().map(|r| (r, 1)).collect();
+            assert_eq!(report.metadata_skipped, want, "case {case}");
+        }
+        let kept: BTreeMap<String, String> = store
+            .metadata()
+            .into_iter()
+            .map(|(family, m)| (family, m.help))
+            .collect();
+        let want: BTreeMap<String, String> = [
+            ("latency", "h"),
+            ("traffic", "bytes seen"),
+            ("up", "1234567890"),
+        ]
+        .into_iter()
+        .map(|(f, h)| (f.to_string(), h.to_string()))
+        .collect();
+        assert_eq!(
+            kept, want,
+            "nothing overwritten by others; help cut to 10 bytes"
+        );
     }
 
     #[test]

@@ -365,6 +365,13 @@ impl TargetTask {
             &[("job", &self.job.job)],
             malformed,
         );
+        for (reason, n) in &report.metadata_skipped {
+            m.add(
+                "ringdb_metadata_skipped_total",
+                &[("protocol", "scrape"), ("reason", reason)],
+                *n,
+            );
+        }
     }
 
     /// Logs changes (up → down, down → up, malformed lines appearing), not
