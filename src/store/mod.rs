@@ -1135,7 +1135,7 @@ impl Store {
     }
 
     /// Records a metric family's metadata: the newest report wins, its help
-    /// text cut to `max_help_bytes`. Whoever may write the family's name
+    /// text and unit cut to `max_help_bytes`. Whoever may write the family's name
     /// decides (the caller checks that).
     ///
     /// # Errors
@@ -1148,6 +1148,9 @@ impl Store {
         mut metadata: MetricMetadata,
     ) -> Result<(), MetadataSkip> {
         truncate_utf8(&mut metadata.help, self.sizes.max_help_bytes);
+        // A unit is a word ("seconds"); the same cap keeps it from being
+        // a second help text.
+        truncate_utf8(&mut metadata.unit, self.sizes.max_help_bytes);
         let added = metadata.bytes(family);
         let mut map = self.metadata.write().unwrap_or_else(|e| e.into_inner());
         let map = &mut *map;

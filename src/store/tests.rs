@@ -666,17 +666,31 @@ fn metadata_help_is_cut_and_bytes_held_are_capped() {
     // "é" is 2 bytes: the cut falls inside the third one and backs off.
     assert_eq!(s.set_metadata("aaaa", meta("ééé long")), Ok(()));
     assert_eq!(s.metadata()[0].1.help, "éé");
-    // 4 + 5 + 4 = 13 bytes held; "bbbb" 4 + 5 + 5 = 14 → 27.
+    let long_unit = MetricMetadata {
+        unit: "seconds".into(),
+        ..meta("")
+    };
+    assert_eq!(s.set_metadata("unit", long_unit), Ok(()));
+    assert_eq!(s.metadata()[1].1.unit, "secon", "unit cut too");
+    assert_eq!(s.set_metadata("unit", meta("")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 13 + 9, "replaced: 4 + 5 + 0");
+    // Held: aaaa 4 + 5 + 4 = 13, unit 9 → 22; "bbbb" 4 + 5 + 5 = 14 → 36.
     assert_eq!(s.set_metadata("bbbb", meta("12345678")), Ok(()));
-    assert_eq!(s.stats().metadata_bytes, 27);
-    // A third family of 14 would make 41 > 40.
+    assert_eq!(s.stats().metadata_bytes, 36);
+    // A fourth family of 14 would make 50 > 40.
     assert_eq!(
         s.set_metadata("cccc", meta("12345")),
         Err(MetadataSkip::TooMuchMetadata)
     );
-    // Replacing a held family counts only the difference.
+    // Replacing a held family counts only the difference: 36 - 5 = 31.
     assert_eq!(s.set_metadata("bbbb", meta("")), Ok(()));
-    assert_eq!(s.stats().metadata_bytes, 22);
-    assert_eq!(s.set_metadata("cccc", meta("12345")), Ok(()));
-    assert_eq!(s.metadata().len(), 3);
+    assert_eq!(s.stats().metadata_bytes, 31);
+    // cccc of 10 would make 41; of 9 exactly the cap.
+    assert_eq!(
+        s.set_metadata("cccc", meta("1")),
+        Err(MetadataSkip::TooMuchMetadata)
+    );
+    assert_eq!(s.set_metadata("cccc", meta("")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 40);
+    assert_eq!(s.metadata().len(), 4);
 }
