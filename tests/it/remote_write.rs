@@ -393,7 +393,8 @@ fn key_and_label_limits_come_from_the_config_and_are_counted() {
         "rejected 4 of 5 samples",
         "too_many_labels: 1",
         "label_too_long: 1",
-        "series_key_too_long: 2",
+        "series_key_too_long: 2 (limits.max_series_key_bytes)",
+        "too_many_labels: 1 (limits.max_labels_per_series)",
     ] {
         assert!(body.contains(want), "missing {want:?} in {body:?}");
     }

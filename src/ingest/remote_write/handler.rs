@@ -246,7 +246,10 @@ fn answer(ctx: &RemoteWriteContext, report: &Report) -> Response {
     let reasons: Vec<String> = report
         .rejected
         .iter()
-        .map(|(r, n)| format!("{r}: {n}"))
+        .map(|(r, n)| match super::limit_of(r) {
+            Some(limit) => format!("{r}: {n} ({limit})"),
+            None => format!("{r}: {n}"),
+        })
         .collect();
     let message = format!(
         "rejected {rejected} of {} samples ({}); the other {} were stored\n",

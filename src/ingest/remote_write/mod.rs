@@ -153,6 +153,19 @@ fn sorted_labels<'r, 'a>(labels: &'r [(&'a [u8], &'a [u8])]) -> Cow<'r, [(&'a [u
     }
 }
 
+/// The `limits:` key behind a refusal reason, for the 400 answer's text.
+pub fn limit_of(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "too_many_labels" => "limits.max_labels_per_series",
+        "label_too_long" => "limits.max_label_name_bytes, limits.max_label_value_bytes",
+        "series_key_too_long" => "limits.max_series_key_bytes",
+        "too_many_series_bytes" => "limits.max_series_key_bytes_total",
+        "too_many_series" => "limits.max_series",
+        "too_far_future" => "limits.max_future",
+        _ => return None,
+    })
+}
+
 /// Why a whole series was refused; `labels` sorted by name
 /// ([`sorted_labels`]).
 fn check_labels(labels: &[(&[u8], &[u8])], limits: &LabelLimits) -> Result<(), &'static str> {
