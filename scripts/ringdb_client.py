@@ -13,6 +13,11 @@ as a module, or run it as a command:
     # leaving the block flushes and closes; the server never replies, but a
     # rejected client certificate raises RingdbError (an OSError)
 
+A client that is never closed is still flushed and closed when it is
+garbage-collected or, at the latest, when the interpreter exits (atexit), so
+``Client(...).send(...)`` in a one-off script does not lose its samples; but
+only close() (or ``with``) reports a failure to the caller, so prefer them.
+
     python3 ringdb_client.py --host 127.0.0.1 --port 2011 --ca ca.pem \\
         --cert agent.pem --key agent-key.pem [--server-name localhost] [FILE]
 
@@ -30,12 +35,14 @@ no '/').
 """
 
 import argparse
+import atexit
 import select
 import socket
 import ssl
 import struct
 import sys
 import time
+import weakref
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -257,8 +264,14 @@ class Client:
             raw.close()
             raise
 
+        _open_clients.add(self)
+
     def send(self, path, ts, value, special=False):
-        """Buffer one sample; write the buffer once it reaches batch_bytes."""
+        """Buffer one sample; write the buffer once it reaches batch_bytes.
+
+        Buffered samples are written by flush(), close(), leaving a ``with``
+        block, or (best effort, errors printed to stderr) when the client is
+        garbage-collected or the interpreter exits."""
         frame = encode_frame(path, ts, value, special)
         self._check_open()
         self._buf += frame
@@ -297,6 +310,7 @@ class Client:
         if self._sock is None:
             return
         sock = self._sock
+        _open_clients.discard(self)
         try:
             self.flush()
             wait = 0.0
@@ -328,6 +342,36 @@ class Client:
     def _check_open(self):
         if self._sock is None:
             raise ValueError("client is closed")
+
+    def _close_unattended(self, when):
+        """close() for a client its user forgot: nobody is there to catch
+        an exception, so a failure is printed to stderr."""
+        try:
+            self.close()
+        except Exception as e:  # noqa: BLE001 - reported, not raised
+            try:
+                print(f"ringdb_client: {self.host} port {self.port}: "
+                      f"unsent samples at {when}: {e}", file=sys.stderr)
+            except Exception:  # noqa: BLE001 - stderr gone at shutdown
+                pass
+
+    def __del__(self):
+        # Best effort: runs when the last reference goes (CPython: at once
+        # for `Client(...).send(...)`); getattr because __init__ may have
+        # failed before the socket existed.
+        if getattr(self, "_sock", None) is not None:
+            self._close_unattended("garbage collection")
+
+
+# Clients not yet closed; atexit closes them (a weak set, so it keeps none
+# alive on its own).
+_open_clients = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_clients():
+    for client in list(_open_clients):
+        client._close_unattended("exit")
 
 
 def _readable(path):

@@ -285,6 +285,36 @@ class EndToEndTest(unittest.TestCase):
         self.assertEqual(srv.conns[0][1],
                          VECTOR + rc.encode_frame("traffic-a", 5, 1, special=True))
 
+    def test_python_module_unclosed_client_still_delivers(self):
+        # The README's one-liner and a client kept in a global, neither
+        # closed: the samples arrive when the object goes away or at exit.
+        cases = [
+            ("one-liner, collected at once",
+             "rc.Client(*args).send('traffic-a', 5, 7)\n"),
+            ("kept in a global, closed at exit",
+             "c = rc.Client(*args)\nc.send('traffic-a', 5, 7)\n"),
+            ("kept in a cycle, closed at exit",
+             "c = rc.Client(*args)\nc.me = c\nc.send('traffic-a', 5, 7)\ndel c\n"),
+        ]
+        for name, body in cases:
+            with self.subTest(name):
+                srv = CaptureServer(self.d)
+                try:
+                    script = (f"import sys\nsys.path.insert(0, {HERE!r})\n"
+                              "import ringdb_client as rc\n"
+                              f"args = ('127.0.0.1', {srv.port}, {self.pem('ca.pem')!r}, "
+                              f"{self.pem('agent.pem')!r}, {self.pem('agent-key.pem')!r})\n"
+                              + body)
+                    r = subprocess.run([sys.executable, "-c", script],
+                                       capture_output=True, text=True, timeout=60)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(r.stderr, "")
+                    srv.wait()
+                finally:
+                    srv.close()
+                self.assertEqual(len(srv.conns), 1)
+                self.assertEqual(srv.conns[0][1], rc.encode_frame("traffic-a", 5, 7))
+
     def test_python_wrong_server_name_fails(self):
         srv = CaptureServer(self.d)
         try:

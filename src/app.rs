@@ -15,7 +15,7 @@ use crate::query::api::{self, ApiContext};
 use crate::rules::RuleSet;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{self, Snapshotter};
-use crate::store::{Store, StoreLimits};
+use crate::store::{SizeLimits, Store, StoreLimits};
 use crate::telemetry::{Metrics, RateLimited};
 use crate::tls::{self, ListenerKind};
 use anyhow::Context;
@@ -45,6 +45,19 @@ pub fn system_clock() -> Clock {
 }
 
 /// Dev certificates under `data_dir/tls/`, made on first start.
+/// The store's size caps from `limits:`.
+fn size_limits(limits: &crate::config::Limits) -> SizeLimits {
+    SizeLimits {
+        max_labels_per_series: limits.max_labels_per_series,
+        max_label_name_bytes: limits.max_label_name_bytes,
+        max_label_value_bytes: limits.max_label_value_bytes,
+        max_series_key_bytes: limits.max_series_key_bytes,
+        max_series_key_bytes_total: limits.max_series_key_bytes_total,
+        max_help_bytes: limits.max_help_bytes,
+        max_metadata_bytes: limits.max_metadata_bytes,
+    }
+}
+
 fn dev_tls(settings: &Settings) -> anyhow::Result<TlsFiles> {
     let dir = settings.data_dir.join("tls");
     let files = TlsFiles {
@@ -101,13 +114,16 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     )?;
 
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(Store::new(
-        RuleSet::new(settings.rules.clone()),
-        StoreLimits {
-            max_future_ms: settings.limits.max_future.as_millis() as u64,
-            max_series: settings.limits.max_series,
-        },
-    ));
+    let store = Arc::new(
+        Store::new(
+            RuleSet::new(settings.rules.clone()),
+            StoreLimits {
+                max_future_ms: settings.limits.max_future.as_millis() as u64,
+                max_series: settings.limits.max_series,
+            },
+        )
+        .with_size_limits(size_limits(&settings.limits)),
+    );
     let snapshot_dir = settings.data_dir.join("snapshots");
     let snapshotter =
         Arc::new(tokio::task::spawn_blocking(move || Snapshotter::open(&snapshot_dir)).await??);
@@ -188,7 +204,11 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         store: store.clone(),
         metrics: metrics.clone(),
         clock: system_clock(),
-        label_limits: LabelLimits::default(),
+        label_limits: LabelLimits {
+            max_labels: settings.limits.max_labels_per_series,
+            max_name_bytes: settings.limits.max_label_name_bytes,
+            max_value_bytes: settings.limits.max_label_value_bytes,
+        },
         max_body_bytes: usize::try_from(settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         in_flight: Arc::new(Semaphore::new(settings.limits.max_inflight_writes)),
         known: KnownSeries::new(

@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create a CA, a server certificate and client certificates.
+    /// Create client certificates (and a server certificate) signed by the
+    /// CA in --out; the CA is created first if there is none.
     Certs {
         /// Output folder.
         #[arg(long)]
@@ -36,6 +37,10 @@ enum Command {
         /// Client certificate common names (one NAME.pem per client).
         #[arg(long = "client")]
         clients: Vec<String>,
+        /// Replace an existing CA with a new one: every certificate the old
+        /// one signed stops working.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -62,11 +67,21 @@ fn main() -> ExitCode {
         out,
         hosts,
         clients,
+        force,
     }) = &cli.command
     {
-        return match ringdb::certs::generate(out, hosts, clients) {
-            Ok(files) => {
-                for f in files {
+        return match ringdb::certs::issue(out, hosts, clients, *force) {
+            Ok(done) => {
+                if done.ca_kept {
+                    eprintln!(
+                        "ringdb certs: signed with the existing CA in {} (--force makes a new one)",
+                        out.display()
+                    );
+                }
+                if done.server_kept {
+                    eprintln!("ringdb certs: kept the existing server certificate (--host makes a new one)");
+                }
+                for f in done.written {
                     println!("{}", f.display());
                 }
                 ExitCode::SUCCESS
@@ -80,8 +95,16 @@ fn main() -> ExitCode {
     if let Some(file) = &cli.check_config {
         return match ringdb::config::load(file) {
             Ok(s) => {
-                println!("{}: ok ({} rules)", file.display(), s.rules.len());
-                ExitCode::SUCCESS
+                let problems = ringdb::certs::check_files(&s);
+                if problems.is_empty() {
+                    println!("{}: ok ({} rules)", file.display(), s.rules.len());
+                    return ExitCode::SUCCESS;
+                }
+                eprintln!("{}: {} problem(s):", file.display(), problems.len());
+                for p in problems {
+                    eprintln!("  {}: {}", p.location, p.message);
+                }
+                ExitCode::FAILURE
             }
             Err(e) => {
                 eprintln!("{e}");

@@ -133,7 +133,22 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_remote_write_metadata_total",
         Kind::Counter,
-        "Metadata entries received (accepted, not stored).",
+        "Metadata entries received.",
+    ),
+    (
+        "ringdb_metadata_skipped_total",
+        Kind::Counter,
+        "Metadata entries (remote_write) or HELP/TYPE (scrape) not kept, by protocol and reason.",
+    ),
+    (
+        "ringdb_metadata_bytes",
+        Kind::Gauge,
+        "Bytes of metadata held (limits.max_metadata_bytes).",
+    ),
+    (
+        "ringdb_series_key_bytes",
+        Kind::Gauge,
+        "Bytes of series keys held (limits.max_series_key_bytes_total).",
     ),
     (
         "ringdb_queries_total",

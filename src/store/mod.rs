@@ -97,8 +97,22 @@ pub enum WriteReject {
     #[error("timestamp too far in the future")]
     TooFarFuture,
     /// The series would pass `max_series`.
-    #[error("series limit reached")]
+    #[error("series limit reached (limits.max_series)")]
     TooManySeries,
+    /// A new label set with more labels than `max_labels_per_series`.
+    #[error("more labels than limits.max_labels_per_series")]
+    TooManyLabels,
+    /// A new label set with a name or value over `max_label_name_bytes` or
+    /// `max_label_value_bytes`.
+    #[error("label name or value longer than limits.max_label_name_bytes or limits.max_label_value_bytes")]
+    LabelTooLong,
+    /// A new series whose key is over `max_series_key_bytes`.
+    #[error("series key longer than limits.max_series_key_bytes")]
+    SeriesKeyTooLong,
+    /// A new series whose key would take the keys held past
+    /// `max_series_key_bytes_total`.
+    #[error("series keys held would pass limits.max_series_key_bytes_total")]
+    TooManySeriesBytes,
     /// The client may not write this prefix.
     #[error("client may not write this prefix")]
     Forbidden,
@@ -109,10 +123,14 @@ pub enum WriteReject {
 
 impl WriteReject {
     /// Every reason, for self-metrics.
-    pub const ALL: [WriteReject; 8] = [
+    pub const ALL: [WriteReject; 12] = [
         WriteReject::NoRule,
         WriteReject::TooFarFuture,
         WriteReject::TooManySeries,
+        WriteReject::TooManyLabels,
+        WriteReject::LabelTooLong,
+        WriteReject::SeriesKeyTooLong,
+        WriteReject::TooManySeriesBytes,
         WriteReject::Forbidden,
         WriteReject::Archive(Reject::TooOld),
         WriteReject::Archive(Reject::OutOfRange),
@@ -126,6 +144,10 @@ impl WriteReject {
             WriteReject::NoRule => "no_rule",
             WriteReject::TooFarFuture => "too_far_future",
             WriteReject::TooManySeries => "too_many_series",
+            WriteReject::TooManyLabels => "too_many_labels",
+            WriteReject::LabelTooLong => "label_too_long",
+            WriteReject::SeriesKeyTooLong => "series_key_too_long",
+            WriteReject::TooManySeriesBytes => "too_many_series_bytes",
             WriteReject::Forbidden => "forbidden",
             WriteReject::Archive(r) => r.as_str(),
         }
@@ -143,6 +165,65 @@ pub struct StoreLimits {
     pub max_future_ms: u64,
     /// Most series held.
     pub max_series: u64,
+}
+
+/// Size caps on what a new series and the metadata may hold, the same for
+/// every protocol (`limits:` in the config). A series already held is never
+/// refused by them (a restored key may be longer than a lowered cap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimits {
+    /// Most labels in a new label set, `__name__` included.
+    pub max_labels_per_series: usize,
+    /// Longest label name of a new label set.
+    pub max_label_name_bytes: usize,
+    /// Longest label value of a new label set.
+    pub max_label_value_bytes: usize,
+    /// Longest key of a new series (a socket path or a label set's
+    /// canonical key).
+    pub max_series_key_bytes: usize,
+    /// Most bytes of series keys held in all.
+    pub max_series_key_bytes_total: u64,
+    /// Longest help text kept; longer ones are cut (on a character
+    /// boundary).
+    pub max_help_bytes: usize,
+    /// Most bytes of metadata (family names, type, help, unit) kept in all.
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for SizeLimits {
+    /// The defaults of `limits:`.
+    fn default() -> Self {
+        SizeLimits {
+            max_labels_per_series: 64,
+            max_label_name_bytes: 256,
+            max_label_value_bytes: 4096,
+            max_series_key_bytes: 16 << 10,
+            max_series_key_bytes_total: 2 << 30,
+            max_help_bytes: 4096,
+            max_metadata_bytes: 16 << 20,
+        }
+    }
+}
+
+impl SizeLimits {
+    /// Why a new label set (`__name__` included) is refused, if it is.
+    ///
+    /// # Errors
+    /// [`WriteReject::TooManyLabels`] or [`WriteReject::LabelTooLong`].
+    pub fn check_labels<'l>(
+        &self,
+        labels: impl ExactSizeIterator<Item = (&'l str, &'l str)>,
+    ) -> Result<(), WriteReject> {
+        if labels.len() > self.max_labels_per_series {
+            return Err(WriteReject::TooManyLabels);
+        }
+        for (name, value) in labels {
+            if name.len() > self.max_label_name_bytes || value.len() > self.max_label_value_bytes {
+                return Err(WriteReject::LabelTooLong);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One archive of a series with the rule it was built for.
@@ -354,6 +435,31 @@ pub struct StoreStats {
     pub migrations: u64,
     /// Old buckets dropped by migrations.
     pub migration_dropped_buckets: u64,
+    /// Bytes of the series keys held.
+    pub series_key_bytes: u64,
+    /// Bytes of the metadata held.
+    pub metadata_bytes: u64,
+}
+
+/// Why a family's metadata was not kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataSkip {
+    /// The client may not write the family's name (checked by the caller).
+    #[error("client may not write this metric name")]
+    Forbidden,
+    /// Keeping it would pass `max_metadata_bytes` (or the family count cap).
+    #[error("metadata held would pass limits.max_metadata_bytes")]
+    TooMuchMetadata,
+}
+
+impl MetadataSkip {
+    /// Label value used in self-metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetadataSkip::Forbidden => "forbidden",
+            MetadataSkip::TooMuchMetadata => "too_much_metadata",
+        }
+    }
 }
 
 /// Metadata of one metric family, as remote_write senders report it.
@@ -368,17 +474,34 @@ pub struct MetricMetadata {
     pub unit: String,
 }
 
+impl MetricMetadata {
+    /// Bytes it holds, its family name included, for `max_metadata_bytes`.
+    fn bytes(&self, family: &str) -> u64 {
+        (family.len() + self.kind.len() + self.help.len() + self.unit.len()) as u64
+    }
+}
+
+/// Kept metadata and the bytes it holds.
+#[derive(Default)]
+struct MetadataMap {
+    families: HashMap<String, MetricMetadata>,
+    bytes: u64,
+}
+
 /// Most metric families whose metadata is kept.
 const MAX_METADATA: usize = 100_000;
 
 /// The sharded series map.
 pub struct Store {
-    metadata: RwLock<HashMap<String, MetricMetadata>>,
+    metadata: RwLock<MetadataMap>,
     shards: Box<[RwLock<Shard>]>,
     hasher: Hasher,
     rules: RwLock<Arc<RuleSet>>,
     limits: StoreLimits,
+    sizes: SizeLimits,
     series: AtomicU64,
+    /// Bytes of the series keys held (see [`SizeLimits`]).
+    key_bytes: AtomicU64,
     archives: AtomicU64,
     archive_bytes: AtomicU64,
     archive_rejects: [AtomicU64; WriteReject::ALL.len()],
@@ -499,16 +622,16 @@ impl Writer<'_> {
         let series = match shard.entry_ref(&lookup) {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
-                if store.series.load(Ordering::Relaxed) >= store.limits.max_series {
-                    outcome(Err(WriteReject::TooManySeries));
+                let labels = id.labels.map(|make| make());
+                if let Err(reject) = store.admit(id.key, labels.as_deref()) {
+                    outcome(Err(reject));
                     for s in rest {
-                        outcome(precheck(s).unwrap_or(Err(WriteReject::TooManySeries)));
+                        outcome(precheck(s).unwrap_or(Err(reject)));
                     }
                     return;
                 }
-                store.series.fetch_add(1, Ordering::Relaxed);
                 let series = Series {
-                    form: Form::new(id.key, id.prefix, id.labels.map(|make| make())),
+                    form: Form::new(id.key, id.prefix, labels),
                     archives: Vec::with_capacity(matching.len()),
                 };
                 v.insert_with_key(SeriesKey::new(id.key, id.shared), series)
@@ -562,6 +685,51 @@ impl ShardWriter<'_, '_> {
 }
 
 impl Store {
+    /// The same store with these size caps (the defaults of `limits:`
+    /// until set).
+    pub fn with_size_limits(mut self, sizes: SizeLimits) -> Store {
+        self.sizes = sizes;
+        self
+    }
+
+    /// Checks a new series against the size caps and reserves its place:
+    /// one more series and its key's bytes, each taken with a
+    /// compare-and-swap so that writers on other shards cannot overshoot
+    /// `max_series` or `max_series_key_bytes_total` between check and add.
+    fn admit(&self, key: &str, labels: Option<&[(String, String)]>) -> Result<(), WriteReject> {
+        if key.len() > self.sizes.max_series_key_bytes {
+            return Err(WriteReject::SeriesKeyTooLong);
+        }
+        if let Some(labels) = labels {
+            self.sizes
+                .check_labels(labels.iter().map(|(n, v)| (n.as_str(), v.as_str())))?;
+        }
+        let max_series = self.limits.max_series;
+        self.series
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max_series).then_some(n + 1)
+            })
+            .map_err(|_| WriteReject::TooManySeries)?;
+        let (bytes, max_bytes) = (key.len() as u64, self.sizes.max_series_key_bytes_total);
+        let reserved = self
+            .key_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                held.checked_add(bytes).filter(|&total| total <= max_bytes)
+            });
+        if reserved.is_err() {
+            self.series.fetch_sub(1, Ordering::Relaxed);
+            return Err(WriteReject::TooManySeriesBytes);
+        }
+        Ok(())
+    }
+
+    /// Counts a series (with key `key`) leaving memory.
+    fn forget_series(&self, key: &str) {
+        self.series.fetch_sub(1, Ordering::Relaxed);
+        self.key_bytes
+            .fetch_sub(key.len() as u64, Ordering::Relaxed);
+    }
+
     /// An empty store with these rules.
     pub fn new(rules: RuleSet, limits: StoreLimits) -> Store {
         Store {
@@ -570,7 +738,9 @@ impl Store {
             hasher: Hasher::default(),
             rules: RwLock::new(Arc::new(rules)),
             limits,
+            sizes: SizeLimits::default(),
             series: AtomicU64::new(0),
+            key_bytes: AtomicU64::new(0),
             archives: AtomicU64::new(0),
             archive_bytes: AtomicU64::new(0),
             archive_rejects: Default::default(),
@@ -751,7 +921,7 @@ impl Store {
     pub fn remove(&self, key: &str) -> bool {
         let removed = self.write_shard(self.shard_of(key)).remove(key);
         let Some(series) = removed else { return false };
-        self.series.fetch_sub(1, Ordering::Relaxed);
+        self.forget_series(key);
         for a in &series.archives {
             self.forget_archive(&a.archive);
         }
@@ -845,7 +1015,10 @@ impl Store {
         let series = match shard.entry_ref(key) {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
+                // Restored series are counted, never refused.
                 self.series.fetch_add(1, Ordering::Relaxed);
+                self.key_bytes
+                    .fetch_add(key.len() as u64, Ordering::Relaxed);
                 let series = Series {
                     form: Form::new(key, prefix, labels),
                     archives: Vec::new(),
@@ -900,7 +1073,7 @@ impl Store {
                 });
                 let keep = !series.archives.is_empty();
                 if !keep {
-                    self.series.fetch_sub(1, Ordering::Relaxed);
+                    self.forget_series(key.as_str());
                 }
                 keep
             });
@@ -953,7 +1126,7 @@ impl Store {
                 });
                 let keep = !series.archives.is_empty();
                 if !keep {
-                    self.series.fetch_sub(1, Ordering::Relaxed);
+                    self.forget_series(key.as_str());
                 }
                 keep
             });
@@ -961,19 +1134,47 @@ impl Store {
         removed
     }
 
-    /// Records a metric family's metadata (the newest report wins; at most
-    /// `MAX_METADATA` families are kept).
-    pub fn set_metadata(&self, family: &str, metadata: MetricMetadata) {
+    /// Records a metric family's metadata: the newest report wins, its help
+    /// text and unit cut to `max_help_bytes`. Whoever may write the family's name
+    /// decides (the caller checks that).
+    ///
+    /// # Errors
+    /// [`MetadataSkip::TooMuchMetadata`] when keeping it would take the
+    /// metadata held past `max_metadata_bytes` (or past `MAX_METADATA`
+    /// families); what was kept stays.
+    pub fn set_metadata(
+        &self,
+        family: &str,
+        mut metadata: MetricMetadata,
+    ) -> Result<(), MetadataSkip> {
+        truncate_utf8(&mut metadata.help, self.sizes.max_help_bytes);
+        // A unit is a word ("seconds"); the same cap keeps it from being
+        // a second help text.
+        truncate_utf8(&mut metadata.unit, self.sizes.max_help_bytes);
+        let added = metadata.bytes(family);
         let mut map = self.metadata.write().unwrap_or_else(|e| e.into_inner());
-        if map.len() < MAX_METADATA || map.contains_key(family) {
-            map.insert(family.to_owned(), metadata);
+        let map = &mut *map;
+        let replaced = map.families.get(family).map_or(0, |old| old.bytes(family));
+        if replaced == 0 && map.families.len() >= MAX_METADATA {
+            return Err(MetadataSkip::TooMuchMetadata);
         }
+        let total = map.bytes - replaced + added;
+        if total > self.sizes.max_metadata_bytes {
+            return Err(MetadataSkip::TooMuchMetadata);
+        }
+        map.bytes = total;
+        map.families.insert(family.to_owned(), metadata);
+        Ok(())
     }
 
     /// Every known family's metadata, sorted by family name.
     pub fn metadata(&self) -> Vec<(String, MetricMetadata)> {
         let map = self.metadata.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut out: Vec<_> = map
+            .families
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
@@ -991,7 +1192,24 @@ impl Store {
                 .collect(),
             migrations: self.migrations.load(Ordering::Relaxed),
             migration_dropped_buckets: self.migration_dropped.load(Ordering::Relaxed),
+            series_key_bytes: self.key_bytes.load(Ordering::Relaxed),
+            metadata_bytes: self
+                .metadata
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .bytes,
         }
+    }
+}
+
+/// Cuts `text` to at most `max` bytes, on a character boundary.
+fn truncate_utf8(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
     }
 }
 

@@ -450,3 +450,247 @@ fn prefixes_and_labels_come_from_the_key_or_as_given() {
         );
     }
 }
+
+// --- size caps of new series (issue 14: keys, labels, bytes held) ---
+
+fn capped_store(max_series: u64, sizes: SizeLimits) -> Store {
+    Store::new(
+        RuleSet::new(vec![rule("any", "*", 10, ValueSize::Float)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series,
+        },
+    )
+    .with_size_limits(sizes)
+}
+
+/// Writes one sample of a label set (`__name__` first) through the store.
+fn write_set(s: &Store, labels: &[(&str, &str)]) -> Result<usize, WriteReject> {
+    let all: Vec<(String, String)> = labels
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    let name = all[0].1.clone();
+    let key = model::series_key(
+        &name,
+        all[1..].iter().map(|(n, v)| (n.as_str(), v.as_str())),
+    );
+    let make = || {
+        let mut sorted = all.clone();
+        sorted.sort();
+        sorted
+    };
+    let id = SeriesId {
+        key: &key,
+        shared: None,
+        prefix: &name,
+        labels: Some(&make),
+    };
+    let mut result = Ok(0);
+    s.write_batch(
+        &id,
+        &[Sample {
+            timestamp_ms: NOW,
+            value: Value::Float(1.0),
+        }],
+        NOW,
+        |r| result = r,
+    );
+    result
+}
+
+#[test]
+fn new_series_are_refused_over_the_size_caps() {
+    let sizes = SizeLimits {
+        max_labels_per_series: 3,
+        max_label_name_bytes: 8,
+        max_label_value_bytes: 16,
+        max_series_key_bytes: 40,
+        max_series_key_bytes_total: 1000,
+        ..SizeLimits::default()
+    };
+    let long_value = "v".repeat(17);
+    let long_key_value = "v".repeat(16);
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Result<usize, WriteReject>);
+    let cases: Vec<Case> = vec![
+        (
+            "within every cap",
+            vec![("__name__", "up"), ("a", "1"), ("b", "2")],
+            Ok(1),
+        ),
+        (
+            "too many labels",
+            vec![("__name__", "up"), ("a", "1"), ("b", "2"), ("c", "3")],
+            Err(WriteReject::TooManyLabels),
+        ),
+        (
+            "name too long",
+            vec![("__name__", "up"), ("abcdefghi", "1")],
+            Err(WriteReject::LabelTooLong),
+        ),
+        (
+            "value too long",
+            vec![("__name__", "up"), ("a", &long_value)],
+            Err(WriteReject::LabelTooLong),
+        ),
+        (
+            "key too long",
+            vec![
+                ("__name__", "up"),
+                ("a", &long_key_value),
+                ("b", &long_key_value),
+            ],
+            Err(WriteReject::SeriesKeyTooLong),
+        ),
+    ];
+    let s = capped_store(100, sizes);
+    for (case, labels, want) in cases {
+        assert_eq!(write_set(&s, &labels), want, "case {case}");
+    }
+    let path_too_long = "p-".to_string() + &"x".repeat(39);
+    assert_eq!(
+        s.write(&path_too_long, "p", sample(NOW, 1), NOW),
+        Err(WriteReject::SeriesKeyTooLong),
+        "case socket path"
+    );
+    assert_eq!(s.write("p-ok", "p", sample(NOW, 1), NOW), Ok(1));
+    let held = s.stats();
+    assert_eq!(held.series, 2);
+    assert_eq!(
+        held.series_key_bytes,
+        (r#"up{a="1",b="2"}"#.len() + "p-ok".len()) as u64
+    );
+}
+
+#[test]
+fn key_bytes_held_are_capped_and_given_back() {
+    // Keys of 10 bytes; room for 3 of them.
+    let s = capped_store(
+        100,
+        SizeLimits {
+            max_series_key_bytes_total: 35,
+            ..SizeLimits::default()
+        },
+    );
+    for i in 0..3 {
+        assert_eq!(
+            s.write(&format!("p-key{i:05}"), "p", sample(NOW, 1), NOW),
+            Ok(1),
+            "key {i}"
+        );
+    }
+    assert_eq!(
+        s.write("p-key00003", "p", sample(NOW, 1), NOW),
+        Err(WriteReject::TooManySeriesBytes)
+    );
+    assert_eq!(
+        s.write("p-key00000", "p", sample(NOW, 2), NOW),
+        Ok(1),
+        "held series still written"
+    );
+    assert_eq!(s.stats().series, 3, "a refused series is not counted");
+    assert!(s.remove("p-key00001"));
+    assert_eq!(s.stats().series_key_bytes, 20);
+    assert_eq!(
+        s.write("p-key00003", "p", sample(NOW, 1), NOW),
+        Ok(1),
+        "room given back"
+    );
+}
+
+#[test]
+fn max_series_holds_under_concurrent_writers() {
+    // Rounds of threads racing to create the last series a store has room
+    // for, each on its own key (so mostly on different shard locks): one
+    // wins, the others are refused. With the former load-then-add check,
+    // 3 runs of this test on 2 busy cores overshot in 7, 2 and 0 rounds.
+    const THREADS: usize = 4;
+    const MAX: u64 = 5;
+    let mut overshoots = 0;
+    for round in 0..3000 {
+        let s = capped_store(MAX, SizeLimits::default());
+        for i in 0..MAX - 1 {
+            s.write(&format!("p-held{i}"), "p", sample(NOW, 1), NOW)
+                .unwrap();
+        }
+        let barrier = std::sync::Barrier::new(THREADS);
+        let accepted = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let (s, barrier, accepted) = (&s, &barrier, &accepted);
+                scope.spawn(move || {
+                    let key = format!("p-{round}-{t}");
+                    barrier.wait();
+                    if s.write(&key, "p", sample(NOW, 1), NOW).is_ok() {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let held = s.series_keys().len() as u64;
+        assert_eq!(
+            s.stats().series,
+            held,
+            "round {round}: counter matches the map"
+        );
+        assert_eq!(
+            accepted.load(Ordering::Relaxed) + MAX - 1,
+            held,
+            "round {round}"
+        );
+        if held > MAX {
+            overshoots += 1;
+        }
+    }
+    assert_eq!(
+        overshoots, 0,
+        "rounds of 3000 where max_series was overshot"
+    );
+}
+
+#[test]
+fn metadata_help_is_cut_and_bytes_held_are_capped() {
+    let s = capped_store(
+        10,
+        SizeLimits {
+            max_help_bytes: 5,
+            max_metadata_bytes: 40,
+            ..SizeLimits::default()
+        },
+    );
+    let meta = |help: &str| MetricMetadata {
+        kind: "gauge".into(),
+        help: help.into(),
+        unit: String::new(),
+    };
+    // "é" is 2 bytes: the cut falls inside the third one and backs off.
+    assert_eq!(s.set_metadata("aaaa", meta("ééé long")), Ok(()));
+    assert_eq!(s.metadata()[0].1.help, "éé");
+    let long_unit = MetricMetadata {
+        unit: "seconds".into(),
+        ..meta("")
+    };
+    assert_eq!(s.set_metadata("unit", long_unit), Ok(()));
+    assert_eq!(s.metadata()[1].1.unit, "secon", "unit cut too");
+    assert_eq!(s.set_metadata("unit", meta("")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 13 + 9, "replaced: 4 + 5 + 0");
+    // Held: aaaa 4 + 5 + 4 = 13, unit 9 → 22; "bbbb" 4 + 5 + 5 = 14 → 36.
+    assert_eq!(s.set_metadata("bbbb", meta("12345678")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 36);
+    // A fourth family of 14 would make 50 > 40.
+    assert_eq!(
+        s.set_metadata("cccc", meta("12345")),
+        Err(MetadataSkip::TooMuchMetadata)
+    );
+    // Replacing a held family counts only the difference: 36 - 5 = 31.
+    assert_eq!(s.set_metadata("bbbb", meta("")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 31);
+    // cccc of 10 would make 41; of 9 exactly the cap.
+    assert_eq!(
+        s.set_metadata("cccc", meta("1")),
+        Err(MetadataSkip::TooMuchMetadata)
+    );
+    assert_eq!(s.set_metadata("cccc", meta("")), Ok(()));
+    assert_eq!(s.stats().metadata_bytes, 40);
+    assert_eq!(s.metadata().len(), 4);
+}

@@ -21,3 +21,4 @@ mod rest;
 mod scrape;
 mod snapshot;
 mod socket;
+mod vmagent;

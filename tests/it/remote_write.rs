@@ -105,6 +105,7 @@ fn mixed_batch_is_400_and_keeps_the_valid_samples() {
             series(&[("__name__", "good"), ("a", "1")], &[(t, 1.0)]),
             series(&[("__name__", "bad"), ("a-b", "1")], &[(t, 1.0), (t, 2.0)]),
             series(&[("__name__", "dup"), ("a", "1"), ("a", "2")], &[(t, 1.0)]),
+            // Accepted: the order is repaired (vmagent relays label sets unsorted).
             series(
                 &[("__name__", "unsorted"), ("z", "1"), ("a", "1")],
                 &[(t, 1.0)],
@@ -120,21 +121,26 @@ fn mixed_batch_is_400_and_keeps_the_valid_samples() {
     let (code, _, body) = post(&d, &encode(&req));
     assert_eq!(code, 400, "{body}");
     for want in [
-        "rejected 8 of 9 samples",
+        "rejected 7 of 9 samples",
         "out_of_range: 1",
         "invalid_label_name: 2",
         "duplicate_label: 1",
-        "unsorted_labels: 1",
         "missing_metric_name: 1",
         "too_far_future: 1",
         "too_old: 1",
     ] {
         assert!(body.contains(want), "missing {want:?} in {body:?}");
     }
-    let s = now_secs();
+    assert!(!body.contains("unsorted"), "{body}");
+    let s = (t / 1000) as u64;
     assert_eq!(
         read(&d, "good{a=\"1\"}", "raw", s, s),
         serde_json::json!([[s, 1.0]])
+    );
+    assert_eq!(
+        read(&d, "unsorted{a=\"1\",z=\"1\"}", "raw", s, s),
+        serde_json::json!([[s, 1.0]]),
+        "stored under its canonical key"
     );
     assert_eq!(
         d.metric("ringdb_samples_rejected_total{protocol=\"remote_write\",reason=\"invalid_label_name\"}"),
@@ -343,4 +349,119 @@ fn a_full_in_flight_limit_answers_429_with_retry_after() {
     drop(slow);
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(post(&d, &body).0, 204);
+}
+
+fn post_as(d: &Daemon, client: &str, body: &[u8]) -> (u16, String, String) {
+    http_raw(
+        &d.pki,
+        client,
+        d.http,
+        "POST",
+        "/api/v1/write",
+        &PROTOBUF,
+        body,
+    )
+}
+
+#[test]
+fn key_and_label_limits_come_from_the_config_and_are_counted() {
+    let d = Daemon::start(
+        "limits: {max_labels_per_series: 3, max_label_value_bytes: 100, max_series_key_bytes: 120}\n\
+         rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n",
+    );
+    let t = now_secs() as i64 * 1000;
+    let v60 = "v".repeat(60);
+    let v101 = "v".repeat(101);
+    let req = proto::WriteRequest {
+        timeseries: vec![
+            series(&[("__name__", "fits"), ("a", &v60)], &[(t, 1.0)]),
+            series(
+                &[("__name__", "many"), ("a", "1"), ("b", "2"), ("c", "3")],
+                &[(t, 1.0)],
+            ),
+            series(&[("__name__", "long"), ("a", &v101)], &[(t, 1.0)]),
+            series(
+                &[("__name__", "key"), ("a", &v60), ("b", &v60)],
+                &[(t, 1.0), (t - 1000, 2.0)],
+            ),
+        ],
+        metadata: vec![],
+    };
+    let (code, _, body) = post(&d, &encode(&req));
+    assert_eq!(code, 400, "{body}");
+    for want in [
+        "rejected 4 of 5 samples",
+        "too_many_labels: 1",
+        "label_too_long: 1",
+        "series_key_too_long: 2 (limits.max_series_key_bytes)",
+        "too_many_labels: 1 (limits.max_labels_per_series)",
+    ] {
+        assert!(body.contains(want), "missing {want:?} in {body:?}");
+    }
+    assert_eq!(
+        d.metric("ringdb_samples_rejected_total{protocol=\"remote_write\",reason=\"series_key_too_long\"}"),
+        2.0
+    );
+    // The same cap for a socket path.
+    let path = format!("key-{}", "p".repeat(200));
+    d.send_raw("client", &crate::common::frame(false, now_secs(), 1, &path));
+    assert_eq!(
+        d.wait_metric(
+            "ringdb_samples_rejected_total{protocol=\"socket\",reason=\"series_key_too_long\"}",
+            1.0
+        ),
+        1.0
+    );
+    assert!(d.metric("ringdb_series_key_bytes") > 0.0);
+}
+
+#[test]
+fn metadata_is_written_only_by_who_may_write_the_family_and_capped() {
+    let d = Daemon::start(
+        "limits: {max_help_bytes: 16}\n\
+         clients:\n  - {name: agent-7, write: [traffic], read: ['*']}\n  - {name: reader, write: [up], read: ['*'], admin: true}\n\
+         rules:\n  - {name: raw, prefix: '*', type: last, timeframe: 1s, limit: 3600}\n",
+    );
+    let meta = |family: &str, help: &str| proto::MetricMetadata {
+        r#type: proto::metric_metadata::MetricType::Counter as i32,
+        metric_family_name: family.into(),
+        help: help.into(),
+        unit: String::new(),
+    };
+    let request = |entries: Vec<proto::MetricMetadata>| {
+        encode(&proto::WriteRequest {
+            timeseries: vec![],
+            metadata: entries,
+        })
+    };
+    let big_help = "h".repeat(8 << 10);
+    let (code, _, body) = post_as(
+        &d,
+        "reader",
+        &request(vec![meta("up", &format!("targets up {big_help}"))]),
+    );
+    assert_eq!(code, 204, "{body}");
+    // `client` is not listed in `clients:`; agent-7 may write only traffic.
+    for (who, family) in [("client", "up"), ("agent-7", "up"), ("agent-7", "traffic")] {
+        let (code, _, body) = post_as(&d, who, &request(vec![meta(family, &big_help)]));
+        assert_eq!(code, 204, "{who} {family}: {body}");
+    }
+    let get = |path: &str| {
+        let (code, body) = crate::common::http_request(&d.pki, "reader", d.http, "GET", path, "");
+        assert_eq!(code, 200, "GET {path}: {body}");
+        body
+    };
+    let answer: serde_json::Value = serde_json::from_str(&get("/api/v1/metadata")).unwrap();
+    assert_eq!(
+        answer["data"]["up"][0]["help"],
+        serde_json::json!("targets up hhhhh"),
+        "kept and cut to 16 bytes: {answer}"
+    );
+    assert_eq!(
+        answer["data"]["traffic"][0]["help"],
+        serde_json::json!("hhhhhhhhhhhhhhhh")
+    );
+    let metrics = get("/metrics");
+    let skipped = "ringdb_metadata_skipped_total{protocol=\"remote_write\",reason=\"forbidden\"} 2";
+    assert!(metrics.contains(skipped), "missing {skipped:?}");
 }

@@ -232,6 +232,13 @@ fn answer(ctx: &RemoteWriteContext, report: &Report) -> Response {
         report.histograms,
     );
     m.add("ringdb_remote_write_metadata_total", &[], report.metadata);
+    for (reason, n) in &report.metadata_skipped {
+        m.add(
+            "ringdb_metadata_skipped_total",
+            &[("protocol", "remote_write"), ("reason", reason)],
+            *n,
+        );
+    }
     let rejected = report.rejected_total();
     if rejected == 0 {
         return StatusCode::NO_CONTENT.into_response();
@@ -239,7 +246,10 @@ fn answer(ctx: &RemoteWriteContext, report: &Report) -> Response {
     let reasons: Vec<String> = report
         .rejected
         .iter()
-        .map(|(r, n)| format!("{r}: {n}"))
+        .map(|(r, n)| match super::limit_of(r) {
+            Some(limit) => format!("{r}: {n} ({limit})"),
+            None => format!("{r}: {n}"),
+        })
         .collect();
     let message = format!(
         "rejected {rejected} of {} samples ({}); the other {} were stored\n",

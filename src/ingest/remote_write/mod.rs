@@ -7,8 +7,9 @@ mod wire;
 
 use crate::access::Grant;
 use crate::model::{self, Sample, Value};
-use crate::store::{MetricMetadata, SeriesId, Store, WriteReject};
+use crate::store::{MetadataSkip, MetricMetadata, SeriesId, Store, WriteReject};
 use prost::Message;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
@@ -118,8 +119,10 @@ pub struct Report {
     pub exemplars: u64,
     /// Native histogram samples skipped.
     pub histograms: u64,
-    /// Metadata entries received (not stored).
+    /// Metadata entries received.
     pub metadata: u64,
+    /// Metadata entries not kept, by reason.
+    pub metadata_skipped: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -135,7 +138,36 @@ impl Report {
     }
 }
 
-/// Why a whole series was refused.
+/// The labels of a series sorted by name: borrowed when the sender sorted
+/// them (Prometheus does), else a sorted copy. vmagent relays label sets in
+/// the order it received them, and Prometheus's own receiver accepts that,
+/// so the order is repaired here rather than refused.
+fn sorted_labels<'r, 'a>(labels: &'r [(&'a [u8], &'a [u8])]) -> Cow<'r, [(&'a [u8], &'a [u8])]> {
+    if labels.windows(2).all(|w| w[0].0 <= w[1].0) {
+        Cow::Borrowed(labels)
+    } else {
+        let mut sorted = labels.to_vec();
+        // Stable: duplicate names stay next to each other for `check_labels`.
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        Cow::Owned(sorted)
+    }
+}
+
+/// The `limits:` key behind a refusal reason, for the 400 answer's text.
+pub fn limit_of(reason: &str) -> Option<&'static str> {
+    Some(match reason {
+        "too_many_labels" => "limits.max_labels_per_series",
+        "label_too_long" => "limits.max_label_name_bytes, limits.max_label_value_bytes",
+        "series_key_too_long" => "limits.max_series_key_bytes",
+        "too_many_series_bytes" => "limits.max_series_key_bytes_total",
+        "too_many_series" => "limits.max_series",
+        "too_far_future" => "limits.max_future",
+        _ => return None,
+    })
+}
+
+/// Why a whole series was refused; `labels` sorted by name
+/// ([`sorted_labels`]).
 fn check_labels(labels: &[(&[u8], &[u8])], limits: &LabelLimits) -> Result<(), &'static str> {
     if labels.len() > limits.max_labels {
         return Err("too_many_labels");
@@ -157,10 +189,8 @@ fn check_labels(labels: &[(&[u8], &[u8])], limits: &LabelLimits) -> Result<(), &
         if value.is_empty() {
             return Err("empty_label_value");
         }
-        match previous {
-            Some(p) if p == name => return Err("duplicate_label"),
-            Some(p) if p > name => return Err("unsorted_labels"),
-            _ => {}
+        if previous == Some(name) {
+            return Err("duplicate_label");
         }
         if name_text == "__name__" {
             name_seen = true;
@@ -279,18 +309,33 @@ pub fn ingest(
         ..Report::default()
     };
     for m in &request.metadata {
-        if model::is_metric_name(&m.metric_family_name) {
+        let family = m.metric_family_name.as_str();
+        if !model::is_metric_name(family) {
+            *report
+                .metadata_skipped
+                .entry("invalid_metric_name")
+                .or_default() += 1;
+            continue;
+        }
+        // Only a client that may write the family may describe it: another
+        // tenant's help and type are not anyone's to overwrite.
+        let kept = if may_write_family(grant, family) {
             let kind = proto::metric_metadata::MetricType::try_from(m.r#type)
                 .map_or("unknown", |t| t.as_str_name())
                 .to_ascii_lowercase();
             store.set_metadata(
-                &m.metric_family_name,
+                family,
                 MetricMetadata {
                     kind,
                     help: m.help.clone(),
                     unit: m.unit.clone(),
                 },
-            );
+            )
+        } else {
+            Err(MetadataSkip::Forbidden)
+        };
+        if let Err(skip) = kept {
+            *report.metadata_skipped.entry(skip.as_str()).or_default() += 1;
         }
     }
     // Checked series first, then written grouped by store shard: each
@@ -311,14 +356,17 @@ pub fn ingest(
         let n = series.samples.len() as u64;
         // Read before the labels are checked; used only once they are.
         let name = metric_name(series.labels);
+        // A label set in another order is another cache entry for the same
+        // canonical key.
         let key = match key {
             Some(key) => key,
             None => {
-                if let Err(reason) = check_labels(series.labels, limits) {
+                let sorted = sorted_labels(series.labels);
+                if let Err(reason) = check_labels(&sorted, limits) {
                     report.reject(reason, n);
                     continue;
                 }
-                let key: Arc<str> = series_key(name, series.labels).into();
+                let key: Arc<str> = series_key(name, &sorted).into();
                 known.insert(hash, key.clone());
                 key
             }
@@ -350,11 +398,15 @@ pub fn ingest(
         });
     }
     writer.write_grouped(&pending, |p| &p.key, |shard, p| {
+        // Only for a new series; sorted, as the store keeps them.
         let make_labels = || {
-            p.labels
+            let mut labels: Vec<_> = p
+                .labels
                 .iter()
                 .map(|(name, value)| (text(name).to_owned(), text(value).to_owned()))
-                .collect::<Vec<_>>()
+                .collect();
+            labels.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            labels
         };
         let id = SeriesId {
             key: &p.key,
@@ -376,6 +428,20 @@ pub fn ingest(
         });
     });
     Ok(report)
+}
+
+/// Whether the client may write a metric family: its name, or one of the
+/// series names Prometheus derives from it (a histogram `x` is written as
+/// `x_bucket`, `x_sum`, `x_count`).
+fn may_write_family(grant: &Grant, family: &str) -> bool {
+    const SUFFIXES: [&str; 6] = ["", "_bucket", "_sum", "_count", "_total", "_created"];
+    SUFFIXES.iter().any(|suffix| {
+        if suffix.is_empty() {
+            grant.may_write(family)
+        } else {
+            grant.may_write(&format!("{family}{suffix}"))
+        }
+    })
 }
 
 /// A checked series of a request, waiting to be written.
@@ -433,13 +499,18 @@ mod tests {
                 Err("invalid_label_name"),
             ),
             (
-                "unsorted",
-                vec![label("__name__", "up"), label("z", "1"), label("a", "1")],
-                Err("unsorted_labels"),
+                "unsorted is repaired",
+                vec![label("z", "1"), label("__name__", "up"), label("a", "1")],
+                Ok(()),
             ),
             (
                 "duplicate",
                 vec![label("__name__", "up"), label("a", "1"), label("a", "2")],
+                Err("duplicate_label"),
+            ),
+            (
+                "duplicate apart in an unsorted set",
+                vec![label("a", "1"), label("__name__", "up"), label("a", "2")],
                 Err("duplicate_label"),
             ),
             (
@@ -469,7 +540,11 @@ mod tests {
                 .iter()
                 .map(|l| (l.name.as_ref(), l.value.as_ref()))
                 .collect();
-            assert_eq!(check_labels(&pairs, &limits), want, "case {name}");
+            assert_eq!(
+                check_labels(&sorted_labels(&pairs), &limits),
+                want,
+                "case {name}"
+            );
         }
     }
 
@@ -531,10 +606,10 @@ mod tests {
         let labels = store.read(key, |s| s.labels(key).map(|l| l.to_vec()));
         let labels = labels.flatten().expect("series recreated with labels");
         assert_eq!(labels.len(), 2, "labels rebuilt from the request");
-        let bad = [("__name__", "up"), ("z", "1"), ("a", "1")];
+        let bad = [("__name__", "up"), ("a", "1"), ("a", "2")];
         for _ in 0..2 {
             let report = write(&bad, now, &Grant::All);
-            assert_eq!(report.rejected.get("unsorted_labels"), Some(&1));
+            assert_eq!(report.rejected.get("duplicate_label"), Some(&1));
         }
         // More label sets than the capacity: shards are emptied, writes go on.
         for i in 0..50 {
@@ -553,6 +628,143 @@ mod tests {
             report.rejected.get("forbidden"),
             Some(&1),
             "grant checked for known series"
+        );
+    }
+
+    #[test]
+    fn unsorted_label_sets_are_the_same_series_as_sorted_ones() {
+        let store = float_store();
+        let known = KnownSeries::new(100);
+        let now = 1_700_000_000_000u64;
+        let orders: [(&str, &[(&str, &str)]); 4] = [
+            ("sorted", &[("__name__", "up"), ("a", "1"), ("z", "2")]),
+            ("name last", &[("a", "1"), ("z", "2"), ("__name__", "up")]),
+            ("reversed", &[("z", "2"), ("a", "1"), ("__name__", "up")]),
+            // Sent again: now found in the known-series cache.
+            (
+                "reversed, cached",
+                &[("z", "2"), ("a", "1"), ("__name__", "up")],
+            ),
+        ];
+        for (i, (case, labels)) in orders.iter().enumerate() {
+            let body = one_series(labels, (now - 4000 + 1000 * i as u64) as i64);
+            let report = ingest(
+                &store,
+                &known,
+                &body,
+                &Grant::All,
+                &LabelLimits::default(),
+                now,
+            )
+            .unwrap();
+            assert_eq!(report.accepted, 1, "case {case}: {report:?}");
+        }
+        assert_eq!(store.stats().series, 1, "one canonical series");
+        let key = r#"up{a="1",z="2"}"#;
+        let (labels, is_key) = store
+            .read(key, |s| {
+                (s.labels(key).map(|l| l.to_vec()), s.labels_are_key())
+            })
+            .expect("canonical series");
+        assert!(is_key, "labels kept as the canonical key");
+        let names: Vec<_> = labels.unwrap().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["__name__", "a", "z"]);
+        // Removed, then recreated from the cache with unsorted wire labels.
+        assert!(store.remove(key));
+        let body = one_series(orders[2].1, now as i64);
+        ingest(
+            &store,
+            &known,
+            &body,
+            &Grant::All,
+            &LabelLimits::default(),
+            now,
+        )
+        .unwrap();
+        let is_key = store.read(key, |s| s.labels_are_key());
+        assert_eq!(is_key, Some(true), "recreated in canonical form");
+    }
+
+    #[test]
+    fn metadata_is_kept_only_for_families_the_client_may_write() {
+        use proto::metric_metadata::MetricType;
+        let store = float_store().with_size_limits(crate::store::SizeLimits {
+            max_help_bytes: 10,
+            ..Default::default()
+        });
+        let known = KnownSeries::new(10);
+        let meta = |family: &str, help: &str| proto::MetricMetadata {
+            r#type: MetricType::Gauge as i32,
+            metric_family_name: family.into(),
+            help: help.into(),
+            unit: String::new(),
+        };
+        let agent = Grant::Limited(Arc::new(crate::config::ClientSettings {
+            name: "agent".into(),
+            write: vec!["traffic".into(), "latency_bucket".into()],
+            read: vec![],
+            admin: false,
+        }));
+        type Case<'a> = (&'a str, &'a Grant, proto::MetricMetadata, Option<&'a str>);
+        let cases: Vec<Case> = vec![
+            ("own family", &agent, meta("traffic", "bytes seen"), None),
+            (
+                "histogram family of own _bucket",
+                &agent,
+                meta("latency", "h"),
+                None,
+            ),
+            (
+                "another tenant's family",
+                &agent,
+                meta("up", "overwritten"),
+                Some("forbidden"),
+            ),
+            (
+                "unlisted certificate",
+                &Grant::Nothing,
+                meta("traffic", "evil"),
+                Some("forbidden"),
+            ),
+            (
+                "bad family name",
+                &Grant::All,
+                meta("1x", "h"),
+                Some("invalid_metric_name"),
+            ),
+            (
+                "operator",
+                &Grant::All,
+                meta("up", "1234567890 and more"),
+                None,
+            ),
+        ];
+        for (case, grant, m, skipped) in cases {
+            let body = proto::WriteRequest {
+                timeseries: vec![],
+                metadata: vec![m],
+            }
+            .encode_to_vec();
+            let report = ingest(&store, &known, &body, grant, &LabelLimits::default(), 0).unwrap();
+            let want: BTreeMap<&str, u64> = skipped.into_iter().map(|r| (r, 1)).collect();
+            assert_eq!(report.metadata_skipped, want, "case {case}");
+        }
+        let kept: BTreeMap<String, String> = store
+            .metadata()
+            .into_iter()
+            .map(|(family, m)| (family, m.help))
+            .collect();
+        let want: BTreeMap<String, String> = [
+            ("latency", "h"),
+            ("traffic", "bytes seen"),
+            ("up", "1234567890"),
+        ]
+        .into_iter()
+        .map(|(f, h)| (f.to_string(), h.to_string()))
+        .collect();
+        assert_eq!(
+            kept, want,
+            "nothing overwritten by others; help cut to 10 bytes"
         );
     }
 

@@ -169,29 +169,77 @@ impl Scraper {
     }
 }
 
-/// Where in the interval a target's scrapes fall: a stable hash of job and
-/// target, so restarts and reloads keep the phase and targets spread out.
-fn offset(job: &str, target: &str, interval: Duration) -> Duration {
-    let mut h = std::hash::DefaultHasher::new();
-    (job, target).hash(&mut h);
-    let interval_ms = u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    Duration::from_millis(h.finish() % interval_ms)
+/// When a target is scraped and what time its samples get, on the wall
+/// clock: at every multiple of the interval plus an offset (a stable hash
+/// of job and target, so restarts and reloads keep the phase and targets
+/// spread out). The offset stays in [5%, 95%) of the interval, so that a
+/// scrape started a little late or early never crosses a multiple of the
+/// interval, where a rule with timeframe = interval starts a new bucket;
+/// and a scrape started within that margin of its scheduled time is
+/// stamped with the scheduled time, as Prometheus does, so one bucket gets
+/// exactly one scrape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Schedule {
+    interval_ms: u64,
+    offset_ms: u64,
 }
 
-/// How long from `now_ms` until the next multiple of `interval` plus `offset`.
-fn first_delay(now_ms: u64, interval: Duration, offset: Duration) -> Duration {
-    let interval_ms = u64::try_from(interval.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
-    let offset_ms = u64::try_from(offset.as_millis()).unwrap_or(0) % interval_ms;
-    let base = now_ms - now_ms % interval_ms;
-    let mut next = base + offset_ms;
-    if next < now_ms {
-        next += interval_ms;
+impl Schedule {
+    fn new(job: &str, target: &str, interval: Duration) -> Schedule {
+        let mut h = std::hash::DefaultHasher::new();
+        (job, target).hash(&mut h);
+        let interval_ms = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let margin = interval_ms / 20;
+        let span = (interval_ms - 2 * margin).max(1);
+        Schedule {
+            interval_ms,
+            offset_ms: margin + h.finish() % span,
+        }
     }
-    Duration::from_millis(next - now_ms)
+
+    /// How far from its scheduled time a scrape still gets that time.
+    fn margin_ms(&self) -> u64 {
+        self.interval_ms / 20
+    }
+
+    /// The latest scheduled time at or before `now_ms`.
+    fn previous(&self, now_ms: u64) -> u64 {
+        let since =
+            (now_ms % self.interval_ms + self.interval_ms - self.offset_ms) % self.interval_ms;
+        now_ms.saturating_sub(since)
+    }
+
+    /// The scheduled time of the next scrape: the first at or after `now_ms`
+    /// for a task's first scrape (`last` None), else the first after `last`
+    /// that is not more than the margin behind `now_ms` (scheduled times
+    /// missed by a long scrape are skipped).
+    fn next(&self, now_ms: u64, last: Option<u64>) -> u64 {
+        let previous = self.previous(now_ms);
+        let mut next = match last {
+            None if previous == now_ms => previous,
+            None => previous + self.interval_ms,
+            Some(_) if now_ms - previous <= self.margin_ms() => previous,
+            Some(_) => previous + self.interval_ms,
+        };
+        if let Some(last) = last {
+            while next <= last {
+                next += self.interval_ms;
+            }
+        }
+        next
+    }
+
+    /// The timestamp of a scrape scheduled at `scheduled_ms` that started
+    /// at `started_ms`.
+    fn stamp(&self, scheduled_ms: u64, started_ms: u64) -> u64 {
+        if started_ms.abs_diff(scheduled_ms) <= self.margin_ms() {
+            scheduled_ms
+        } else {
+            started_ms
+        }
+    }
 }
 
 /// What a target task remembers between scrapes, to log changes only.
@@ -213,36 +261,43 @@ struct TargetTask {
 
 impl TargetTask {
     async fn run(self) {
-        let job = &self.job;
-        let delay = first_delay(
-            (self.shared.clock)(),
-            job.interval,
-            offset(&job.job, &self.target, job.interval),
-        );
-        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + delay, job.interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let schedule = Schedule::new(&self.job.job, &self.target, self.job.interval);
         let mut tls: Option<Option<TlsConnector>> = None;
         let mut memory = Memory::default();
+        let mut last = None;
         loop {
+            // Each wait is measured from the wall clock again, so the
+            // scrapes stay on their scheduled times however long the task
+            // runs (a monotonic timer drifts from the wall clock).
+            let now_ms = (self.shared.clock)();
+            let scheduled_ms = schedule.next(now_ms, last);
+            let delay = Duration::from_millis(scheduled_ms.saturating_sub(now_ms));
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
-                _ = ticks.tick() => {}
+                _ = tokio::time::sleep(delay) => {}
             }
             let _slot = tokio::select! {
                 biased;
                 _ = self.stop.cancelled() => break,
                 guard = self.slot.lock() => guard,
             };
-            self.scrape(&mut tls, &mut memory).await;
+            let scrape_ms = schedule.stamp(scheduled_ms, (self.shared.clock)());
+            self.scrape(scrape_ms, &mut tls, &mut memory).await;
+            last = Some(scheduled_ms);
         }
     }
 
-    /// One scrape, start to finish; never returns early on failure: a
+    /// One scrape, start to finish, its samples stamped `scrape_ms` (unless
+    /// the target sends timestamps); never returns early on failure: a
     /// failed scrape still writes `up 0`.
-    async fn scrape(&self, tls: &mut Option<Option<TlsConnector>>, memory: &mut Memory) {
+    async fn scrape(
+        &self,
+        scrape_ms: u64,
+        tls: &mut Option<Option<TlsConnector>>,
+        memory: &mut Memory,
+    ) {
         let job = &self.job;
-        let scrape_ms = (self.shared.clock)();
         let started = tokio::time::Instant::now();
         // TLS files are read when the task starts and again after a failed
         // scrape, so rotated certificates are picked up without a reload.
@@ -365,6 +420,13 @@ impl TargetTask {
             &[("job", &self.job.job)],
             malformed,
         );
+        for (reason, n) in &report.metadata_skipped {
+            m.add(
+                "ringdb_metadata_skipped_total",
+                &[("protocol", "scrape"), ("reason", reason)],
+                *n,
+            );
+        }
     }
 
     /// Logs changes (up → down, down → up, malformed lines appearing), not
@@ -401,32 +463,112 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_are_stable_and_inside_the_interval() {
-        let i = Duration::from_secs(15);
-        let a = offset("node", "h:9100", i);
-        assert_eq!(a, offset("node", "h:9100", i), "stable");
-        assert!(a < i);
-        let spread: std::collections::HashSet<_> = (0..50)
-            .map(|k| offset("node", &format!("h{k}:9100"), i))
-            .collect();
-        assert!(spread.len() > 40, "targets spread over the interval");
+    fn offsets_are_stable_spread_and_away_from_bucket_edges() {
+        for secs in [1, 10, 15, 60, 3600] {
+            let i = Duration::from_secs(secs);
+            let a = Schedule::new("node", "h:9100", i);
+            assert_eq!(a, Schedule::new("node", "h:9100", i), "stable, {secs}s");
+            let offsets: Vec<u64> = (0..1000)
+                .map(|k| Schedule::new("node", &format!("h{k}:9100"), i).offset_ms)
+                .collect();
+            let (low, high) = (secs * 1000 / 20, secs * 1000 * 19 / 20);
+            for (k, o) in offsets.iter().enumerate() {
+                assert!((low..high).contains(o), "{secs}s target {k}: offset {o} ms");
+            }
+            let spread: std::collections::HashSet<_> =
+                offsets.iter().map(|o| o * 10 / (secs * 1000)).collect();
+            assert_eq!(
+                spread.len(),
+                10,
+                "{secs}s: targets over every tenth of the interval"
+            );
+        }
+    }
+
+    fn schedule(offset_ms: u64) -> Schedule {
+        Schedule {
+            interval_ms: 10_000,
+            offset_ms,
+        }
     }
 
     #[test]
-    fn first_delay_lands_on_the_offset() {
-        let i = Duration::from_secs(10);
+    fn next_scheduled_time() {
+        // (case, offset, now, last, want); interval 10 s, margin 500 ms.
         let cases = [
-            ("offset ahead", 100_000, 3_000, 3_000),
-            ("offset passed", 105_000, 3_000, 8_000),
-            ("exactly now", 103_000, 3_000, 0),
-            ("zero offset", 100_001, 0, 9_999),
+            ("first, offset ahead", 3_000, 100_000, None, 103_000),
+            ("first, offset passed", 3_000, 105_000, None, 113_000),
+            ("first, exactly now", 3_000, 103_000, None, 103_000),
+            (
+                "after a scrape that took 1 s",
+                3_000,
+                104_000,
+                Some(103_000),
+                113_000,
+            ),
+            ("woken 2 ms early", 3_000, 112_998, Some(103_000), 113_000),
+            ("woken 2 ms late", 3_000, 113_002, Some(103_000), 113_000),
+            (
+                "long scrape: a missed time is skipped",
+                3_000,
+                114_000,
+                Some(103_000),
+                123_000,
+            ),
+            (
+                "never the same time twice",
+                3_000,
+                103_100,
+                Some(103_000),
+                113_000,
+            ),
         ];
-        for (case, now, off, want) in cases {
-            assert_eq!(
-                first_delay(now, i, Duration::from_millis(off)),
-                Duration::from_millis(want),
-                "case {case}"
-            );
+        for (case, offset, now, last, want) in cases {
+            assert_eq!(schedule(offset).next(now, last), want, "case {case}");
+        }
+    }
+
+    #[test]
+    fn stamps_are_the_scheduled_time_within_the_margin() {
+        let cases = [
+            ("on time", 103_000, 103_000),
+            ("3 ms late", 103_003, 103_000),
+            ("2 ms early", 102_998, 103_000),
+            ("at the margin", 103_500, 103_000),
+            ("later than the margin", 103_501, 103_501),
+        ];
+        for (case, started, want) in cases {
+            assert_eq!(schedule(3_000).stamp(103_000, started), want, "case {case}");
+        }
+    }
+
+    /// A target task's timing against an injected clock whose scrapes
+    /// start up to 30 ms late or 5 ms early: a rule with timeframe =
+    /// interval gets exactly one scrape in every bucket, for any target.
+    #[test]
+    fn every_bucket_of_the_interval_gets_one_scrape() {
+        let interval = Duration::from_secs(10);
+        let mut jitter = 0x2545_f491_4f6c_dd1du64;
+        for k in 0..200 {
+            let schedule = Schedule::new("node", &format!("h{k}:9100"), interval);
+            let mut clock = 1_700_000_000_123u64;
+            let mut last = None;
+            let mut buckets = Vec::new();
+            for _ in 0..50 {
+                let scheduled = schedule.next(clock, last);
+                jitter ^= jitter << 13;
+                jitter ^= jitter >> 7;
+                jitter ^= jitter << 17;
+                // The clock when the task wakes: 5 ms early to 30 ms late.
+                clock = (scheduled + jitter % 36).saturating_sub(5).max(clock);
+                let stamp = schedule.stamp(scheduled, clock);
+                buckets.push(stamp / 10_000);
+                clock += 150; // the scrape itself
+                last = Some(scheduled);
+            }
+            for pair in buckets.windows(2) {
+                assert_eq!(pair[1], pair[0] + 1, "target {k}: buckets {buckets:?}");
+            }
         }
     }
 }

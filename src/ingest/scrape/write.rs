@@ -28,6 +28,8 @@ pub struct Report {
     pub accepted: u64,
     /// Refused samples by reason.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// HELP/TYPE of families not kept, by reason.
+    pub metadata_skipped: BTreeMap<&'static str, u64>,
 }
 
 impl Report {
@@ -109,7 +111,7 @@ pub fn write_exposition(
             "" | "untyped" => "unknown",
             k => k,
         };
-        store.set_metadata(
+        let kept = store.set_metadata(
             &family.name,
             MetricMetadata {
                 kind: kind.to_string(),
@@ -117,6 +119,9 @@ pub fn write_exposition(
                 unit: String::new(),
             },
         );
+        if let Err(skip) = kept {
+            *report.metadata_skipped.entry(skip.as_str()).or_default() += 1;
+        }
     }
     for s in &exposition.samples {
         let timestamp_ms = match s.timestamp_ms {
@@ -308,6 +313,46 @@ mod tests {
                 |_| ()
             )
             .is_some());
+    }
+
+    #[test]
+    fn lines_over_the_size_caps_are_skipped_and_counted() {
+        let s = store("*").with_size_limits(crate::store::SizeLimits {
+            max_labels_per_series: 5,
+            max_label_value_bytes: 8,
+            max_series_key_bytes: 80,
+            ..Default::default()
+        });
+        let long_name = "m".repeat(90);
+        // __name__, job and instance are 3 of the 5 labels a series may have.
+        let body = format!(
+            "ok{{a=\"1\"}} 1\ncount{{a=\"1\",b=\"2\",c=\"3\"}} 1\nvalue{{a=\"123456789\"}} 1\n{long_name} 1\n"
+        );
+        let exposition = text::parse(body.as_bytes());
+        assert!(exposition.errors.is_empty(), "{:?}", exposition.errors);
+        let report = write_exposition(&s, &exposition, ORIGIN, 1_000_000, 1_000_000);
+        assert_eq!(report.accepted, 1, "{report:?}");
+        let want: BTreeMap<&str, u64> = [
+            ("too_many_labels", 1),
+            ("label_too_long", 1),
+            ("series_key_too_long", 1),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(report.rejected, want);
+    }
+
+    #[test]
+    fn metadata_over_the_cap_is_skipped_and_counted() {
+        let s = store("*").with_size_limits(crate::store::SizeLimits {
+            max_metadata_bytes: 30,
+            ..Default::default()
+        });
+        let body = "# HELP first 0123456789\n# TYPE first gauge\nfirst 1\n# HELP second 0123456789\n# TYPE second gauge\nsecond 1\n";
+        let report = write_exposition(&s, &text::parse(body.as_bytes()), ORIGIN, 1000, 1000);
+        assert_eq!(report.metadata_skipped.get("too_much_metadata"), Some(&1));
+        let kept: Vec<String> = s.metadata().into_iter().map(|(f, _)| f).collect();
+        assert_eq!(kept, ["first"]);
     }
 
     #[test]

@@ -90,6 +90,12 @@ async fn metrics(State(ctx): State<Arc<ApiContext>>) -> Response {
     m.set("ringdb_series", &[], stats.series as f64);
     m.set("ringdb_archives", &[], stats.archives as f64);
     m.set("ringdb_archive_bytes", &[], stats.archive_bytes as f64);
+    m.set(
+        "ringdb_series_key_bytes",
+        &[],
+        stats.series_key_bytes as f64,
+    );
+    m.set("ringdb_metadata_bytes", &[], stats.metadata_bytes as f64);
     m.set("ringdb_migrations_total", &[], stats.migrations as f64);
     for (reason, n) in &stats.archive_rejects {
         m.handle("ringdb_archive_rejects_total", &[("reason", reason)])
