@@ -69,6 +69,16 @@ impl Grant {
         }
     }
 
+    /// Whether the client may read any prefix at all (a `read: []` entry
+    /// may not: its reads are refused before they are parsed).
+    pub fn may_read_some(&self) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Limited(c) => !c.read.is_empty(),
+            Grant::Nothing => false,
+        }
+    }
+
     /// Whether the client may use the admin routes.
     pub fn is_admin(&self) -> bool {
         match self {
@@ -96,6 +106,7 @@ mod tests {
         assert!(agent.may_write("traffic") && !agent.may_write("load"));
         assert!(agent.may_read("load") && !agent.is_admin());
         assert!(!access.grant(Some("stranger")).may_read("traffic"));
+        assert!(agent.may_read_some() && !access.grant(Some("stranger")).may_read_some());
         assert!(Access::new(None).grant(None).is_admin());
     }
 }
