@@ -15,6 +15,7 @@ mod promql_corpus;
 mod promql_diff;
 mod query_speed;
 mod query_split;
+mod read_locks;
 mod reload;
 mod remote_write;
 mod rest;
