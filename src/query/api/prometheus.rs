@@ -502,9 +502,22 @@ async fn matching(
         for matchers in &sets {
             found.extend(source.series(matchers, start, end));
         }
-        encode(found, ctx.max_response_bytes)
+        let encoded = encode(found, ctx.max_response_bytes);
+        if encoded.is_err() {
+            // The only refusal of `encode`: too big an answer.
+            count_too_big(ctx);
+        }
+        encoded
     })
     .await
+}
+
+fn count_too_big(ctx: &ApiContext) {
+    ctx.metrics.add(
+        super::REFUSED_METRIC,
+        &[("reason", "max_response_bytes")],
+        1,
+    );
 }
 
 /// The refusal of a listing whose answer would pass
@@ -681,7 +694,8 @@ async fn metadata(
                     json_string(&m.help),
                     json_string(&m.unit)
                 );
-            })?;
+            })
+            .inspect_err(|_| count_too_big(ctx))?;
             // The same entries as an object: `[…]` → `{…}`.
             Ok::<_, ApiError>(format!("{{{}}}", &array[1..array.len() - 1]))
         })

@@ -118,15 +118,23 @@ fn text_response(status: StatusCode, body: String) -> Response {
 
 /// A successful answer, refused with 413 `response_too_big` when its
 /// encoding passes `limits.max_response_bytes`.
-fn ok_capped(answer: Json, max_bytes: usize) -> Result<Response, ApiError> {
+fn ok_capped(ctx: &ApiContext, answer: Json) -> Result<Response, ApiError> {
+    let max_bytes = ctx.max_response_bytes;
     let body = json!({"status": "ok", "code": "ok", "answer": answer}).to_string();
     if body.len() > max_bytes {
-        return Err(response_too_big(body.len(), max_bytes));
+        return Err(response_too_big(ctx, body.len()));
     }
     Ok(text_response(StatusCode::OK, body))
 }
 
-fn response_too_big(bytes: usize, max_bytes: usize) -> ApiError {
+/// The refusal (counted) of an answer of `bytes` or more.
+fn response_too_big(ctx: &ApiContext, bytes: usize) -> ApiError {
+    let max_bytes = ctx.max_response_bytes;
+    ctx.metrics.add(
+        super::REFUSED_METRIC,
+        &[("reason", "max_response_bytes")],
+        1,
+    );
     err(
         "response_too_big",
         format!(
@@ -156,6 +164,8 @@ fn check_total_buckets<'r>(
         total = total.saturating_add(to.div_ceil(tf) - from / tf + 1);
     }
     if total > ctx.max_slice_buckets {
+        ctx.metrics
+            .add(super::REFUSED_METRIC, &[("reason", "max_slice_buckets")], 1);
         return Err(err(
             "slice_too_big",
             format!(
@@ -312,7 +322,7 @@ pub async fn slice(
     let grant = reader.grant.clone();
     run_read(&ctx, &reader, move |ctx| {
         let rows = slice_rows(ctx, &grant, &path, &rule, fixed_range(from, to))?;
-        ok_capped(rows_json(rows), ctx.max_response_bytes)
+        ok_capped(ctx, rows_json(rows))
     })
     .await
 }
@@ -338,7 +348,7 @@ pub async fn last(
             (0, Some(_)) => Some(Vec::new()),
             (_, rows) => rows,
         };
-        ok_capped(rows_json(rows), ctx.max_response_bytes)
+        ok_capped(ctx, rows_json(rows))
     })
     .await
 }
@@ -443,7 +453,7 @@ fn multi_slice_rows(
             Json::Array(row)
         })
         .collect();
-    ok_capped(Json::Array(rows), ctx.max_response_bytes)
+    ok_capped(ctx, Json::Array(rows))
 }
 
 /// How `POST /aggregate` combines the paths' values at one timestamp.
@@ -571,7 +581,7 @@ fn aggregate_rows(
             json!([t, combine(&values, how)])
         })
         .collect();
-    ok_capped(Json::Array(rows), ctx.max_response_bytes)
+    ok_capped(ctx, Json::Array(rows))
 }
 
 /// `GET /status` (admin): counts of series, archives and dirty series
@@ -611,10 +621,10 @@ pub async fn all_paths(
             bytes <= max_bytes
         });
         if bytes > max_bytes {
-            return Err(response_too_big(bytes, max_bytes));
+            return Err(response_too_big(ctx, bytes));
         }
         keys.sort_unstable();
-        ok_capped(json!(keys), max_bytes)
+        ok_capped(ctx, json!(keys))
     })
     .await
 }
