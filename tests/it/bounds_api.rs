@@ -233,7 +233,23 @@ fn yawndb_reads_are_capped_by_buckets_and_answer_bytes() {
         .collect();
     write_paths(&d, &paths);
     let to = 60 * 6; // 7 buckets a path: one path fits, two do not
-    let cases: [(&str, &str, String, &str, u16, &str); 6] = [
+    let cases: [(&str, &str, String, &str, u16, &str); 8] = [
+        (
+            "one slice over the cap",
+            "GET",
+            format!("/paths/traffic-client0000-in/t/slice?from=0&to={}", 60 * 20),
+            "",
+            413,
+            "slice_too_big",
+        ),
+        (
+            "last n over the cap",
+            "GET",
+            "/paths/traffic-client0000-in/t/last?n=11".to_string(),
+            "",
+            413,
+            "slice_too_big",
+        ),
         (
             "multi-slice within the cap",
             "POST",
@@ -314,6 +330,6 @@ fn yawndb_reads_are_capped_by_buckets_and_answer_bytes() {
             "ringdb_query_refused_total{{reason=\"{reason}\"}}"
         ))
     };
-    assert_eq!(refused("max_slice_buckets"), 2.0);
+    assert_eq!(refused("max_slice_buckets"), 4.0);
     assert_eq!(refused("max_response_bytes"), 2.0);
 }

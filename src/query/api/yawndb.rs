@@ -319,6 +319,7 @@ pub async fn slice(
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let (from, to) = from_to(&params)?;
+    check_total_buckets(&ctx, [rule.as_str()], from, to)?;
     let grant = reader.grant.clone();
     run_read(&ctx, &reader, move |ctx| {
         let rows = slice_rows(ctx, &grant, &path, &rule, fixed_range(from, to))?;
@@ -337,6 +338,17 @@ pub async fn last(
     let n = number(&params, "n", "no_n")?;
     if n > MAX_SLICE {
         return Err(err("slice_too_big", format!("n={n}, at most {MAX_SLICE}")));
+    }
+    if n > ctx.max_slice_buckets {
+        ctx.metrics
+            .add(super::REFUSED_METRIC, &[("reason", "max_slice_buckets")], 1);
+        return Err(err(
+            "slice_too_big",
+            format!(
+                "n={n}, at most limits.max_slice_buckets = {}",
+                ctx.max_slice_buckets
+            ),
+        ));
     }
     let grant = reader.grant.clone();
     run_read(&ctx, &reader, move |ctx| {
