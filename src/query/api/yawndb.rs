@@ -257,14 +257,48 @@ fn slice_rows(
         let integer_mean =
             shape.consolidation == Consolidation::Avg && shape.value_size.is_integer();
         let (first, last) = (from / tf, to.div_ceil(tf));
-        Ok(Some(
-            archive
-                .range(first, last)
-                .map(|(b, r)| (b * tf, render(r, integer_mean)))
-                .collect(),
-        ))
+        // Only copied under the shard's lock; rendered after it is released.
+        let cells: Vec<Cell> = archive.range(first, last).map(|(_, r)| r.into()).collect();
+        Ok(Some((first, tf, integer_mean, cells)))
     });
-    found.unwrap_or_else(|| Err(err("path_not_found", format!("path {path:?} not found"))))
+    let copied =
+        found.unwrap_or_else(|| Err(err("path_not_found", format!("path {path:?} not found"))))?;
+    Ok(copied.map(|(first, tf, integer_mean, cells)| {
+        (first..)
+            .zip(cells)
+            .map(|(b, cell)| (b * tf, render(cell.reading(), integer_mean)))
+            .collect()
+    }))
+}
+
+/// A bucket's reading copied out of its archive (specials by name).
+enum Cell {
+    Empty,
+    Special(Box<str>),
+    Uint(u64),
+    Float(f64),
+}
+
+impl From<Reading<'_>> for Cell {
+    fn from(r: Reading<'_>) -> Cell {
+        match r {
+            Reading::Empty => Cell::Empty,
+            Reading::Special(name) => Cell::Special(name.into()),
+            Reading::Uint(v) => Cell::Uint(v),
+            Reading::Float(v) => Cell::Float(v),
+        }
+    }
+}
+
+impl Cell {
+    fn reading(&self) -> Reading<'_> {
+        match self {
+            Cell::Empty => Reading::Empty,
+            Cell::Special(name) => Reading::Special(name),
+            Cell::Uint(v) => Reading::Uint(*v),
+            Cell::Float(v) => Reading::Float(*v),
+        }
+    }
 }
 
 fn rows_json(rows: Option<Vec<(u64, Json)>>) -> Json {
