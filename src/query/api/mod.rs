@@ -2,6 +2,13 @@
 //! listener; the YAWNDB admin routes on the admin listener. Handlers read
 //! the store through its read API and map errors to the wire once per
 //! protocol.
+//!
+//! Every read (PromQL, listings, YAWNDB slices) first checks that the
+//! client may read something at all ([`Reader`]), then runs on the
+//! blocking pool under one of its client's query slots ([`run_read`]):
+//! nothing that walks series or evaluates runs on the async workers, so
+//! `/-/healthy`, `/-/ready` and `/metrics` (which take no slot) never wait
+//! behind queries. Answers are capped by `limits.max_response_bytes`.
 
 pub mod prometheus;
 pub mod slots;

@@ -799,6 +799,30 @@ mod tests {
     }
 
     #[test]
+    fn capped_arrays() {
+        let items = ["ab", "cd", "ef"];
+        let cases: [(&str, usize, Option<&str>); 4] = [
+            ("well under", 100, Some(r#"["ab","cd","ef"]"#)),
+            ("just room", 16, Some(r#"["ab","cd","ef"]"#)),
+            ("the last item passes the cap", 15, None),
+            ("the first item passes the cap", 4, None),
+        ];
+        for (name, max, want) in cases {
+            let got = capped_array(items, max, write_json_string);
+            match want {
+                Some(w) => assert_eq!(got.as_deref().ok(), Some(w), "case {name}"),
+                None => {
+                    let e = got.expect_err(name);
+                    assert!(
+                        e.message.contains("limits.max_response_bytes"),
+                        "case {name}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
     fn timestamps_and_inputs() {
         assert_eq!(format_timestamp(1435781451781), "1435781451.781");
         assert_eq!(format_timestamp(1435781451000), "1435781451");
