@@ -106,7 +106,25 @@ mod tests {
         assert!(agent.may_write("traffic") && !agent.may_write("load"));
         assert!(agent.may_read("load") && !agent.is_admin());
         assert!(!access.grant(Some("stranger")).may_read("traffic"));
-        assert!(agent.may_read_some() && !access.grant(Some("stranger")).may_read_some());
+        let reads_nothing = Access::new(Some(&[ClientSettings {
+            name: "writer".into(),
+            write: vec!["*".into()],
+            read: vec![],
+            admin: true,
+        }]));
+        let cases = [
+            ("listed with read: [*]", agent.clone(), true),
+            ("not listed", access.grant(Some("stranger")), false),
+            (
+                "listed with read: []",
+                reads_nothing.grant(Some("writer")),
+                false,
+            ),
+            ("no clients: list", Access::new(None).grant(None), true),
+        ];
+        for (name, grant, want) in cases {
+            assert_eq!(grant.may_read_some(), want, "case {name}");
+        }
         assert!(Access::new(None).grant(None).is_admin());
     }
 }
