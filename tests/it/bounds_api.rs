@@ -178,50 +178,48 @@ fn one_client_cannot_take_every_query_slot() {
     let (code, body) = request(&d, "client", "GET", &heavy, "");
     let alone = started.elapsed();
     assert_eq!(code, 200, "{body}");
-    // Four at once from one certificate: it gets one slot, the others are
-    // refused at once (429) instead of queueing behind it.
-    let outcomes: Vec<(u16, Json, Duration)> = std::thread::scope(|scope| {
+    // Four at once from one certificate: they take turns on its one slot
+    // (waiting, not refused: Grafana sends a dashboard's panels at once and
+    // does not retry a 429), while another client is served beside them.
+    let burst_started = Instant::now();
+    let (outcomes, other): (Vec<(u16, Json, Duration)>, Duration) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 scope.spawn(|| {
-                    let t = Instant::now();
                     let (code, body) = request(&d, "client", "GET", &heavy, "");
-                    (code, body, t.elapsed())
+                    (code, body, burst_started.elapsed())
                 })
             })
             .collect();
         // Meanwhile another client and the health routes are served.
         std::thread::sleep(Duration::from_millis(50));
-        let t = Instant::now();
         let (code, body) = request(&d, "agent-7", "GET", &heavy, "");
         assert_eq!(code, 200, "another client: {body}");
-        let other = t.elapsed();
+        let other = burst_started.elapsed();
         let t = Instant::now();
         let (code, _) = http_request(&d.pki, "client", d.http, "GET", "/-/healthy", "");
         assert_eq!(code, 200);
         println!(
-            "bounds_api: heavy query alone {:.0} ms; another client's during the burst {:.0} ms; \
+            "bounds_api: heavy query alone {:.0} ms; another client's done {:.0} ms into the burst; \
              /-/healthy during it {:.1} ms",
             alone.as_secs_f64() * 1e3,
             other.as_secs_f64() * 1e3,
             t.elapsed().as_secs_f64() * 1e3
         );
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        (
+            handles.into_iter().map(|h| h.join().unwrap()).collect(),
+            other,
+        )
     });
-    let refused: Vec<_> = outcomes.iter().filter(|(c, _, _)| *c == 429).collect();
-    assert!(
-        !refused.is_empty() && refused.len() < outcomes.len(),
-        "some served, some refused: {:?}",
-        outcomes.iter().map(|o| o.0).collect::<Vec<_>>()
-    );
-    for (_, body, _) in &refused {
-        assert_eq!(body["errorType"], "too_many_requests", "{body}");
-        let message = body["error"].as_str().unwrap_or_default();
-        assert!(message.contains("limits.max_client_queries"), "{message}");
+    for (code, body, _) in &outcomes {
+        assert_eq!(*code, 200, "{body}");
     }
-    assert_eq!(
-        d.metric("ringdb_query_refused_total{reason=\"max_client_queries\"}"),
-        refused.len() as f64
+    // With the burst holding every slot, the other client would have waited
+    // for the burst's first query to end, and finished after all four.
+    let last = outcomes.iter().map(|o| o.2).max().unwrap_or_default();
+    assert!(
+        other < last,
+        "another client finished at {other:?}, after the burst's last query at {last:?}"
     );
 }
 
