@@ -69,6 +69,16 @@ impl Grant {
         }
     }
 
+    /// Whether the client may read any prefix at all (a `read: []` entry
+    /// may not: its reads are refused before they are parsed).
+    pub fn may_read_some(&self) -> bool {
+        match self {
+            Grant::All => true,
+            Grant::Limited(c) => !c.read.is_empty(),
+            Grant::Nothing => false,
+        }
+    }
+
     /// Whether the client may use the admin routes.
     pub fn is_admin(&self) -> bool {
         match self {
@@ -96,6 +106,25 @@ mod tests {
         assert!(agent.may_write("traffic") && !agent.may_write("load"));
         assert!(agent.may_read("load") && !agent.is_admin());
         assert!(!access.grant(Some("stranger")).may_read("traffic"));
+        let reads_nothing = Access::new(Some(&[ClientSettings {
+            name: "writer".into(),
+            write: vec!["*".into()],
+            read: vec![],
+            admin: true,
+        }]));
+        let cases = [
+            ("listed with read: [*]", agent.clone(), true),
+            ("not listed", access.grant(Some("stranger")), false),
+            (
+                "listed with read: []",
+                reads_nothing.grant(Some("writer")),
+                false,
+            ),
+            ("no clients: list", Access::new(None).grant(None), true),
+        ];
+        for (name, grant, want) in cases {
+            assert_eq!(grant.may_read_some(), want, "case {name}");
+        }
         assert!(Access::new(None).grant(None).is_admin());
     }
 }

@@ -11,7 +11,7 @@ use crate::ingest::scrape::Scraper;
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
 use crate::net::{self, ListenerLimits};
-use crate::query::api::{self, ApiContext};
+use crate::query::api::{self, ApiContext, ClientId, QuerySlots};
 use crate::rules::RuleSet;
 use crate::shutdown::Shutdown;
 use crate::snapshot::{self, Snapshotter};
@@ -19,6 +19,7 @@ use crate::store::{SizeLimits, Store, StoreLimits};
 use crate::telemetry::{Metrics, RateLimited};
 use crate::tls::{self, ListenerKind};
 use anyhow::Context;
+use axum::Extension;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -28,9 +29,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Semaphore;
-
-/// Queries evaluated at once on the blocking pool.
-const QUERY_CONCURRENCY: usize = 4;
 
 /// How long shutdown waits for connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -169,9 +167,14 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         metrics: metrics.clone(),
         snapshotter: snapshotter.clone(),
         ready: Default::default(),
-        query_slots: Arc::new(Semaphore::new(QUERY_CONCURRENCY)),
+        slots: QuerySlots::new(
+            settings.limits.max_concurrent_queries,
+            settings.limits.max_client_queries,
+        ),
         query_timeout: settings.limits.query_timeout,
         max_query_samples: usize::try_from(settings.limits.max_query_samples).unwrap_or(usize::MAX),
+        max_slice_buckets: settings.limits.max_slice_buckets,
+        max_response_bytes: settings.limits.max_response_bytes,
     });
     let socket_ctx = Arc::new(SocketContext {
         store: store.clone(),
@@ -233,7 +236,10 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
                 shutdown.clone(),
                 move |stream, peer| {
                     let grant = access.current().grant(peer.name.as_deref());
-                    crate::http::serve_connection(stream, router.clone(), grant, token.clone())
+                    // Query slots are counted per certificate name.
+                    let client = ClientId(Arc::from(peer.name.as_deref().unwrap_or("")));
+                    let router = router.clone().layer(Extension(client));
+                    crate::http::serve_connection(stream, router, grant, token.clone())
                 },
             ),
         );

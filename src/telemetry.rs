@@ -161,6 +161,13 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Time spent answering Prometheus API requests, by endpoint.",
     ),
     (
+        "ringdb_query_refused_total",
+        Kind::Counter,
+        "Reads (PromQL and YAWNDB) refused before evaluation, by reason: \
+         no_read_permission, max_client_queries, max_concurrent_queries (slot wait timed out), \
+         max_slice_buckets, max_response_bytes.",
+    ),
+    (
         "ringdb_reloads_total",
         Kind::Counter,
         "SIGHUP reloads by outcome (ok, error, no_file).",

@@ -279,10 +279,15 @@ impl<'m> Selection<'m> {
 }
 
 impl StoreSource<'_> {
-    /// Hands each matching series in `shards` to `f`, one at a time with
-    /// its sample buffer reused, until `f` returns false, `stop` is set, or
-    /// more than `max_samples` are loaded (then sets `stop`). Returns the
-    /// number of samples loaded.
+    /// Hands each matching series in `shards` to `f`, until `f` returns
+    /// false, `stop` is set, or more than `max_samples` are loaded (then
+    /// sets `stop`). Returns the number of samples loaded.
+    ///
+    /// Shard by shard: under the shard's read lock only the matching
+    /// series' labels and samples are copied out; `f` (the evaluation)
+    /// runs after the lock is released, so writers to that shard wait for
+    /// a copy, never for a query's computation. One shard's copy is held
+    /// at a time, and its sample buffers are reused for the next shard.
     fn select_shards(
         &self,
         selection: &Selection<'_>,
@@ -296,59 +301,64 @@ impl StoreSource<'_> {
         // The first rule's type, for the last prefix seen (series of one
         // metric share it).
         let mut first_type: Option<(String, Option<crate::rrd::Consolidation>)> = None;
-        let mut current = SeriesData {
-            labels: SharedLabels::from([]),
-            samples: Vec::new(),
-            resolution_ms: None,
-        };
+        let mut batch: Vec<SeriesData> = Vec::new();
+        let mut spare: Vec<Vec<(i64, f64)>> = Vec::new();
         let mut loaded = 0usize;
-        self.store.scan_shards(shards, |key, series| {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            if !self.grant.may_read(series.prefix(key)) {
-                return true;
-            }
-            if !matches_all(key, series, others) {
-                return true;
-            }
-            let prefix = series.prefix(key);
-            let first_type = match &first_type {
-                Some((p, t)) if p == prefix => *t,
-                _ => {
-                    let t = rules
-                        .for_prefix(prefix)
-                        .first()
-                        .map(|r| r.shape.consolidation);
-                    first_type = Some((prefix.to_string(), t));
-                    t
+        for shard in shards {
+            let mut over = false;
+            self.store.scan_shards(shard..shard + 1, |key, series| {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
                 }
-            };
-            let Some(chosen) = choose(series, first_type, forced, start_ms) else {
-                return true;
-            };
-            let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
-            current.samples.clear();
-            read_samples(
-                &chosen.archive,
-                tf_ms,
-                start_ms,
-                end_ms,
-                &mut current.samples,
-            );
-            loaded += current.samples.len();
-            if loaded > self.max_samples {
-                stop.store(true, Ordering::Relaxed);
-                return false;
+                if !self.grant.may_read(series.prefix(key)) {
+                    return true;
+                }
+                if !matches_all(key, series, others) {
+                    return true;
+                }
+                let prefix = series.prefix(key);
+                let first_type = match &first_type {
+                    Some((p, t)) if p == prefix => *t,
+                    _ => {
+                        let t = rules
+                            .for_prefix(prefix)
+                            .first()
+                            .map(|r| r.shape.consolidation);
+                        first_type = Some((prefix.to_string(), t));
+                        t
+                    }
+                };
+                let Some(chosen) = choose(series, first_type, forced, start_ms) else {
+                    return true;
+                };
+                let tf_ms = (chosen.rule.shape.timeframe_secs * 1000) as i64;
+                let mut samples = spare.pop().unwrap_or_default();
+                read_samples(&chosen.archive, tf_ms, start_ms, end_ms, &mut samples);
+                loaded += samples.len();
+                if loaded > self.max_samples {
+                    stop.store(true, Ordering::Relaxed);
+                    over = true;
+                    return false;
+                }
+                batch.push(SeriesData {
+                    labels: shared_labels(key, series),
+                    samples,
+                    resolution_ms: Some(tf_ms),
+                });
+                true
+            });
+            // The shard's lock is released: compute.
+            for mut data in batch.drain(..) {
+                if !over && !stop.load(Ordering::Relaxed) && !f(&data) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                data.samples.clear();
+                spare.push(data.samples);
             }
-            current.labels = shared_labels(key, series);
-            current.resolution_ms = Some(tf_ms);
-            let go_on = f(&current);
-            if !go_on {
-                stop.store(true, Ordering::Relaxed);
+            if over || stop.load(Ordering::Relaxed) {
+                break;
             }
-            go_on
-        });
+        }
         loaded
     }
 
@@ -361,5 +371,102 @@ impl StoreSource<'_> {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Sample, Value};
+    use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+    use crate::rules::{Rule, RuleSet};
+    use crate::store::StoreLimits;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    fn store() -> Store {
+        let rule = Rule {
+            name: "t".into(),
+            prefix: "traffic".into(),
+            shape: Shape {
+                consolidation: Consolidation::Last,
+                timeframe_secs: 60,
+                limit: 100,
+                split: Split::Backward,
+                value_size: ValueSize::Float,
+                specials: vec![],
+            },
+            autoremove: false,
+        };
+        Store::new(
+            RuleSet::new(vec![rule]),
+            StoreLimits {
+                max_future_ms: 600_000,
+                max_series: 1000,
+            },
+        )
+    }
+
+    fn sample(ts_ms: u64, v: f64) -> Sample {
+        Sample {
+            timestamp_ms: ts_ms,
+            value: Value::Float(v),
+        }
+    }
+
+    /// Issue 14: a selection used to call its visitor (the evaluation)
+    /// under the shard's read guard, so a write to that shard waited for
+    /// the whole computation. Here the visitor itself waits for a write to
+    /// the series it is looking at: with the guard held, the write could
+    /// not finish (the 10 s wait is only a deadlock guard).
+    #[test]
+    fn visitor_runs_without_the_shard_lock() {
+        let store = store();
+        for (i, key) in ["traffic-a", "traffic-b", "traffic-c"].iter().enumerate() {
+            let written = store.write(key, "traffic", sample(NOW_MS - 60_000, i as f64), NOW_MS);
+            assert_eq!(written, Ok(1), "{key}");
+        }
+        let source = StoreSource {
+            store: &store,
+            grant: &Grant::All,
+            max_samples: usize::MAX,
+        };
+        let (mut visited, mut written) = (0, 0);
+        std::thread::scope(|scope| {
+            source
+                .select_each(&[], 0, NOW_MS as i64, &mut |data| {
+                    visited += 1;
+                    let key = data
+                        .labels
+                        .to_vec()
+                        .into_iter()
+                        .find(|(k, _)| k == "path")
+                        .map(|(_, v)| v)
+                        .expect("a path series");
+                    let (done, wait) = mpsc::channel();
+                    let store = &store;
+                    scope.spawn(move || {
+                        let r = store.write(&key, "traffic", sample(NOW_MS, 1.0), NOW_MS);
+                        let _ = done.send(r);
+                    });
+                    match wait.recv_timeout(Duration::from_secs(10)) {
+                        Ok(r) => {
+                            assert_eq!(r, Ok(1));
+                            written += 1;
+                            true
+                        }
+                        // Stop: the writer finishes once the guard goes.
+                        Err(_) => false,
+                    }
+                })
+                .expect("selection runs");
+        });
+        assert_eq!(
+            (visited, written),
+            (3, 3),
+            "writes finished during the visit"
+        );
     }
 }

@@ -1108,28 +1108,50 @@ impl Store {
     /// (newest bucket older than `now − limit·timeframe`), and series left
     /// with none. Returns the (series, rule) pairs removed, for the caller
     /// to delete from disk.
+    ///
+    /// Does nothing when no rule has `autoremove`. Otherwise each shard is
+    /// walked under its read lock to find the series with an idle archive;
+    /// only a shard that has some is write-locked, for those series only.
     pub fn sweep(&self, now_ms: TimestampMs) -> Vec<(String, String)> {
         let mut removed = Vec::new();
+        if !self.rules().all().iter().any(|r| r.autoremove) {
+            return removed;
+        }
+        let idle = |a: &RuleArchive| {
+            a.rule.autoremove
+                && a.archive.newest_timestamp_secs().is_none_or(|newest| {
+                    (newest * 1000).saturating_add(a.rule.window_ms()) < now_ms
+                })
+        };
         for i in 0..self.shards.len() {
+            let found: Vec<Arc<str>> = self
+                .read_shard(i)
+                .iter()
+                .filter(|(_, series)| series.archives.iter().any(idle))
+                .map(|(key, _)| key.to_arc())
+                .collect();
+            if found.is_empty() {
+                continue;
+            }
             let mut shard = self.write_shard(i);
-            shard.retain(|key, series| {
+            for key in found {
+                let Some(series) = shard.get_mut(&*key) else {
+                    continue;
+                };
+                // Checked again: a write may have landed since the walk.
                 series.archives.retain(|a| {
-                    let idle = a.rule.autoremove
-                        && a.archive.newest_timestamp_secs().is_none_or(|newest| {
-                            (newest * 1000).saturating_add(a.rule.window_ms()) < now_ms
-                        });
-                    if idle {
-                        removed.push((key.as_str().to_owned(), a.rule.name.clone()));
+                    let gone = idle(a);
+                    if gone {
+                        removed.push((key.to_string(), a.rule.name.clone()));
                         self.forget_archive(&a.archive);
                     }
-                    !idle
+                    !gone
                 });
-                let keep = !series.archives.is_empty();
-                if !keep {
-                    self.forget_series(key.as_str());
+                if series.archives.is_empty() {
+                    shard.remove(&*key);
+                    self.forget_series(&key);
                 }
-                keep
-            });
+            }
         }
         removed
     }

@@ -694,3 +694,45 @@ fn metadata_help_is_cut_and_bytes_held_are_capped() {
     assert_eq!(s.stats().metadata_bytes, 40);
     assert_eq!(s.metadata().len(), 4);
 }
+
+/// Issue 14: the autoremove sweep write-locked every shard every interval,
+/// even with no `autoremove` rule or nothing idle, so it waited behind
+/// (and then blocked) every reader. Here a reader holds a shard's read
+/// lock while the sweep runs on another thread: it must finish anyway
+/// (the 10 s wait is only a deadlock guard).
+#[test]
+fn sweep_write_locks_no_shard_without_idle_archives() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let cases = [
+        ("no rule has autoremove", false, NOW),
+        ("autoremove, nothing idle", true, NOW + 60_000),
+    ];
+    for (name, autoremove, sweep_at) in cases {
+        let mut r = rule("t", "traffic", 60, ValueSize::Large);
+        r.autoremove = autoremove;
+        let s = Store::new(
+            RuleSet::new(vec![r]),
+            StoreLimits {
+                max_future_ms: 600_000,
+                max_series: 100,
+            },
+        );
+        s.write("traffic-a", "traffic", sample(NOW, 1), NOW)
+            .unwrap();
+        let mut finished = None;
+        std::thread::scope(|scope| {
+            s.scan(|_, _| {
+                let (done, wait) = mpsc::channel();
+                let s = &s;
+                scope.spawn(move || {
+                    let _ = done.send(s.sweep(sweep_at));
+                });
+                finished = wait.recv_timeout(Duration::from_secs(10)).ok();
+                false
+            });
+        });
+        assert_eq!(finished, Some(Vec::new()), "case {name}");
+        assert!(s.read("traffic-a", |_| ()).is_some(), "case {name}");
+    }
+}

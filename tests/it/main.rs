@@ -5,6 +5,7 @@
 mod common;
 
 mod archive_model;
+mod bounds_api;
 mod cli;
 mod clients;
 mod frame_props;
@@ -15,6 +16,7 @@ mod promql_corpus;
 mod promql_diff;
 mod query_speed;
 mod query_split;
+mod read_locks;
 mod reload;
 mod remote_write;
 mod rest;

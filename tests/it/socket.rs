@@ -92,7 +92,8 @@ fn clients_may_write_only_their_prefixes() {
         ),
         1.0
     );
-    // reader is not on the list: it may do nothing, reads look like 404s.
+    // reader is not on the list: it may do nothing, its reads are refused
+    // (403) before they are looked at.
     let (code, _) = crate::common::http_request(
         &d.pki,
         "reader",
@@ -101,7 +102,7 @@ fn clients_may_write_only_their_prefixes() {
         "/paths/traffic-a/rules",
         "",
     );
-    assert_eq!(code, 404);
+    assert_eq!(code, 403);
     let (code, _) = crate::common::http_request(
         &d.pki,
         "agent-7",

@@ -2,21 +2,33 @@
 //! listener; the YAWNDB admin routes on the admin listener. Handlers read
 //! the store through its read API and map errors to the wire once per
 //! protocol.
+//!
+//! Every read (PromQL, listings, YAWNDB slices) first checks that the
+//! client may read something at all ([`Reader`]), then runs on the
+//! blocking pool under one of its client's query slots ([`run_read`]):
+//! nothing that walks series or evaluates runs on the async workers, so
+//! `/-/healthy`, `/-/ready` and `/metrics` (which take no slot) never wait
+//! behind queries. Answers are capped by `limits.max_response_bytes`.
 
 pub mod prometheus;
+pub mod slots;
 pub mod yawndb;
 
+use crate::access::Grant;
 use crate::http::{count_requests, RequestCounter};
 use crate::snapshot::Snapshotter;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+pub use slots::{ClientId, QuerySlots, SlotError};
 
 /// What every handler may use.
 pub struct ApiContext {
@@ -28,12 +40,111 @@ pub struct ApiContext {
     pub snapshotter: Arc<Snapshotter>,
     /// Restore finished and listeners up.
     pub ready: AtomicBool,
-    /// Queries evaluated at once (more wait for a slot).
-    pub query_slots: Arc<tokio::sync::Semaphore>,
-    /// Longest a query may run.
+    /// Reads evaluated at once, in total and per client (more wait for a
+    /// slot, up to the query timeout; a client over its share is refused).
+    pub slots: QuerySlots,
+    /// Longest a query may run, and longest a read waits for a slot.
     pub query_timeout: std::time::Duration,
     /// Most samples a query may load.
     pub max_query_samples: usize,
+    /// `limits.max_slice_buckets`: most paths × buckets one YAWNDB
+    /// multi-slice or aggregate may read.
+    pub max_slice_buckets: u64,
+    /// `limits.max_response_bytes`: largest listing answer.
+    pub max_response_bytes: usize,
+}
+
+/// Counter of reads refused before or instead of evaluation, by the limit
+/// (or permission) that refused them.
+pub const REFUSED_METRIC: &str = "ringdb_query_refused_total";
+
+/// Who is reading: the connection's grant and certificate name. Taken by
+/// every read handler; a client whose grant reads nothing is refused
+/// before its request is parsed.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// What the client may read.
+    pub grant: Grant,
+    /// Whose query slots the read counts against.
+    pub client: ClientId,
+}
+
+impl Reader {
+    /// The reader of a request, or `None` (counted) when its grant reads no
+    /// prefix at all.
+    fn from_parts(parts: &Parts, ctx: &ApiContext) -> Option<Reader> {
+        let grant = parts
+            .extensions
+            .get::<Grant>()
+            .cloned()
+            .unwrap_or(Grant::Nothing);
+        if !grant.may_read_some() {
+            ctx.metrics
+                .add(REFUSED_METRIC, &[("reason", "no_read_permission")], 1);
+            return None;
+        }
+        let client = parts
+            .extensions
+            .get::<ClientId>()
+            .cloned()
+            .unwrap_or_default();
+        Some(Reader { grant, client })
+    }
+}
+
+/// Why a read did not run to completion, before the protocol maps it.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No query slot (counted).
+    #[error(transparent)]
+    Slot(#[from] SlotError),
+    /// The work panicked: our fault, not the input's.
+    #[error("query failed: {0}")]
+    Failed(String),
+}
+
+/// Runs one read on the blocking pool (never on the async workers) under
+/// a query slot of its client. The slot moves into the blocking task, so a
+/// client that hangs up does not free it while its work still runs.
+///
+/// # Errors
+/// [`ReadError::Slot`] when refused a slot; [`ReadError::Failed`] when the
+/// work panicked.
+pub async fn run_read<T: Send + 'static>(
+    ctx: &Arc<ApiContext>,
+    client: &ClientId,
+    work: impl FnOnce(&ApiContext) -> T + Send + 'static,
+) -> Result<T, ReadError> {
+    let slot = match ctx.slots.acquire(client, ctx.query_timeout).await {
+        Ok(slot) => slot,
+        Err(e) => {
+            ctx.metrics
+                .add(REFUSED_METRIC, &[("reason", e.reason())], 1);
+            return Err(e.into());
+        }
+    };
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        work(&ctx)
+    })
+    .await
+    .map_err(|e| ReadError::Failed(e.to_string()))
+}
+
+/// Runs a listing walk (no slot: admin and health views) on the blocking
+/// pool, off the async workers.
+///
+/// # Errors
+/// [`ReadError::Failed`] when the work panicked.
+pub async fn run_walk<T: Send + 'static>(
+    ctx: &Arc<ApiContext>,
+    work: impl FnOnce(&ApiContext) -> T + Send + 'static,
+) -> Result<T, ReadError> {
+    let ctx = ctx.clone();
+    tokio::task::spawn_blocking(move || work(&ctx))
+        .await
+        .map_err(|e| ReadError::Failed(e.to_string()))
 }
 
 /// Routes of the HTTP listener.

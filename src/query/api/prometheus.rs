@@ -4,15 +4,14 @@
 //! codes, the 11,000-points limit. Evaluation runs on the blocking pool
 //! under a concurrency limit.
 
-use super::ApiContext;
-use crate::access::Grant;
+use super::{ApiContext, ClientId, ReadError, Reader, SlotError};
 use crate::query::engine::{self, Engine, EngineError, Labels, Matcher, Value};
 use crate::query::source::StoreSource;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, RawQuery, State};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
-use axum::{Extension, Router};
+use axum::Router;
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -53,6 +52,8 @@ impl IntoResponse for ApiError {
             "execution" => StatusCode::UNPROCESSABLE_ENTITY,
             "timeout" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             "not_found" => StatusCode::NOT_FOUND,
+            "forbidden" => StatusCode::FORBIDDEN,
+            "too_many_requests" => StatusCode::TOO_MANY_REQUESTS,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let body = format!(
@@ -298,31 +299,54 @@ fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
 
 type Ctx = State<Arc<ApiContext>>;
 
-/// Runs CPU-bound work on the blocking pool under the query concurrency
-/// limit.
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        let error_type = match &e {
+            ReadError::Slot(SlotError::ClientBusy { .. }) => "too_many_requests",
+            ReadError::Slot(SlotError::Timeout { .. }) => "timeout",
+            ReadError::Slot(SlotError::Closed) => "unavailable",
+            ReadError::Failed(_) => "internal",
+        };
+        ApiError {
+            error_type,
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The reading client of a Prometheus API request: refused with 403
+/// before anything is parsed when its grant reads nothing.
+struct ReadAccess(Reader);
+
+impl FromRequestParts<Arc<ApiContext>> for ReadAccess {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Arc<ApiContext>,
+    ) -> Result<Self, Self::Rejection> {
+        Reader::from_parts(parts, ctx)
+            .map(ReadAccess)
+            .ok_or_else(|| {
+                let e = ApiError {
+                    error_type: "forbidden",
+                    message:
+                        "this client certificate may not read any series (clients: read is empty)"
+                            .into(),
+                };
+                e.into_response()
+            })
+    }
+}
+
+/// Runs CPU-bound work on the blocking pool under one of the client's
+/// query slots (see [`super::run_read`]).
 async fn run_blocking<T: Send + 'static>(
     ctx: &Arc<ApiContext>,
+    client: &ClientId,
     work: impl FnOnce(&ApiContext) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let permit = ctx
-        .query_slots
-        .clone()
-        .acquire_owned()
-        .await
-        .map_err(|_| ApiError {
-            error_type: "unavailable",
-            message: "shutting down".into(),
-        })?;
-    let ctx = ctx.clone();
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        work(&ctx)
-    })
-    .await
-    .map_err(|e| ApiError {
-        error_type: "internal",
-        message: e.to_string(),
-    })?
+    super::run_read(ctx, client, work).await?
 }
 
 fn engine_for(ctx: &ApiContext, params: &Params) -> Result<Engine, ApiError> {
@@ -347,11 +371,11 @@ fn engine_for(ctx: &ApiContext, params: &Params) -> Result<Engine, ApiError> {
 /// the client's grant allows, and encodes the result.
 async fn evaluate(
     ctx: &Arc<ApiContext>,
-    grant: Grant,
+    Reader { grant, client }: Reader,
     text: String,
     run: impl FnOnce(&StoreSource<'_>, &engine::Expr) -> Result<Value, EngineError> + Send + 'static,
 ) -> Result<String, ApiError> {
-    run_blocking(ctx, move |ctx| {
+    run_blocking(ctx, &client, move |ctx| {
         let expr = engine::parse(&text)?;
         let source = StoreSource {
             store: &ctx.store,
@@ -365,7 +389,7 @@ async fn evaluate(
 
 async fn query(
     State(ctx): Ctx,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Response {
@@ -375,7 +399,7 @@ async fn query(
         let text = params.query()?.to_string();
         let at = params.time("time")?.unwrap_or_else(now_ms);
         let engine = engine_for(&ctx, &params)?;
-        evaluate(&ctx, grant, text, move |source, expr| {
+        evaluate(&ctx, reader, text, move |source, expr| {
             engine.instant(source, expr, at)
         })
         .await
@@ -386,7 +410,7 @@ async fn query(
 
 async fn query_range(
     State(ctx): Ctx,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Response {
@@ -417,7 +441,7 @@ async fn query_range(
             ));
         }
         let engine = engine_for(&ctx, &params)?;
-        evaluate(&ctx, grant, text, move |source, expr| {
+        evaluate(&ctx, reader, text, move |source, expr| {
             engine.range(source, expr, start, end, step)
         })
         .await
@@ -449,20 +473,23 @@ fn finish(
     }
 }
 
-/// Series (as label sets) matching any `match[]` in the time range.
+/// Series (as label sets) matching any `match[]` in the time range, handed
+/// to `encode` on the blocking pool (a listing of millions of series is
+/// sorted and encoded off the async workers too).
 async fn matching(
     ctx: &Arc<ApiContext>,
-    grant: Grant,
+    Reader { grant, client }: Reader,
     params: &Params,
     required: bool,
-) -> Result<Vec<Labels>, ApiError> {
+    encode: impl FnOnce(BTreeSet<Labels>, usize) -> Result<String, ApiError> + Send + 'static,
+) -> Result<String, ApiError> {
     let sets = selectors(params)?;
     if required && sets.is_empty() {
         return Err(bad_data("no match[] parameter provided"));
     }
     let start = params.time("start")?.unwrap_or(i64::MIN / 2);
     let end = params.time("end")?.unwrap_or(i64::MAX / 2);
-    run_blocking(ctx, move |ctx| {
+    run_blocking(ctx, &client, move |ctx| {
         let source = StoreSource {
             store: &ctx.store,
             grant: &grant,
@@ -475,9 +502,55 @@ async fn matching(
         for matchers in &sets {
             found.extend(source.series(matchers, start, end));
         }
-        Ok(found.into_iter().collect())
+        let encoded = encode(found, ctx.max_response_bytes);
+        if encoded.is_err() {
+            // The only refusal of `encode`: too big an answer.
+            count_too_big(ctx);
+        }
+        encoded
     })
     .await
+}
+
+fn count_too_big(ctx: &ApiContext) {
+    ctx.metrics.add(
+        super::REFUSED_METRIC,
+        &[("reason", "max_response_bytes")],
+        1,
+    );
+}
+
+/// The refusal of a listing whose answer would pass
+/// `limits.max_response_bytes`.
+fn response_too_big(max_bytes: usize) -> ApiError {
+    ApiError {
+        error_type: "execution",
+        message: format!(
+            "the answer would be larger than limits.max_response_bytes = {max_bytes} bytes: \
+             narrow match[], start/end, or pass limit="
+        ),
+    }
+}
+
+/// A JSON array of `items` written with `f`, refused as soon as it passes
+/// `max_bytes` (so a refused listing is never built whole).
+fn capped_array<T>(
+    items: impl IntoIterator<Item = T>,
+    max_bytes: usize,
+    mut f: impl FnMut(&mut String, T),
+) -> Result<String, ApiError> {
+    let mut out = String::from("[");
+    for (i, item) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        f(&mut out, item);
+        if out.len() >= max_bytes {
+            return Err(response_too_big(max_bytes));
+        }
+    }
+    out.push(']');
+    Ok(out)
 }
 
 fn limit(params: &Params) -> Result<usize, ApiError> {
@@ -495,43 +568,43 @@ fn limit(params: &Params) -> Result<usize, ApiError> {
 
 async fn series(
     State(ctx): Ctx,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Response {
     let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
         let limit = limit(&params)?;
-        let found = matching(&ctx, grant, &params, true).await?;
-        let mut out = String::from("[");
-        write_joined(&mut out, found.iter().take(limit), write_labels);
-        out.push(']');
-        Ok(out)
+        matching(&ctx, reader, &params, true, move |found, max_bytes| {
+            capped_array(found.iter().take(limit), max_bytes, write_labels)
+        })
+        .await
     }
     .await;
     finish(&ctx, "series", Instant::now(), result)
 }
 
-fn string_array<'a>(items: impl Iterator<Item = &'a str>) -> String {
-    let body: Vec<String> = items.map(json_string).collect();
-    format!("[{}]", body.join(","))
+fn write_json_string(out: &mut String, s: &str) {
+    out.push_str(&json_string(s));
 }
 
 async fn labels(
     State(ctx): Ctx,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Response {
     let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
         let limit = limit(&params)?;
-        let found = matching(&ctx, grant, &params, false).await?;
-        let names: BTreeSet<&str> = found
-            .iter()
-            .flat_map(|l| l.iter().map(|(k, _)| k.as_str()))
-            .collect();
-        Ok(string_array(names.into_iter().take(limit)))
+        matching(&ctx, reader, &params, false, move |found, max_bytes| {
+            let names: BTreeSet<&str> = found
+                .iter()
+                .flat_map(|l| l.iter().map(|(k, _)| k.as_str()))
+                .collect();
+            capped_array(names.into_iter().take(limit), max_bytes, write_json_string)
+        })
+        .await
     }
     .await;
     finish(&ctx, "labels", Instant::now(), result)
@@ -565,7 +638,7 @@ fn unescape_label_name(name: &str) -> String {
 
 async fn label_values(
     State(ctx): Ctx,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -576,42 +649,60 @@ async fn label_values(
         if !crate::model::is_label_name(&name) {
             return Err(bad_data(format!("invalid label name: {name:?}")));
         }
-        let found = matching(&ctx, grant, &params, false).await?;
-        let values: BTreeSet<&str> = found
-            .iter()
-            .filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()))
-            .collect();
-        Ok(string_array(values.into_iter().take(limit)))
+        matching(&ctx, reader, &params, false, move |found, max_bytes| {
+            let values: BTreeSet<&str> = found
+                .iter()
+                .filter_map(|l| l.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str()))
+                .collect();
+            capped_array(values.into_iter().take(limit), max_bytes, write_json_string)
+        })
+        .await
     }
     .await;
     finish(&ctx, "label_values", Instant::now(), result)
 }
 
-async fn metadata(State(ctx): Ctx, RawQuery(q): RawQuery) -> Response {
-    let result = (|| {
+/// `/api/v1/metadata`: the families whose name (a prefix) the client may
+/// read, on the blocking pool.
+async fn metadata(
+    State(ctx): Ctx,
+    ReadAccess(reader): ReadAccess,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let result = async {
         let params = Params::parse(q.as_deref(), "")?;
         let limit = limit(&params)?;
-        let metric = params.get("metric").filter(|m| !m.is_empty());
-        let mut out = String::from("{");
-        let entries = ctx
-            .store
-            .metadata()
-            .into_iter()
-            .filter(|(name, _)| metric.is_none_or(|m| m == name))
-            .take(limit);
-        write_joined(&mut out, entries, |out, (name, m)| {
-            let _ = write!(
-                out,
-                "{}:[{{\"type\":{},\"help\":{},\"unit\":{}}}]",
-                json_string(&name),
-                json_string(&m.kind),
-                json_string(&m.help),
-                json_string(&m.unit)
-            );
-        });
-        out.push('}');
-        Ok(out)
-    })();
+        let metric = params
+            .get("metric")
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned);
+        let grant = reader.grant;
+        let encoded = super::run_walk(&ctx, move |ctx| {
+            let entries = ctx
+                .store
+                .metadata()
+                .into_iter()
+                .filter(|(name, _)| grant.may_read(name))
+                .filter(|(name, _)| metric.as_ref().is_none_or(|m| m == name))
+                .take(limit);
+            let array = capped_array(entries, ctx.max_response_bytes, |out, (name, m)| {
+                let _ = write!(
+                    out,
+                    "{}:[{{\"type\":{},\"help\":{},\"unit\":{}}}]",
+                    json_string(&name),
+                    json_string(&m.kind),
+                    json_string(&m.help),
+                    json_string(&m.unit)
+                );
+            })
+            .inspect_err(|_| count_too_big(ctx))?;
+            // The same entries as an object: `[…]` → `{…}`.
+            Ok::<_, ApiError>(format!("{{{}}}", &array[1..array.len() - 1]))
+        })
+        .await?;
+        encoded
+    }
+    .await;
     finish(&ctx, "metadata", Instant::now(), result)
 }
 
@@ -624,7 +715,12 @@ async fn buildinfo() -> Response {
 
 /// ringdb keeps no exemplars (remote_write skips and counts them), so every
 /// query has none; the query is still checked.
-async fn query_exemplars(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
+async fn query_exemplars(
+    State(ctx): Ctx,
+    _reader: ReadAccess,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
     let result = (|| {
         let params = Params::parse(q.as_deref(), &body)?;
         let text = params.query()?;
@@ -699,6 +795,30 @@ mod tests {
         ];
         for (v, want) in cases {
             assert_eq!(format_value(v), want, "case {v:?}");
+        }
+    }
+
+    #[test]
+    fn capped_arrays() {
+        let items = ["ab", "cd", "ef"];
+        let cases: [(&str, usize, Option<&str>); 4] = [
+            ("well under", 100, Some(r#"["ab","cd","ef"]"#)),
+            ("just room", 16, Some(r#"["ab","cd","ef"]"#)),
+            ("the last item passes the cap", 15, None),
+            ("the first item passes the cap", 4, None),
+        ];
+        for (name, max, want) in cases {
+            let got = capped_array(items, max, write_json_string);
+            match want {
+                Some(w) => assert_eq!(got.as_deref().ok(), Some(w), "case {name}"),
+                None => {
+                    let e = got.expect_err(name);
+                    assert!(
+                        e.message.contains("limits.max_response_bytes"),
+                        "case {name}"
+                    );
+                }
+            }
         }
     }
 

@@ -2,10 +2,10 @@
 //! envelope `{"status","code","answer"}`, YAWNDB's codes and statuses, and
 //! never a 500 for bad input.
 
-use super::ApiContext;
+use super::{ApiContext, ReadError, Reader, SlotError};
 use crate::access::Grant;
 use crate::rrd::{Consolidation, Reading};
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{FromRequestParts, Path, Query, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -34,7 +34,9 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self.code {
             "path_not_found" | "rule_not_found" | "not_found" => StatusCode::NOT_FOUND,
-            "slice_too_big" => StatusCode::PAYLOAD_TOO_LARGE,
+            "slice_too_big" | "response_too_big" => StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_requests" => StatusCode::TOO_MANY_REQUESTS,
+            "timeout" | "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
             "internal" => StatusCode::INTERNAL_SERVER_ERROR,
             "forbidden" => StatusCode::FORBIDDEN,
             _ => StatusCode::BAD_REQUEST,
@@ -53,17 +55,127 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        let code = match &e {
+            ReadError::Slot(SlotError::ClientBusy { .. }) => "too_many_requests",
+            ReadError::Slot(SlotError::Timeout { .. }) => "timeout",
+            ReadError::Slot(SlotError::Closed) => "unavailable",
+            ReadError::Failed(_) => "internal",
+        };
+        err(code, e.to_string())
+    }
+}
+
+/// The reading client of a YAWNDB route: refused with 403 (YAWNDB
+/// envelope) before anything is read when its grant reads nothing.
+pub struct ReadAccess(Reader);
+
+impl FromRequestParts<Arc<ApiContext>> for ReadAccess {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        ctx: &Arc<ApiContext>,
+    ) -> Result<Self, Self::Rejection> {
+        Reader::from_parts(parts, ctx)
+            .map(ReadAccess)
+            .ok_or_else(|| {
+                err(
+                    "forbidden",
+                    "this client certificate may not read any series (clients: read is empty)",
+                )
+            })
+    }
+}
+
+/// Runs a read on the blocking pool under one of the client's query
+/// slots; `work` builds the whole response there.
+async fn run_read(
+    ctx: &Arc<ApiContext>,
+    reader: &Reader,
+    work: impl FnOnce(&ApiContext) -> Result<Response, ApiError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    super::run_read(ctx, &reader.client, work).await?
+}
+
 fn envelope(status: StatusCode, state: &str, code: &str, answer: Json) -> Response {
     let body = json!({"status": state, "code": code, "answer": answer});
+    text_response(status, body.to_string())
+}
+
+fn text_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [
             (header::CONTENT_TYPE, "application/json"),
             (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
         ],
-        body.to_string(),
+        body,
     )
         .into_response()
+}
+
+/// A successful answer, refused with 413 `response_too_big` when its
+/// encoding passes `limits.max_response_bytes`.
+fn ok_capped(ctx: &ApiContext, answer: Json) -> Result<Response, ApiError> {
+    let max_bytes = ctx.max_response_bytes;
+    let body = json!({"status": "ok", "code": "ok", "answer": answer}).to_string();
+    if body.len() > max_bytes {
+        return Err(response_too_big(ctx, body.len()));
+    }
+    Ok(text_response(StatusCode::OK, body))
+}
+
+/// The refusal (counted) of an answer of `bytes` or more.
+fn response_too_big(ctx: &ApiContext, bytes: usize) -> ApiError {
+    let max_bytes = ctx.max_response_bytes;
+    ctx.metrics.add(
+        super::REFUSED_METRIC,
+        &[("reason", "max_response_bytes")],
+        1,
+    );
+    err(
+        "response_too_big",
+        format!(
+            "the answer takes {bytes} bytes or more, more than limits.max_response_bytes = {max_bytes}"
+        ),
+    )
+}
+
+/// Refuses a multi-slice or aggregate reading more than
+/// `limits.max_slice_buckets` buckets in all: `rules` are the rule names
+/// the items read, each over `[from, to]`. Unknown rules count nothing
+/// here (they are refused when read).
+fn check_total_buckets<'r>(
+    ctx: &ApiContext,
+    rules: impl IntoIterator<Item = &'r str>,
+    from: u64,
+    to: u64,
+) -> Result<(), ApiError> {
+    let ruleset = ctx.store.rules();
+    let (mut items, mut total) = (0u64, 0u64);
+    for name in rules {
+        items += 1;
+        let Some(rule) = ruleset.by_name(name) else {
+            continue;
+        };
+        let tf = rule.shape.timeframe_secs.max(1);
+        total = total.saturating_add(to.div_ceil(tf) - from / tf + 1);
+    }
+    if total > ctx.max_slice_buckets {
+        ctx.metrics
+            .add(super::REFUSED_METRIC, &[("reason", "max_slice_buckets")], 1);
+        return Err(err(
+            "slice_too_big",
+            format!(
+                "{items} paths x buckets = {total} buckets requested, at most \
+                 limits.max_slice_buckets = {}",
+                ctx.max_slice_buckets
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A successful answer.
@@ -145,14 +257,48 @@ fn slice_rows(
         let integer_mean =
             shape.consolidation == Consolidation::Avg && shape.value_size.is_integer();
         let (first, last) = (from / tf, to.div_ceil(tf));
-        Ok(Some(
-            archive
-                .range(first, last)
-                .map(|(b, r)| (b * tf, render(r, integer_mean)))
-                .collect(),
-        ))
+        // Only copied under the shard's lock; rendered after it is released.
+        let cells: Vec<Cell> = archive.range(first, last).map(|(_, r)| r.into()).collect();
+        Ok(Some((first, tf, integer_mean, cells)))
     });
-    found.unwrap_or_else(|| Err(err("path_not_found", format!("path {path:?} not found"))))
+    let copied =
+        found.unwrap_or_else(|| Err(err("path_not_found", format!("path {path:?} not found"))))?;
+    Ok(copied.map(|(first, tf, integer_mean, cells)| {
+        (first..)
+            .zip(cells)
+            .map(|(b, cell)| (b * tf, render(cell.reading(), integer_mean)))
+            .collect()
+    }))
+}
+
+/// A bucket's reading copied out of its archive (specials by name).
+enum Cell {
+    Empty,
+    Special(Box<str>),
+    Uint(u64),
+    Float(f64),
+}
+
+impl From<Reading<'_>> for Cell {
+    fn from(r: Reading<'_>) -> Cell {
+        match r {
+            Reading::Empty => Cell::Empty,
+            Reading::Special(name) => Cell::Special(name.into()),
+            Reading::Uint(v) => Cell::Uint(v),
+            Reading::Float(v) => Cell::Float(v),
+        }
+    }
+}
+
+impl Cell {
+    fn reading(&self) -> Reading<'_> {
+        match self {
+            Cell::Empty => Reading::Empty,
+            Cell::Special(name) => Reading::Special(name),
+            Cell::Uint(v) => Reading::Uint(*v),
+            Cell::Float(v) => Reading::Float(*v),
+        }
+    }
 }
 
 fn rows_json(rows: Option<Vec<(u64, Json)>>) -> Json {
@@ -202,19 +348,24 @@ fn check_width(from: u64, to: u64, tf: u64) -> Result<(), ApiError> {
 /// `GET /paths/<path>/<rule>/slice?from&to`
 pub async fn slice(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     Path((path, rule)): Path<(String, String)>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let (from, to) = from_to(&params)?;
-    let rows = slice_rows(&ctx, &grant, &path, &rule, fixed_range(from, to))?;
-    Ok(ok(rows_json(rows)))
+    check_total_buckets(&ctx, [rule.as_str()], from, to)?;
+    let grant = reader.grant.clone();
+    run_read(&ctx, &reader, move |ctx| {
+        let rows = slice_rows(ctx, &grant, &path, &rule, fixed_range(from, to))?;
+        ok_capped(ctx, rows_json(rows))
+    })
+    .await
 }
 
 /// `GET /paths/<path>/<rule>/last?n`
 pub async fn last(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     Path((path, rule)): Path<(String, String)>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
@@ -222,21 +373,36 @@ pub async fn last(
     if n > MAX_SLICE {
         return Err(err("slice_too_big", format!("n={n}, at most {MAX_SLICE}")));
     }
-    let rows = slice_rows(&ctx, &grant, &path, &rule, |tf, newest| {
-        let newest = newest.unwrap_or(0);
-        Ok((newest.saturating_sub(n.saturating_sub(1) * tf), newest))
-    })?;
-    let rows = match (n, rows) {
-        (0, Some(_)) => Some(Vec::new()),
-        (_, rows) => rows,
-    };
-    Ok(ok(rows_json(rows)))
+    if n > ctx.max_slice_buckets {
+        ctx.metrics
+            .add(super::REFUSED_METRIC, &[("reason", "max_slice_buckets")], 1);
+        return Err(err(
+            "slice_too_big",
+            format!(
+                "n={n}, at most limits.max_slice_buckets = {}",
+                ctx.max_slice_buckets
+            ),
+        ));
+    }
+    let grant = reader.grant.clone();
+    run_read(&ctx, &reader, move |ctx| {
+        let rows = slice_rows(ctx, &grant, &path, &rule, |tf, newest| {
+            let newest = newest.unwrap_or(0);
+            Ok((newest.saturating_sub(n.saturating_sub(1) * tf), newest))
+        })?;
+        let rows = match (n, rows) {
+            (0, Some(_)) => Some(Vec::new()),
+            (_, rows) => rows,
+        };
+        ok_capped(ctx, rows_json(rows))
+    })
+    .await
 }
 
 /// `GET /paths/<path>/rules`: every configured rule for the path's prefix.
 pub async fn rules(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(Reader { grant, .. }): ReadAccess,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     let rules = ctx.store.rules();
@@ -274,7 +440,7 @@ fn form_paths(query: Option<&str>, body: &str) -> Vec<String> {
 /// the first item's timestamps, later items looked up by timestamp.
 pub async fn multi_slice(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     Query(params): Params,
     RawQuery(raw): RawQuery,
     body: String,
@@ -287,13 +453,34 @@ pub async fn multi_slice(
             "expected paths=path/rule,path/rule in the body",
         ));
     }
+    let pairs = items
+        .iter()
+        .map(|item| {
+            item.split_once('/')
+                .filter(|(p, r)| !p.is_empty() && !r.is_empty())
+                .map(|(p, r)| (p.to_owned(), r.to_owned()))
+                .ok_or_else(|| err("no_paths", format!("item {item:?}, expected path/rule")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    check_total_buckets(&ctx, pairs.iter().map(|(_, r)| r.as_str()), from, to)?;
+    let grant = reader.grant.clone();
+    run_read(&ctx, &reader, move |ctx| {
+        multi_slice_rows(ctx, &grant, &pairs, from, to)
+    })
+    .await
+}
+
+/// The multi-slice answer, built on the blocking pool.
+fn multi_slice_rows(
+    ctx: &ApiContext,
+    grant: &Grant,
+    pairs: &[(String, String)],
+    from: u64,
+    to: u64,
+) -> Result<Response, ApiError> {
     let mut columns = Vec::new();
-    for item in &items {
-        let (path, rule) = item
-            .split_once('/')
-            .filter(|(p, r)| !p.is_empty() && !r.is_empty())
-            .ok_or_else(|| err("no_paths", format!("item {item:?}, expected path/rule")))?;
-        let rows = slice_rows(&ctx, &grant, path, rule, fixed_range(from, to))?;
+    for (path, rule) in pairs {
+        let rows = slice_rows(ctx, grant, path, rule, fixed_range(from, to))?;
         columns.push(rows.unwrap_or_default());
     }
     let lookups: Vec<HashMap<u64, Json>> = columns[1..]
@@ -312,7 +499,7 @@ pub async fn multi_slice(
             Json::Array(row)
         })
         .collect();
-    Ok(ok(Json::Array(rows)))
+    ok_capped(ctx, Json::Array(rows))
 }
 
 /// How `POST /aggregate` combines the paths' values at one timestamp.
@@ -362,7 +549,7 @@ fn combine(values: &[&Json], how: Aggregate) -> Json {
 /// per timestamp.
 pub async fn aggregate(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
+    ReadAccess(reader): ReadAccess,
     Query(params): Params,
     RawQuery(raw): RawQuery,
     body: String,
@@ -396,9 +583,26 @@ pub async fn aggregate(
     if paths.is_empty() {
         return Err(err("no_paths", "expected paths=path1,path2 in the body"));
     }
+    check_total_buckets(&ctx, paths.iter().map(|_| rule.as_str()), from, to)?;
+    let (grant, rule) = (reader.grant.clone(), rule.clone());
+    run_read(&ctx, &reader, move |ctx| {
+        aggregate_rows(ctx, &grant, &paths, &rule, (from, to), how)
+    })
+    .await
+}
+
+/// The aggregate answer, built on the blocking pool.
+fn aggregate_rows(
+    ctx: &ApiContext,
+    grant: &Grant,
+    paths: &[String],
+    rule: &str,
+    (from, to): (u64, u64),
+    how: Aggregate,
+) -> Result<Response, ApiError> {
     let mut columns = Vec::new();
-    for path in &paths {
-        let rows = slice_rows(&ctx, &grant, path, rule, fixed_range(from, to))?;
+    for path in paths {
+        let rows = slice_rows(ctx, grant, path, rule, fixed_range(from, to))?;
         columns.push(rows);
     }
     // Every slice has the same timestamps (same rule, same range); a path
@@ -423,34 +627,52 @@ pub async fn aggregate(
             json!([t, combine(&values, how)])
         })
         .collect();
-    Ok(ok(Json::Array(rows)))
+    ok_capped(ctx, Json::Array(rows))
 }
 
-/// `GET /status` (admin): counts of series, archives and dirty series.
-pub async fn status(State(ctx): State<Arc<ApiContext>>) -> Response {
-    let stats = ctx.store.stats();
-    ok(json!({
-        "paths_count": stats.series,
-        "archives_count": stats.archives,
-        "archive_bytes": stats.archive_bytes,
-        "dirty_paths_count": ctx.store.dirty_series(),
-    }))
+/// `GET /status` (admin): counts of series, archives and dirty series
+/// (counting dirty series walks every shard: on the blocking pool).
+pub async fn status(State(ctx): State<Arc<ApiContext>>) -> Result<Response, ApiError> {
+    let answer = super::run_walk(&ctx, |ctx| {
+        let stats = ctx.store.stats();
+        json!({
+            "paths_count": stats.series,
+            "archives_count": stats.archives,
+            "archive_bytes": stats.archive_bytes,
+            "dirty_paths_count": ctx.store.dirty_series(),
+        })
+    })
+    .await?;
+    Ok(ok(answer))
 }
 
-/// `GET /paths/all` (admin): every series key.
+/// `GET /paths/all` (admin): every series key the client may read, sorted;
+/// walked on the blocking pool under a query slot. An answer that would
+/// pass `limits.max_response_bytes` is refused (413 `response_too_big`)
+/// as soon as the walk has seen that many bytes of keys.
 pub async fn all_paths(
     State(ctx): State<Arc<ApiContext>>,
-    Extension(grant): Extension<Grant>,
-) -> Response {
-    let mut keys: Vec<String> = ctx
-        .store
-        .series_keys()
-        .into_iter()
-        .filter(|(_, prefix)| grant.may_read(prefix))
-        .map(|(k, _)| k.to_string())
-        .collect();
-    keys.sort();
-    ok(json!(keys))
+    ReadAccess(reader): ReadAccess,
+) -> Result<Response, ApiError> {
+    let grant = reader.grant.clone();
+    run_read(&ctx, &reader, move |ctx| {
+        let max_bytes = ctx.max_response_bytes;
+        let (mut keys, mut bytes) = (Vec::new(), 0usize);
+        ctx.store.scan(|key, series| {
+            if grant.may_read(series.prefix(key)) {
+                // Quotes and a comma; escapes only make it longer.
+                bytes += key.len() + 3;
+                keys.push(key.to_owned());
+            }
+            bytes <= max_bytes
+        });
+        if bytes > max_bytes {
+            return Err(response_too_big(ctx, bytes));
+        }
+        keys.sort_unstable();
+        ok_capped(ctx, json!(keys))
+    })
+    .await
 }
 
 /// `DELETE /paths/<path>` (admin): drop the series from memory and disk.
