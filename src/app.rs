@@ -122,6 +122,19 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     // overwrite what `ringdb recover` may still bring back.
     let (snapshotter, restored) =
         restored.map_err(|e| damaged_store(&e, &snapshot_dir, config_file.as_deref()))?;
+    // Archives the manifest counts but sled did not give back: sled stopped
+    // reading its log early (a damaged record), and running on would
+    // overwrite the rest of the log, which `recover` can still read.
+    if restored.missing > 0 {
+        let why = format!(
+            "snapshot store {}: {} of the {} archives of the last save are missing              (if the store was removed on purpose, remove {} too)",
+            snapshot_dir.display(),
+            restored.missing,
+            restored.manifest.unwrap_or_default(),
+            snapshot::manifest::path_for(&snapshot_dir).display(),
+        );
+        return Err(damaged_store(&why, &snapshot_dir, config_file.as_deref()));
+    }
     let snapshotter = Arc::new(snapshotter);
     for (reason, n) in restored.skipped() {
         metrics.add("ringdb_restore_skipped_total", &[("reason", reason)], n);
@@ -289,16 +302,16 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
-/// The start-up error for a snapshot store that cannot be opened or read:
-/// what failed and the command that salvages it.
+/// The start-up error for a snapshot store that cannot be opened or read,
+/// or that lost archives: what failed and the command that salvages it.
 fn damaged_store(
-    e: &snapshot::SnapshotError,
+    e: &dyn std::fmt::Display,
     dir: &Path,
     config_file: Option<&Path>,
 ) -> anyhow::Error {
     let config = config_file.map_or(String::new(), |f| format!(" --config {}", f.display()));
     anyhow::anyhow!(
-        "{e}\nringdb does not start on a snapshot store it cannot read: starting empty would \
+        "{e}\nringdb does not start on a snapshot store it cannot read whole: running on it would \
          overwrite what may still be recovered. With the daemon stopped, run\n  \
          ringdb recover{config}\n\
          It copies every readable archive of {dir} into a fresh store, moves the damaged one \

@@ -18,6 +18,7 @@
 pub mod key;
 pub mod manifest;
 pub mod recover;
+mod salvage;
 
 use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
@@ -43,6 +44,26 @@ pub enum SnapshotError {
         dir: String,
         /// sled's error.
         source: sled::Error,
+    },
+    /// A damaged record in sled's log with sound records after it: sled
+    /// would stop reading there and overwrite the rest (see [`salvage`]).
+    #[error(
+        "snapshot store {dir}: damaged record at byte {offset} of its log, sound records after it \
+         (sled would drop them and overwrite them)"
+    )]
+    Damaged {
+        /// Folder of the store.
+        dir: String,
+        /// Byte offset of the damaged record in `db`.
+        offset: usize,
+    },
+    /// sled's log file could not be checked before opening.
+    #[error("snapshot store {dir}: cannot check its log: {source}")]
+    Check {
+        /// Folder of the store.
+        dir: String,
+        /// The read error.
+        source: std::io::Error,
     },
     /// sled failed while reading or writing an open store.
     #[error("snapshot store {dir}: {source}")]
@@ -198,6 +219,25 @@ fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
         .open()
 }
 
+/// [`open_sled`], with a panic inside sled (it panics on some damaged
+/// stores, e.g. "tried to serialize Uninitialized") turned into an error.
+fn open_sled_caught(dir: &Path) -> sled::Result<sled::Db> {
+    caught(|| open_sled(dir))
+}
+
+/// Runs `f`, turning a panic (sled panics on some damaged stores) into
+/// `sled::Error::ReportableBug`.
+fn caught<T>(f: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(sled::Error::ReportableBug(format!("sled panicked: {what}")))
+    })
+}
+
 /// Rewrites every format 1/2 key (`h`/`p`, u16 lengths) as format 3, in
 /// atomic batches (a crash leaves each record under one key, old or new);
 /// returns (upgraded, unreadable) record counts. Unreadable legacy keys
@@ -252,11 +292,31 @@ impl Snapshotter {
     /// Opens (or creates) the store under `dir`, upgrading format 1/2 keys.
     ///
     /// # Errors
-    /// sled cannot open the folder ([`SnapshotError::Open`]: damaged files,
-    /// permissions, another process holds it) or the upgrade fails.
+    /// The log holds a damaged record with sound ones after it
+    /// ([`SnapshotError::Damaged`], checked before sled opens it); sled
+    /// cannot open the folder ([`SnapshotError::Open`]: damaged files,
+    /// permissions, another process holds it); the upgrade fails.
     pub fn open(dir: &Path) -> Result<Snapshotter, SnapshotError> {
         let name = dir.display().to_string();
-        let db = open_sled(dir).map_err(|source| SnapshotError::Open {
+        // sled's recovery overwrites its log after the first record it
+        // cannot read: look before it does.
+        let log = dir.join("db");
+        if log.exists() {
+            let segment_bytes = std::fs::read(dir.join("conf"))
+                .ok()
+                .and_then(|conf| salvage::segment_size(&conf))
+                .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+            let damaged = salvage::check_file(&log, segment_bytes).map_err(|source| {
+                SnapshotError::Check {
+                    dir: name.clone(),
+                    source,
+                }
+            })?;
+            if let Some(offset) = damaged {
+                return Err(SnapshotError::Damaged { dir: name, offset });
+            }
+        }
+        let db = open_sled_caught(dir).map_err(|source| SnapshotError::Open {
             dir: name.clone(),
             source,
         })?;
@@ -295,7 +355,7 @@ impl Snapshotter {
         if let Some(db) = &*slot {
             return Ok(db.clone());
         }
-        let db = open_sled(&self.path).map_err(|source| SnapshotError::Open {
+        let db = open_sled_caught(&self.path).map_err(|source| SnapshotError::Open {
             dir: self.dir.clone(),
             source,
         })?;
@@ -343,7 +403,7 @@ impl Snapshotter {
         };
         let mut report = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..RESTORE_THREADS).map(|_| scope.spawn(work)).collect();
-            let read = read_records(&db, |chunk| chunks.send(chunk).is_ok());
+            let read = caught(|| read_records(&db, |chunk| chunks.send(chunk).is_ok()));
             drop(chunks);
             let mut report = RestoreReport::default();
             for worker in workers {

@@ -4,16 +4,18 @@
 //! decodes into a fresh store, then moves the damaged store aside
 //! (`snapshots.damaged-<stamp>`) and the fresh one into its place.
 //!
-//! Opening: first as is; when sled refuses, again without sled's own
-//! snapshot files (`snap.*`: sled rebuilds its page table from the log, so
-//! a damaged table costs nothing). Reading: forward in key order until the
+//! Opening: the copy's log is repaired first ([`salvage`]: a damaged
+//! message is skipped instead of ending the log); then sled opens it as is;
+//! when sled refuses, again without its own snapshot files (`snap.*`: sled
+//! rebuilds its page table from the log, so a damaged table costs nothing),
+//! then with a fresh `conf`. Reading: forward in key order until the
 //! first error, then backward from the end down to it, so one damaged tree
 //! node loses the keys it held, not every key after it.
 //!
 //! Never run it while the daemon runs on the same data_dir.
 
 use super::key::{self, HEADER, PAGE};
-use super::{manifest, open_sled};
+use super::{caught, manifest, open_sled, open_sled_caught, salvage};
 use crate::rrd::codec;
 use crate::rrd::Archive;
 use std::collections::BTreeMap;
@@ -66,6 +68,10 @@ pub enum RecoverError {
 pub struct RecoverReport {
     /// How sled opened the damaged copy.
     pub opened: &'static str,
+    /// Damaged log messages skipped: (file offset, bytes) in `db`.
+    pub log_repairs: Vec<(usize, usize)>,
+    /// Log segments whose header is damaged (sled skips them).
+    pub bad_segment_headers: u64,
     /// sled errors met while reading (each ends one direction of the scan).
     pub read_errors: Vec<String>,
     /// Archives copied (a decodable header).
@@ -98,6 +104,19 @@ impl RecoverReport {
 impl std::fmt::Display for RecoverReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "opened: {}", self.opened)?;
+        for (offset, bytes) in &self.log_repairs {
+            writeln!(
+                f,
+                "log repaired: damaged message at byte {offset} of db ({bytes} bytes) skipped"
+            )?;
+        }
+        if self.bad_segment_headers > 0 {
+            writeln!(
+                f,
+                "log segments with a damaged header (their records are lost): {}",
+                self.bad_segment_headers
+            )?;
+        }
         for e in &self.read_errors {
             writeln!(f, "read error (records past it unreadable): {e}")?;
         }
@@ -200,87 +219,131 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
     Ok(report)
 }
 
-/// Opens the scratch copy: as is, else without sled's snapshot files.
-fn open_damaged(
-    scratch: &Path,
-    dir: &Path,
-    report: &mut RecoverReport,
-) -> Result<sled::Db, RecoverError> {
-    let first = match open_sled(scratch) {
-        Ok(db) => {
-            report.opened = "as is";
-            return Ok(db);
-        }
-        Err(e) => e,
-    };
+/// Removes sled's snapshot files (`snap.*`) from `scratch`: sled then
+/// rebuilds its page table from the whole log.
+fn remove_sled_snapshots(scratch: &Path) -> Result<(), RecoverError> {
     for entry in std::fs::read_dir(scratch).map_err(io("reading", scratch))? {
         let entry = entry.map_err(io("reading", scratch))?;
         if entry.file_name().to_string_lossy().starts_with("snap.") {
             std::fs::remove_file(entry.path()).map_err(io("removing", &entry.path()))?;
         }
     }
-    match open_sled(scratch) {
-        Ok(db) => {
-            report.opened = "without sled's snapshot files (page table rebuilt from the log)";
-            Ok(db)
+    Ok(())
+}
+
+/// Repairs the scratch copy's log (see [`salvage`]) and opens it: as is,
+/// else without sled's snapshot files, else with a fresh `conf`.
+fn open_damaged(
+    scratch: &Path,
+    dir: &Path,
+    report: &mut RecoverReport,
+) -> Result<sled::Db, RecoverError> {
+    let log_file = scratch.join("db");
+    let segment_bytes = std::fs::read(scratch.join("conf"))
+        .ok()
+        .and_then(|conf| salvage::segment_size(&conf))
+        .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+    let original = sibling(scratch, ".log");
+    std::fs::copy(&log_file, &original).map_err(io("copying", &log_file))?;
+    let mut first = None;
+    for free_pages in [false, true] {
+        std::fs::copy(&original, &log_file).map_err(io("copying", &original))?;
+        let repair = salvage::repair_file(&log_file, segment_bytes, free_pages)
+            .map_err(io("repairing", &log_file))?;
+        if repair.canceled.is_empty() && free_pages {
+            break; // nothing different to try
         }
-        Err(second) => {
-            let _ = std::fs::remove_dir_all(scratch);
-            Err(RecoverError::Unreadable {
-                dir: dir.display().to_string(),
-                first,
-                second,
-            })
+        if !repair.canceled.is_empty() {
+            // sled's page table may point into what was canceled.
+            remove_sled_snapshots(scratch)?;
+        }
+        report.log_repairs = repair.canceled;
+        report.bad_segment_headers = repair.bad_segment_headers.len() as u64;
+        match open_sled_caught(scratch) {
+            Ok(db) => {
+                let _ = std::fs::remove_file(&original);
+                report.opened = if free_pages {
+                    "log repaired, damaged tree pages freed"
+                } else {
+                    "as is (after the log repair, if any)"
+                };
+                return Ok(db);
+            }
+            Err(e) => first = first.or(Some(e)),
         }
     }
+    let _ = std::fs::remove_file(&original);
+    let first = first.unwrap_or_else(|| sled::Error::Unsupported("not opened".into()));
+    remove_sled_snapshots(scratch)?;
+    let second = match open_sled_caught(scratch) {
+        Ok(db) => {
+            report.opened = "without sled's snapshot files (page table rebuilt from the log)";
+            return Ok(db);
+        }
+        Err(e) => e,
+    };
+    // A damaged `conf` (sled's settings file, checksummed): sled writes a
+    // new one from the daemon's settings, the same ones that made the store.
+    let conf = scratch.join("conf");
+    if conf.exists() {
+        std::fs::remove_file(&conf).map_err(io("removing", &conf))?;
+        if let Ok(db) = open_sled_caught(scratch) {
+            report.opened = "with a fresh conf and without sled's snapshot files";
+            return Ok(db);
+        }
+    }
+    let _ = std::fs::remove_dir_all(scratch);
+    Err(RecoverError::Unreadable {
+        dir: dir.display().to_string(),
+        first,
+        second,
+    })
 }
 
 /// Every record sled gives back, format 3 keys (legacy keys upgraded):
-/// forward until an error, then backward down to the last key read.
+/// forward until an error (or a panic inside sled), then backward down to
+/// the last key read.
 fn read_all(db: &sled::Db, report: &mut RecoverReport) -> BTreeMap<Vec<u8>, sled::IVec> {
     let mut records = BTreeMap::new();
-    let mut keep =
-        |k: sled::IVec, v: sled::IVec, report: &mut RecoverReport| match key::upgrade_legacy(&k)
-            .or_else(|| key::parse(&k).map(|_| k.to_vec()))
-        {
-            Some(k) => {
-                records.insert(k, v);
+    let mut unknown = 0;
+    let mut keep = |k: sled::IVec, v: sled::IVec| match key::upgrade_legacy(&k)
+        .or_else(|| key::parse(&k).map(|_| k.to_vec()))
+    {
+        Some(k) => {
+            records.insert(k, v);
+        }
+        None => unknown += 1,
+    };
+    let mut last_forward: Option<sled::IVec> = None;
+    let forward = caught(|| {
+        for entry in db.iter() {
+            let (k, v) = entry?;
+            last_forward = Some(k.clone());
+            keep(k, v);
+        }
+        Ok(())
+    });
+    if let Err(e) = forward {
+        report.read_errors.push(format!("reading forward: {e}"));
+        let backward = caught(|| {
+            let rest = match &last_forward {
+                Some(after) => db.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(after.as_ref()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => db.iter(),
+            };
+            for entry in rest.rev() {
+                let (k, v) = entry?;
+                keep(k, v);
             }
-            None => report.unknown_keys += 1,
-        };
-    let mut last_forward = None;
-    let mut forward_complete = true;
-    for entry in db.iter() {
-        match entry {
-            Ok((k, v)) => {
-                last_forward = Some(k.clone());
-                keep(k, v, report);
-            }
-            Err(e) => {
-                report.read_errors.push(format!("reading forward: {e}"));
-                forward_complete = false;
-                break;
-            }
+            Ok(())
+        });
+        if let Err(e) = backward {
+            report.read_errors.push(format!("reading backward: {e}"));
         }
     }
-    if !forward_complete {
-        let rest = match &last_forward {
-            Some(after) => db.range::<&[u8], _>((
-                std::ops::Bound::Excluded(after.as_ref()),
-                std::ops::Bound::Unbounded,
-            )),
-            None => db.iter(),
-        };
-        for entry in rest.rev() {
-            match entry {
-                Ok((k, v)) => keep(k, v, report),
-                Err(e) => {
-                    report.read_errors.push(format!("reading backward: {e}"));
-                    break;
-                }
-            }
-        }
-    }
+    report.unknown_keys += unknown;
     records
 }
 
