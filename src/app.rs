@@ -120,8 +120,10 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     };
     // A store sled cannot read is not started on: starting empty would
     // overwrite what `ringdb recover` may still bring back.
-    let (snapshotter, restored) =
-        restored.map_err(|e| damaged_store(&e, &snapshot_dir, config_file.as_deref()))?;
+    let (snapshotter, restored) = restored.map_err(|e| match e {
+        snapshot::SnapshotError::Locked { .. } => anyhow::Error::new(e),
+        e => damaged_store(&e, &snapshot_dir, config_file.as_deref()),
+    })?;
     // Archives the manifest counts but sled did not give back: sled stopped
     // reading its log early (a damaged record), and running on would
     // overwrite the rest of the log, which `recover` can still read.

@@ -45,6 +45,12 @@ pub enum SnapshotError {
         /// sled's error.
         source: sled::Error,
     },
+    /// Another process (a running ringdb) holds the store.
+    #[error("snapshot store {dir}: in use by another process (is ringdb already running on this data_dir?)")]
+    Locked {
+        /// Folder of the store.
+        dir: String,
+    },
     /// A damaged record in sled's log with sound records after it: sled
     /// would stop reading there and overwrite the rest (see [`salvage`]).
     #[error(
@@ -219,6 +225,15 @@ fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
         .open()
 }
 
+/// True when another process holds sled's lock on the log file `log`
+/// (sled takes an exclusive `flock` on it while open).
+pub fn in_use(log: &Path) -> bool {
+    match std::fs::File::open(log) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
+}
+
 /// [`open_sled`], with a panic inside sled (it panics on some damaged
 /// stores, e.g. "tried to serialize Uninitialized") turned into an error.
 fn open_sled_caught(dir: &Path) -> sled::Result<sled::Db> {
@@ -302,6 +317,9 @@ impl Snapshotter {
         // cannot read: look before it does.
         let log = dir.join("db");
         if log.exists() {
+            if in_use(&log) {
+                return Err(SnapshotError::Locked { dir: name });
+            }
             let segment_bytes = std::fs::read(dir.join("conf"))
                 .ok()
                 .and_then(|conf| salvage::segment_size(&conf))

@@ -27,6 +27,9 @@ pub enum RecoverError {
     /// No store to recover.
     #[error("no snapshot store at {0}")]
     NoStore(String),
+    /// A running ringdb holds the store.
+    #[error("snapshot store {0} is in use: stop ringdb first")]
+    InUse(String),
     /// A file operation failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -180,6 +183,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), RecoverError> {
 pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
     if !dir.join("db").exists() {
         return Err(RecoverError::NoStore(dir.display().to_string()));
+    }
+    if super::in_use(&dir.join("db")) {
+        return Err(RecoverError::InUse(dir.display().to_string()));
     }
     let scratch = sibling(dir, ".recover-scratch");
     let fresh = sibling(dir, ".recovering");

@@ -343,3 +343,21 @@ fn recover_copies_a_sound_store_whole() {
     let none = recover::recover(&data.path().join("nothing"), "T2");
     assert!(matches!(none, Err(recover::RecoverError::NoStore(_))));
 }
+
+#[test]
+fn a_store_in_use_is_neither_opened_nor_recovered() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("snapshots");
+    let running = Snapshotter::open(&dir).unwrap();
+    running.save(&store()).unwrap();
+    assert!(matches!(
+        Snapshotter::open(&dir),
+        Err(SnapshotError::Locked { .. })
+    ));
+    assert!(matches!(
+        recover::recover(&dir, "T"),
+        Err(recover::RecoverError::InUse(_))
+    ));
+    drop(running);
+    assert!(Snapshotter::open(&dir).is_ok(), "free once closed");
+}
