@@ -174,8 +174,9 @@ def run_case(ringdb, base, work, n, name, damage):
     r = subprocess.run([ringdb, "recover", "--config", os.path.join(b, "ringdb.yaml")],
                        capture_output=True, text=True, timeout=600)
     row["recover_exit"] = r.returncode
-    m = re.search(r"recovered: (\d+) archives", r.stdout)
+    m = re.search(r"recovered: (\d+) archives \((\d+) of them without any page", r.stdout)
     row["recovered"] = int(m.group(1)) if m else None
+    row["recovered_empty"] = int(m.group(2)) if m else None
     row["recover_out"] = (r.stdout + r.stderr).strip()
     if r.returncode == 0:
         d = Daemon(ringdb, b)
@@ -213,9 +214,12 @@ def main():
             else:
                 start = "no, names `ringdb recover`" if row["names_recover"] else "no"
                 m = re.search(r"(\d+) of the (\d+) archives", row["refusal"])
+                d = re.search(r"damaged record at byte (\d+)", row["refusal"])
                 seen = (f"reports {m.group(1)} of {m.group(2)} missing" if m
-                        else row["refusal"][8:100].replace("|", "/"))
-            rec = (f"{row['recovered']} of {served}" if row["recovered"] is not None
+                        else f"damaged record at byte {d.group(1)}, found before sled opens" if d
+                        else re.sub(r"^ringdb: snapshot store \S+: ", "", row["refusal"])[:80].replace("|", "/"))
+            empty = f" ({row['recovered_empty']} without pages)" if row.get("recovered_empty") else ""
+            rec = (f"{row['recovered']} of {served}{empty}" if row["recovered"] is not None
                    else "failed: " + row["recover_out"].splitlines()[-1][:80].replace("|", "/"))
             after = row.get("after_recover_served", "-")
             print(f"| {name} | {start} | {seen} | {rec} | {after} |", flush=True)

@@ -177,7 +177,7 @@ mod tests {
                 "header with a page number",
                 [&header[..], &[0, 0, 0, 1]].concat(),
             ),
-            ("unknown tag", [&[b'X'], &header[1..]].concat()),
+            ("unknown tag", [b"X", &header[1..]].concat()),
         ];
         for (name, key) in cases {
             assert_eq!(parse(&key), None, "{name}");

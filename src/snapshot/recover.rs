@@ -8,7 +8,10 @@
 //! message is skipped instead of ending the log); then sled opens it as is;
 //! when sled refuses, again without its own snapshot files (`snap.*`: sled
 //! rebuilds its page table from the log, so a damaged table costs nothing),
-//! then with a fresh `conf`. Reading: forward in key order until the
+//! then with a fresh `conf`. When sled gives back fewer archives than the
+//! manifest counts (a truncated log: sled's replay stops at the first
+//! missing segment), the log is also read without sled
+//! ([`salvage::scan_records`]) and what sled missed is added. Reading: forward in key order until the
 //! first error, then backward from the end down to it, so one damaged tree
 //! node loses the keys it held, not every key after it.
 //!
@@ -75,6 +78,11 @@ pub struct RecoverReport {
     pub log_repairs: Vec<(usize, usize)>,
     /// Log segments whose header is damaged (sled skips them).
     pub bad_segment_headers: u64,
+    /// True when the log was also read without sled (sled gave back fewer
+    /// archives than the manifest counts).
+    pub opened_raw: bool,
+    /// Records found only by reading the log without sled.
+    pub raw_records: u64,
     /// sled errors met while reading (each ends one direction of the scan).
     pub read_errors: Vec<String>,
     /// Archives copied (a decodable header).
@@ -107,6 +115,13 @@ impl RecoverReport {
 impl std::fmt::Display for RecoverReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "opened: {}", self.opened)?;
+        if self.opened_raw {
+            writeln!(
+                f,
+                "log also read without sled: {} records sled did not give back",
+                self.raw_records
+            )?;
+        }
         for (offset, bytes) in &self.log_repairs {
             writeln!(
                 f,
@@ -125,8 +140,8 @@ impl std::fmt::Display for RecoverReport {
         }
         writeln!(
             f,
-            "recovered: {} archives, {} pages",
-            self.archives, self.pages
+            "recovered: {} archives ({} of them without any page: their buckets are lost), {} pages",
+            self.archives, self.no_pages, self.pages
         )?;
         match (self.manifest, self.archives_lost()) {
             (Some(n), Some(lost)) => writeln!(
@@ -140,8 +155,8 @@ impl std::fmt::Display for RecoverReport {
         }
         writeln!(
             f,
-            "dropped: {} corrupt headers, {} corrupt pages, {} pages without header, {} unknown keys; {} archives came back without pages",
-            self.corrupt_headers, self.corrupt_pages, self.orphan_pages, self.unknown_keys, self.no_pages
+            "dropped: {} corrupt headers, {} corrupt pages, {} pages without header, {} unknown keys",
+            self.corrupt_headers, self.corrupt_pages, self.orphan_pages, self.unknown_keys
         )?;
         write!(f, "damaged store moved to {}", self.damaged.display())
     }
@@ -201,8 +216,14 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
         ..RecoverReport::default()
     };
     let source = open_damaged(&scratch, dir, &mut report)?;
-    let records = read_all(&source, &mut report);
+    let mut records = read_all(&source, &mut report);
     drop(source);
+    // sled gave back fewer archives than the last save wrote (segments
+    // lost to truncation stop its replay): read the log without sled.
+    let headers = records.range(vec![HEADER]..vec![HEADER + 1]).count() as u64;
+    if report.manifest.is_some_and(|n| headers < n) {
+        add_raw_records(dir, &mut records, &mut report)?;
+    }
     let fresh_db = open_sled(&fresh).map_err(|source| RecoverError::Fresh {
         dir: fresh.display().to_string(),
         source,
@@ -351,6 +372,33 @@ fn read_all(db: &sled::Db, report: &mut RecoverReport) -> BTreeMap<Vec<u8>, sled
     }
     report.unknown_keys += unknown;
     records
+}
+
+/// Adds the records [`salvage::scan_records`] finds in the damaged log
+/// (read in place, read-only) that sled did not give back.
+fn add_raw_records(
+    dir: &Path,
+    records: &mut BTreeMap<Vec<u8>, sled::IVec>,
+    report: &mut RecoverReport,
+) -> Result<(), RecoverError> {
+    let log = dir.join("db");
+    let segment_bytes = std::fs::read(dir.join("conf"))
+        .ok()
+        .and_then(|conf| salvage::segment_size(&conf))
+        .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+    let raw = salvage::scan_records(&log, segment_bytes).map_err(io("reading", &log))?;
+    for (k, (_, value)) in raw {
+        let Some(value) = value else { continue };
+        let Some(k) = key::upgrade_legacy(&k).or_else(|| key::parse(&k).map(|_| k.clone())) else {
+            continue;
+        };
+        if let std::collections::btree_map::Entry::Vacant(slot) = records.entry(k) {
+            slot.insert(value.into());
+            report.raw_records += 1;
+        }
+    }
+    report.opened_raw = true;
+    Ok(())
 }
 
 /// Writes the decodable archives of `records` into `db` and counts what is
