@@ -320,10 +320,7 @@ impl Snapshotter {
             if in_use(&log) {
                 return Err(SnapshotError::Locked { dir: name });
             }
-            let segment_bytes = std::fs::read(dir.join("conf"))
-                .ok()
-                .and_then(|conf| salvage::segment_size(&conf))
-                .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+            let segment_bytes = salvage::segment_size_of(dir);
             let damaged = salvage::check_file(&log, segment_bytes).map_err(|source| {
                 SnapshotError::Check {
                     dir: name.clone(),

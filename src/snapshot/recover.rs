@@ -266,10 +266,7 @@ fn open_damaged(
     report: &mut RecoverReport,
 ) -> Result<sled::Db, RecoverError> {
     let log_file = scratch.join("db");
-    let segment_bytes = std::fs::read(scratch.join("conf"))
-        .ok()
-        .and_then(|conf| salvage::segment_size(&conf))
-        .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+    let segment_bytes = salvage::segment_size_of(scratch);
     let original = sibling(scratch, ".log");
     std::fs::copy(&log_file, &original).map_err(io("copying", &log_file))?;
     let mut first = None;
@@ -382,10 +379,7 @@ fn add_raw_records(
     report: &mut RecoverReport,
 ) -> Result<(), RecoverError> {
     let log = dir.join("db");
-    let segment_bytes = std::fs::read(dir.join("conf"))
-        .ok()
-        .and_then(|conf| salvage::segment_size(&conf))
-        .unwrap_or(salvage::DEFAULT_SEGMENT_BYTES);
+    let segment_bytes = salvage::segment_size_of(dir);
     let raw = salvage::scan_records(&log, segment_bytes).map_err(io("reading", &log))?;
     for (k, (_, value)) in raw {
         let Some(value) = value else { continue };

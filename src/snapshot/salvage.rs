@@ -54,6 +54,15 @@ pub fn segment_size(conf: &[u8]) -> Option<usize> {
         .filter(|n: &usize| n.is_power_of_two() && *n >= 256)
 }
 
+/// The segment size of the store in `dir`, from its `conf`, else sled's
+/// default.
+pub fn segment_size_of(dir: &Path) -> usize {
+    std::fs::read(dir.join("conf"))
+        .ok()
+        .and_then(|conf| segment_size(&conf))
+        .unwrap_or(DEFAULT_SEGMENT_BYTES)
+}
+
 /// Repairs the log file `path` in place, segment by segment (see
 /// [`repair`]).
 ///
@@ -132,9 +141,7 @@ pub fn scan_records(path: &Path, segment_bytes: usize) -> io::Result<RawRecords>
         let mut at = SEG_HEADER_LEN;
         while end - at >= MAX_MSG_HEADER_LEN {
             let Some((kind, len)) = message_at(segment, at, end, number) else {
-                match (at + 1..end - MAX_MSG_HEADER_LEN)
-                    .find(|&p| message_at(segment, p, end, number).is_some())
-                {
+                match next_sound(segment, at, end, number) {
                     Some(next) => {
                         at = next;
                         continue;
@@ -276,8 +283,7 @@ fn damaged_in_segment(segment: &[u8], segment_bytes: usize) -> Option<usize> {
             Some((_, len)) => at += len,
             None => {
                 let plausible = header_reads(segment, at, end, number);
-                let sound_after = (at + 1..end - MAX_MSG_HEADER_LEN)
-                    .any(|p| message_at(segment, p, end, number).is_some());
+                let sound_after = next_sound(segment, at, end, number).is_some();
                 return (plausible && sound_after).then_some(at);
             }
         }
@@ -348,9 +354,7 @@ fn repair_segment(
             Some((_, len)) => at += len,
             None => {
                 // The next sound message in this segment, if any.
-                let Some(next) = (at + 1..end - MAX_MSG_HEADER_LEN)
-                    .find(|&p| message_at(log, p, end, number).is_some())
-                else {
+                let Some(next) = next_sound(log, at, end, number) else {
                     return; // the end of the log, or a tail lost for good
                 };
                 let mut from = at;
@@ -371,6 +375,12 @@ fn repair_segment(
             }
         }
     }
+}
+
+/// The offset of the first sound message after `at` in this segment.
+fn next_sound(log: &[u8], at: usize, end: usize, number: u64) -> Option<usize> {
+    (at + 1..end.saturating_sub(MAX_MSG_HEADER_LEN))
+        .find(|&p| message_at(log, p, end, number).is_some())
 }
 
 /// (kind, total length) of a sound message at `at`.
