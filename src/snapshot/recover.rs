@@ -51,10 +51,10 @@ pub enum RecoverError {
         /// sled's error.
         source: sled::Error,
     },
-    /// Every way of opening the damaged store failed: nothing is readable.
+    /// Every way of opening the damaged store with sled failed (recover
+    /// then reads the log without sled).
     #[error(
-        "snapshot store {dir} cannot be opened by sled ({first}; without its snapshot files: {second}); \
-         no record can be read. The store was left as it is."
+        "snapshot store {dir} cannot be opened by sled ({first}; without its snapshot files: {second})"
     )]
     Unreadable {
         /// Folder of the store.
@@ -192,8 +192,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), RecoverError> {
 /// folder the damaged store moves to (`<dir>.damaged-<stamp>`).
 ///
 /// # Errors
-/// No store, a file operation fails, sled cannot open the store in any
-/// way, or the fresh store cannot be written. The store in `dir` is only
+/// No store, the store is in use, a file operation fails, or the fresh
+/// store cannot be written. (When sled cannot open the store in any way,
+/// its log is read without sled.) The store in `dir` is only
 /// replaced when everything else succeeded.
 pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
     if !dir.join("db").exists() {
@@ -215,13 +216,28 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
         manifest: manifest::read(&manifest::path_for(dir)).ok().flatten(),
         ..RecoverReport::default()
     };
-    let source = open_damaged(&scratch, dir, &mut report)?;
-    let mut records = read_all(&source, &mut report);
-    drop(source);
+    let mut records = match open_damaged(&scratch, dir, &mut report) {
+        Ok(source) => {
+            let records = read_all(&source, &mut report);
+            drop(source);
+            records
+        }
+        // sled cannot open it in any way: the log is all there is.
+        Err(RecoverError::Unreadable { first, second, .. }) => {
+            report.read_errors.push(format!(
+                "sled cannot open the store ({first}; without its snapshot files: {second})"
+            ));
+            report.opened = "not by sled: the log read directly";
+            let mut records = BTreeMap::new();
+            add_raw_records(dir, &mut records, &mut report)?;
+            records
+        }
+        Err(e) => return Err(e),
+    };
     // sled gave back fewer archives than the last save wrote (segments
     // lost to truncation stop its replay): read the log without sled.
     let headers = records.range(vec![HEADER]..vec![HEADER + 1]).count() as u64;
-    if report.manifest.is_some_and(|n| headers < n) {
+    if !report.opened_raw && report.manifest.is_some_and(|n| headers < n) {
         add_raw_records(dir, &mut records, &mut report)?;
     }
     let fresh_db = open_sled(&fresh).map_err(|source| RecoverError::Fresh {
@@ -241,7 +257,9 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
     }
     std::fs::rename(&fresh, dir).map_err(io("moving into place", &fresh))?;
     manifest::write(&manifest_file, report.archives)?;
-    std::fs::remove_dir_all(&scratch).map_err(io("removing", &scratch))?;
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch).map_err(io("removing", &scratch))?;
+    }
     report.damaged = damaged;
     Ok(report)
 }

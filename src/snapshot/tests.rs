@@ -361,3 +361,31 @@ fn a_store_in_use_is_neither_opened_nor_recovered() {
     drop(running);
     assert!(Snapshotter::open(&dir).is_ok(), "free once closed");
 }
+
+#[test]
+fn recover_reads_the_log_itself_when_sled_cannot_open_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("snapshots");
+    let live = store();
+    for i in 0..50 {
+        write(&live, &format!("traffic-{i}"), 7, NOW);
+    }
+    Snapshotter::open(&dir).unwrap().save(&live).unwrap();
+    // sled needs `blobs` to be a folder: with a file there it refuses to
+    // open in every way, while its log is intact.
+    std::fs::remove_dir_all(dir.join("blobs")).unwrap();
+    std::fs::write(dir.join("blobs"), b"not a folder").unwrap();
+    assert!(matches!(
+        Snapshotter::open(&dir),
+        Err(SnapshotError::Open { .. })
+    ));
+    let report = recover::recover(&dir, "T").unwrap();
+    assert_eq!(
+        report.opened, "not by sled: the log read directly",
+        "{report}"
+    );
+    assert_eq!((report.archives, report.no_pages), (100, 0), "{report}");
+    let (back, restore) = restored(&dir);
+    assert!(!restore.lost_anything(), "{restore:?}");
+    assert_eq!(dump(&back), dump(&live));
+}
