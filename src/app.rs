@@ -129,7 +129,7 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     // overwrite the rest of the log, which `recover` can still read.
     if restored.missing > 0 {
         let why = format!(
-            "snapshot store {}: {} of the {} archives of the last save are missing              (if the store was removed on purpose, remove {} too)",
+            "snapshot store {}: {} of the {} archives of the last save are missing (if the store was removed on purpose, remove {} too)",
             snapshot_dir.display(),
             restored.missing,
             restored.manifest.unwrap_or_default(),
