@@ -123,28 +123,53 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         .with_size_limits(size_limits(&settings.limits)),
     );
     let snapshot_dir = settings.data_dir.join("snapshots");
-    let snapshotter =
-        Arc::new(tokio::task::spawn_blocking(move || Snapshotter::open(&snapshot_dir)).await??);
     let restored = {
-        let (s, st) = (snapshotter.clone(), store.clone());
-        tokio::task::spawn_blocking(move || s.restore(&st)).await??
+        let (dir, st) = (snapshot_dir.clone(), store.clone());
+        tokio::task::spawn_blocking(move || {
+            let s = Snapshotter::open(&dir)?;
+            let report = s.restore(&st)?;
+            Ok::<_, snapshot::SnapshotError>((s, report))
+        })
+        .await?
     };
-    metrics.add(
-        "ringdb_restore_skipped_total",
-        &[("reason", "corrupt")],
-        restored.corrupt,
-    );
-    metrics.add(
-        "ringdb_restore_skipped_total",
-        &[("reason", "rule_changed_or_removed")],
-        restored.kept_on_disk,
-    );
+    // A store sled cannot read is not started on: starting empty would
+    // overwrite what `ringdb recover` may still bring back.
+    let (snapshotter, restored) = restored.map_err(|e| match e {
+        snapshot::SnapshotError::Locked { .. } => anyhow::Error::new(e),
+        e => damaged_store(&e, &snapshot_dir, config_file.as_deref()),
+    })?;
+    // Archives the manifest counts but sled did not give back: sled stopped
+    // reading its log early (a damaged record), and running on would
+    // overwrite the rest of the log, which `recover` can still read.
+    if restored.missing > 0 {
+        let why = format!(
+            "snapshot store {}: {} of the {} archives of the last save are missing (if the store was removed on purpose, remove {} too)",
+            snapshot_dir.display(),
+            restored.missing,
+            restored.manifest.unwrap_or_default(),
+            snapshot::manifest::path_for(&snapshot_dir).display(),
+        );
+        return Err(damaged_store(&why, &snapshot_dir, config_file.as_deref()));
+    }
+    let snapshotter = Arc::new(snapshotter);
+    for (reason, n) in restored.skipped() {
+        metrics.add("ringdb_restore_skipped_total", &[("reason", reason)], n);
+    }
     tracing::info!(
         archives = restored.archives,
         corrupt = restored.corrupt,
         kept_on_disk = restored.kept_on_disk,
+        missing = restored.missing,
+        no_pages = restored.no_pages,
+        orphan_pages = restored.orphan_pages,
         "snapshots restored"
     );
+    if restored.lost_anything() {
+        tracing::error!(
+            "snapshots restored with losses (see ringdb_restore_skipped_total); \
+             the daemon runs on what was readable"
+        );
+    }
 
     let bind = |addr| async move {
         TcpListener::bind(addr)
@@ -298,11 +323,44 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     if let Err(late) = shutdown.drain(DRAIN_DEADLINE).await {
         tracing::warn!(?late, "tasks still running at the drain deadline");
     }
-    if !snapshot::save_now(&snapshotter, &store, &metrics).await {
+    if !snapshot::save_now(&snapshotter, &store, &metrics, &system_clock()).await {
         anyhow::bail!("final snapshot failed");
     }
     tracing::info!("final snapshot saved; bye");
     Ok(())
+}
+
+/// The start-up error for a snapshot store that cannot be opened or read,
+/// or that lost archives: what failed and the command that salvages it.
+fn damaged_store(
+    e: &dyn std::fmt::Display,
+    dir: &Path,
+    config_file: Option<&Path>,
+) -> anyhow::Error {
+    let config = config_file.map_or(String::new(), |f| format!(" --config {}", f.display()));
+    anyhow::anyhow!(
+        "{e}\nringdb does not start on a snapshot store it cannot read whole: running on it would \
+         overwrite what may still be recovered. With the daemon stopped, run\n  \
+         ringdb recover{config}\n\
+         It copies every readable archive of {dir} into a fresh store, moves the damaged one \
+         aside ({dir}.damaged-<time>) and prints what it recovered and lost; then start ringdb again.",
+        dir = dir.display(),
+    )
+}
+
+/// `ringdb recover`: salvages the snapshot store of `settings.data_dir`
+/// (see [`snapshot::recover`]).
+///
+/// # Errors
+/// See [`snapshot::recover::recover`].
+pub fn recover(settings: &Settings) -> anyhow::Result<snapshot::recover::RecoverReport> {
+    let secs = (system_clock()() / 1000) as i64;
+    let stamp = chrono::DateTime::from_timestamp(secs, 0).map_or_else(
+        || secs.to_string(),
+        |t| t.format("%Y%m%dT%H%M%SZ").to_string(),
+    );
+    let dir = settings.data_dir.join("snapshots");
+    Ok(snapshot::recover::recover(&dir, &stamp)?)
 }
 
 /// The `clients:` permissions, swapped whole on reload; each connection

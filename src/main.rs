@@ -42,6 +42,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Salvage a damaged snapshot store: copy every readable archive into a
+    /// fresh store, move the damaged one aside (snapshots.damaged-<time>),
+    /// print what was recovered and lost. Run it with the daemon stopped.
+    Recover {
+        /// Configuration file (YAML) naming the data_dir.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// jemalloc for everything but archive cells (see `rrd::cells`): sled
@@ -112,7 +120,12 @@ fn main() -> ExitCode {
             }
         };
     }
-    let settings = match &cli.config {
+    let recover = match &cli.command {
+        Some(Command::Recover { config }) => Some(config.clone().or(cli.config.clone())),
+        _ => None,
+    };
+    let config_file = recover.clone().flatten().or(cli.config.clone());
+    let settings = match &config_file {
         Some(file) => ringdb::config::load(file),
         None => ringdb::config::parse(
             ringdb::config::DEFAULT_CONFIG,
@@ -127,6 +140,18 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if recover.is_some() {
+        return match ringdb::app::recover(&settings) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ringdb recover: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -137,7 +162,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringdb::app::run(settings, cli.config.clone())) {
+    match runtime.block_on(ringdb::app::run(settings, config_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

@@ -83,7 +83,12 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_snapshot_errors_total",
         Kind::Counter,
-        "Snapshots that failed.",
+        "Snapshots that failed (each is retried at the next interval).",
+    ),
+    (
+        "ringdb_last_snapshot_success_timestamp_seconds",
+        Kind::Gauge,
+        "When the last snapshot succeeded (start-up after restore counts as one).",
     ),
     (
         "ringdb_snapshot_duration_seconds",
@@ -108,12 +113,12 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_restore_skipped_total",
         Kind::Counter,
-        "Saved records not loaded at start, by reason.",
+        "Saved archives or records not loaded at start, by reason (corrupt, rule_changed_or_removed, missing, no_pages, orphan_pages).",
     ),
     (
         "ringdb_ready",
         Kind::Gauge,
-        "1 once restore finished and listeners are up.",
+        "1 once restore finished and listeners are up; 0 while snapshots fail for too long.",
     ),
     (
         "ringdb_remote_write_refused_total",

@@ -1,25 +1,77 @@
 //! Snapshots of archives in sled (DESIGN §9), the only sled user: save what
 //! changed (headers and pages) on an interval, restore everything on start,
-//! report and skip corrupt records.
+//! report and skip corrupt or missing records, retry a failed save until
+//! one succeeds, and salvage a damaged store ([`recover`]).
 //!
-//! Keys: `h` + u16 len + series + rule → header; `p` + u16 len + series +
-//! u16 len + rule + u32 page → page. Blocking calls run on the blocking pool.
+//! Keys: see [`key`] (format 3, u32 lengths; formats 1 and 2 are upgraded
+//! on open). Beside sled's folder, a [`manifest`] holds the archive count
+//! of the last save, so a restore notices archives sled no longer gives
+//! back. Blocking calls run on the blocking pool.
+//!
+//! sled 0.34 keeps the first I/O error it meets as a global error and
+//! fails every later call with it until the store is reopened
+//! (`Config::set_global_error`, reset only in `PageCache::start`). So a
+//! failed save drops the sled handle, marks everything it had taken dirty
+//! again (what the poisoned instance held in memory may never reach the
+//! disk), and the next save reopens the store.
+
+pub mod key;
+pub mod manifest;
+pub mod recover;
+mod salvage;
 
 use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
 use crate::rrd::Archive;
+use crate::rules::Rule;
 use crate::shutdown::Shutdown;
 use crate::store::{DirtyArchive, Store};
 use crate::telemetry::Metrics;
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use key::{HEADER, LEGACY_HEADER, LEGACY_PAGE, PAGE};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// The snapshot store could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    /// sled failed.
+    /// sled refused to open the store (damaged files, permissions, another
+    /// process holds it).
+    #[error("snapshot store {dir}: cannot open: {source}")]
+    Open {
+        /// Folder of the store.
+        dir: String,
+        /// sled's error.
+        source: sled::Error,
+    },
+    /// Another process (a running ringdb) holds the store.
+    #[error("snapshot store {dir}: in use by another process (is ringdb already running on this data_dir?)")]
+    Locked {
+        /// Folder of the store.
+        dir: String,
+    },
+    /// A damaged record in sled's log with sound records after it: sled
+    /// would stop reading there and overwrite the rest (see [`salvage`]).
+    #[error(
+        "snapshot store {dir}: damaged record at byte {offset} of its log, sound records after it \
+         (sled would drop them and overwrite them)"
+    )]
+    Damaged {
+        /// Folder of the store.
+        dir: String,
+        /// Byte offset of the damaged record in `db`.
+        offset: usize,
+    },
+    /// sled's log file could not be checked before opening.
+    #[error("snapshot store {dir}: cannot check its log: {source}")]
+    Check {
+        /// Folder of the store.
+        dir: String,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// sled failed while reading or writing an open store.
     #[error("snapshot store {dir}: {source}")]
     Sled {
         /// Folder of the store.
@@ -27,6 +79,9 @@ pub enum SnapshotError {
         /// sled's error.
         source: sled::Error,
     },
+    /// The manifest beside the store could not be written.
+    #[error(transparent)]
+    Manifest(#[from] manifest::ManifestError),
 }
 
 /// What a restore found.
@@ -38,6 +93,35 @@ pub struct RestoreReport {
     pub corrupt: u64,
     /// Archives left on disk because no configured rule takes them.
     pub kept_on_disk: u64,
+    /// Archives the manifest counted that sled did not give back.
+    pub missing: u64,
+    /// Archives whose header came back without any page (loaded empty).
+    pub no_pages: u64,
+    /// Page records without a header (not loadable; left on disk).
+    pub orphan_pages: u64,
+    /// Header records found (what the next manifest starts from).
+    pub headers: u64,
+    /// The manifest's archive count (`None`: no manifest, or unreadable).
+    pub manifest: Option<u64>,
+}
+
+impl RestoreReport {
+    /// Losses it knows of, as `(reason, count)` for
+    /// `ringdb_restore_skipped_total{reason}` (zero counts included).
+    pub fn skipped(&self) -> [(&'static str, u64); 5] {
+        [
+            ("corrupt", self.corrupt),
+            ("rule_changed_or_removed", self.kept_on_disk),
+            ("missing", self.missing),
+            ("no_pages", self.no_pages),
+            ("orphan_pages", self.orphan_pages),
+        ]
+    }
+
+    /// True when something saved did not come back whole.
+    pub fn lost_anything(&self) -> bool {
+        self.corrupt + self.missing + self.no_pages + self.orphan_pages > 0
+    }
 }
 
 /// What one save wrote.
@@ -57,7 +141,7 @@ pub struct SaveReport {
 /// per-key work inside sled is what a save costs.
 const SAVE_THREADS: usize = 2;
 
-/// sled's page cache (its default is 1 GiB); see [`Snapshotter::open`].
+/// sled's page cache (its default is 1 GiB); see [`open_sled`].
 const SLED_CACHE_BYTES: u64 = 16 << 20;
 
 /// Archives with several records (new, slid or migrated ones) go to sled
@@ -77,6 +161,13 @@ const RESTORE_THREADS: usize = 2;
 const RESTORE_CHUNK_ARCHIVES: usize = 1024;
 const RESTORE_QUEUE_CHUNKS: usize = 8;
 
+/// Records rewritten per batch when upgrading format 1/2 keys.
+const UPGRADE_BATCH_RECORDS: usize = 4096;
+
+/// Snapshot intervals without a successful save after which `/-/ready`
+/// answers 503.
+pub const UNREADY_AFTER_INTERVALS: u32 = 3;
+
 impl SaveReport {
     fn add(&mut self, d: &DirtyArchive) {
         self.archives += 1;
@@ -85,73 +176,180 @@ impl SaveReport {
     }
 }
 
+/// Whether snapshots succeed, for `/-/ready` and self-metrics. Times are
+/// milliseconds since the epoch from the flusher's clock; 0 is "never".
+#[derive(Default)]
+struct Health {
+    last_success_ms: AtomicU64,
+    failing_since_ms: AtomicU64,
+    unready_since_ms: AtomicU64,
+    unready_after_ms: AtomicU64,
+}
+
 /// The sled database holding every saved archive.
 pub struct Snapshotter {
-    db: sled::Db,
+    /// `None` after a failed save: sled is poisoned by an I/O error (see
+    /// the module doc), the next save reopens it.
+    db: RwLock<Option<sled::Db>>,
+    path: PathBuf,
     dir: String,
+    manifest: PathBuf,
     /// Held by a save and by a delete, so a save that took a series' pages
-    /// before its deletion cannot write them back after it.
-    busy: std::sync::Mutex<()>,
+    /// before its deletion cannot write them back after it; also the only
+    /// times the handle is replaced.
+    busy: Mutex<()>,
+    /// Header records in sled (archives on disk), for the manifest.
+    archives_on_disk: AtomicU64,
+    /// The count in the manifest file (`u64::MAX`: unknown, write it).
+    manifest_archives: AtomicU64,
+    health: Health,
+    /// Writes still to fail (tests of the retry path).
+    #[cfg(test)]
+    fail_writes: AtomicUsize,
 }
 
-fn series_rule_key(tag: u8, series: &str, rule: &str) -> Vec<u8> {
-    let mut key = Vec::with_capacity(5 + series.len() + rule.len());
-    key.push(tag);
-    key.extend_from_slice(&(series.len() as u16).to_be_bytes());
-    key.extend_from_slice(series.as_bytes());
-    key.extend_from_slice(&(rule.len() as u16).to_be_bytes());
-    key.extend_from_slice(rule.as_bytes());
-    key
+/// Opens sled under `dir` with the daemon's settings.
+fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
+    // The flusher calls `flush` itself after each save; sled's own
+    // periodic flush would only add fsyncs in between.
+    sled::Config::new()
+        .path(dir)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(None)
+        // Snapshots are written, and read only at start: a small page
+        // cache keeps sled from holding a second copy of the archives.
+        // Measured (RSS per series after two saves; one new sample in
+        // each of 100K archives): 256 MiB 1,939 B and 0.34 s,
+        // 16 MiB 1,553 B and 0.50 s, 8 MiB 1,440 B and 0.67 s.
+        .cache_capacity(SLED_CACHE_BYTES)
+        .open()
 }
 
-fn page_key(series: &str, rule: &str, page: u32) -> Vec<u8> {
-    let mut key = series_rule_key(b'p', series, rule);
-    key.extend_from_slice(&page.to_be_bytes());
-    key
+/// True when another process holds sled's lock on the log file `log`
+/// (sled takes an exclusive `flock` on it while open).
+pub fn in_use(log: &Path) -> bool {
+    match std::fs::File::open(log) {
+        Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+        Err(_) => false,
+    }
 }
 
-/// Splits a header key back into (series, rule).
-fn parse_header_key(key: &[u8]) -> Option<(&str, &str)> {
-    let rest = key.strip_prefix(b"h")?;
-    let (series, rest) = take_str(rest)?;
-    let (rule, rest) = take_str(rest)?;
-    rest.is_empty().then_some((series, rule))
+/// [`open_sled`], with a panic inside sled (it panics on some damaged
+/// stores, e.g. "tried to serialize Uninitialized") turned into an error.
+fn open_sled_caught(dir: &Path) -> sled::Result<sled::Db> {
+    caught(|| open_sled(dir))
 }
 
-fn take_str(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
-    let text = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
-    Some((text, &bytes[2 + len..]))
+/// Runs `f`, turning a panic (sled panics on some damaged stores) into
+/// `sled::Error::ReportableBug`.
+fn caught<T>(f: impl FnOnce() -> sled::Result<T>) -> sled::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        Err(sled::Error::ReportableBug(format!("sled panicked: {what}")))
+    })
+}
+
+/// Rewrites every format 1/2 key (`h`/`p`, u16 lengths) as format 3, in
+/// atomic batches (a crash leaves each record under one key, old or new);
+/// returns (upgraded, unreadable) record counts. Unreadable legacy keys
+/// stay where they are and are logged.
+fn upgrade_legacy_keys(db: &sled::Db) -> sled::Result<(u64, u64)> {
+    let (mut upgraded, mut unreadable) = (0, 0);
+    for tag in [LEGACY_HEADER, LEGACY_PAGE] {
+        let mut from = vec![tag];
+        loop {
+            let mut batch = sled::Batch::default();
+            let mut n = 0;
+            let mut last = None;
+            for entry in db.range(from.clone()..vec![tag + 1]) {
+                let (k, v) = entry?;
+                match key::upgrade_legacy(&k) {
+                    Some(new) => {
+                        batch.insert(new, v);
+                        batch.remove(k.clone());
+                        upgraded += 1;
+                    }
+                    None => {
+                        unreadable += 1;
+                        tracing::warn!(key = ?String::from_utf8_lossy(&k), "snapshot: unreadable format 2 key left alone");
+                    }
+                }
+                last = Some(k);
+                n += 1;
+                if n == UPGRADE_BATCH_RECORDS {
+                    break;
+                }
+            }
+            db.apply_batch(batch)?;
+            let Some(last) = last else { break };
+            from = last.to_vec();
+            from.push(0); // the next key after `last`
+            if n < UPGRADE_BATCH_RECORDS {
+                break;
+            }
+        }
+    }
+    if upgraded > 0 {
+        db.flush()?;
+        tracing::info!(
+            records = upgraded,
+            "snapshot: keys upgraded to format 3 (u32 lengths)"
+        );
+    }
+    Ok((upgraded, unreadable))
 }
 
 impl Snapshotter {
-    /// Opens (or creates) the store under `dir`.
+    /// Opens (or creates) the store under `dir`, upgrading format 1/2 keys.
     ///
     /// # Errors
-    /// sled cannot open the folder (permissions, another process holds it).
+    /// The log holds a damaged record with sound ones after it
+    /// ([`SnapshotError::Damaged`], checked before sled opens it); sled
+    /// cannot open the folder ([`SnapshotError::Open`]: damaged files,
+    /// permissions, another process holds it); the upgrade fails.
     pub fn open(dir: &Path) -> Result<Snapshotter, SnapshotError> {
         let name = dir.display().to_string();
-        // The flusher calls `flush` itself after each save; sled's own
-        // periodic flush would only add fsyncs in between.
-        let db = sled::Config::new()
-            .path(dir)
-            .mode(sled::Mode::HighThroughput)
-            .flush_every_ms(None)
-            // Snapshots are written, and read only at start: a small page
-            // cache keeps sled from holding a second copy of the archives.
-            // Measured (RSS per series after two saves; one new sample in
-            // each of 100K archives): 256 MiB 1,939 B and 0.34 s,
-            // 16 MiB 1,553 B and 0.50 s, 8 MiB 1,440 B and 0.67 s.
-            .cache_capacity(SLED_CACHE_BYTES)
-            .open()
-            .map_err(|source| SnapshotError::Sled {
-                dir: name.clone(),
-                source,
+        // sled's recovery overwrites its log after the first record it
+        // cannot read: look before it does.
+        let log = dir.join("db");
+        if log.exists() {
+            if in_use(&log) {
+                return Err(SnapshotError::Locked { dir: name });
+            }
+            let segment_bytes = salvage::segment_size_of(dir);
+            let damaged = salvage::check_file(&log, segment_bytes).map_err(|source| {
+                SnapshotError::Check {
+                    dir: name.clone(),
+                    source,
+                }
             })?;
+            if let Some(offset) = damaged {
+                return Err(SnapshotError::Damaged { dir: name, offset });
+            }
+        }
+        let db = open_sled_caught(dir).map_err(|source| SnapshotError::Open {
+            dir: name.clone(),
+            source,
+        })?;
+        upgrade_legacy_keys(&db).map_err(|source| SnapshotError::Sled {
+            dir: name.clone(),
+            source,
+        })?;
         Ok(Snapshotter {
-            db,
+            db: RwLock::new(Some(db)),
+            path: dir.to_path_buf(),
             dir: name,
-            busy: std::sync::Mutex::new(()),
+            manifest: manifest::path_for(dir),
+            busy: Mutex::new(()),
+            archives_on_disk: AtomicU64::new(0),
+            manifest_archives: AtomicU64::new(u64::MAX),
+            health: Health::default(),
+            #[cfg(test)]
+            fail_writes: AtomicUsize::new(0),
         })
     }
 
@@ -162,16 +360,52 @@ impl Snapshotter {
         }
     }
 
+    /// The open sled handle, reopening the store after a failure. Callers
+    /// hold `busy` (or run before the flusher starts).
+    fn db(&self) -> Result<sled::Db, SnapshotError> {
+        if let Some(db) = &*self.db.read().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(db.clone());
+        }
+        let mut slot = self.db.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(db) = &*slot {
+            return Ok(db.clone());
+        }
+        let db = open_sled_caught(&self.path).map_err(|source| SnapshotError::Open {
+            dir: self.dir.clone(),
+            source,
+        })?;
+        // Records of the failed save may or may not have reached the disk:
+        // count the headers again.
+        let mut headers = 0;
+        for k in db.scan_prefix([HEADER]).keys() {
+            k.map_err(|e| self.err(e))?;
+            headers += 1;
+        }
+        self.archives_on_disk.store(headers, Ordering::Relaxed);
+        tracing::info!(dir = %self.dir, archives = headers, "snapshot store reopened");
+        *slot = Some(db.clone());
+        Ok(db)
+    }
+
+    /// Drops the sled handle (poisoned by an error); the next call reopens.
+    fn close(&self) {
+        let old = self.db.write().unwrap_or_else(|e| e.into_inner()).take();
+        drop(old);
+    }
+
     /// Loads every saved archive whose rule still applies with the same
-    /// shape; the rest stays on disk. Corrupt records are logged and skipped.
-    /// One thread reads sled in key order; [`RESTORE_THREADS`] decode and
-    /// fill the store.
+    /// shape; the rest stays on disk. Corrupt records are logged and
+    /// skipped; archives the manifest counts but sled does not give back,
+    /// headers without pages and pages without a header are logged and
+    /// counted. One thread reads sled in key order; [`RESTORE_THREADS`]
+    /// decode and fill the store.
     ///
     /// # Errors
-    /// sled fails to iterate.
+    /// sled fails to iterate (a damaged store: see [`recover`]).
     pub fn restore(&self, store: &Store) -> Result<RestoreReport, SnapshotError> {
+        let db = self.db()?;
         let (chunks, receiver) = std::sync::mpsc::sync_channel(RESTORE_QUEUE_CHUNKS);
-        let receiver = std::sync::Mutex::new(receiver);
+        let receiver = Mutex::new(receiver);
         let work = || {
             let mut report = RestoreReport::default();
             loop {
@@ -182,9 +416,9 @@ impl Snapshotter {
                 }
             }
         };
-        std::thread::scope(|scope| {
+        let mut report = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..RESTORE_THREADS).map(|_| scope.spawn(work)).collect();
-            let read = self.read_records(|chunk| chunks.send(chunk).is_ok());
+            let read = caught(|| read_records(&db, |chunk| chunks.send(chunk).is_ok()));
             drop(chunks);
             let mut report = RestoreReport::default();
             for worker in workers {
@@ -195,70 +429,66 @@ impl Snapshotter {
                 report.corrupt += part.corrupt;
                 report.kept_on_disk += part.kept_on_disk;
             }
-            read.map(|()| report)
+            read.map(|found| {
+                report.headers = found.headers;
+                report.no_pages = found.no_pages;
+                report.orphan_pages = found.orphan_pages;
+                report
+            })
         })
-    }
-
-    /// Reads every header with its pages and hands them to `send` in
-    /// chunks, until `send` returns false. Headers and pages share one key
-    /// order (series, rule), so one pass over each, merged, finds every
-    /// archive's pages without a lookup.
-    fn read_records(
-        &self,
-        mut send: impl FnMut(Vec<Records>) -> bool,
-    ) -> Result<(), SnapshotError> {
-        let mut page_entries = self.db.scan_prefix(b"p").peekable();
-        let mut chunk = Vec::with_capacity(RESTORE_CHUNK_ARCHIVES);
-        for entry in self.db.scan_prefix(b"h") {
-            let (key, header) = entry.map_err(|e| self.err(e))?;
-            let suffix = &key[1..];
-            let mut pages = Vec::new();
-            while let Some(next) = page_entries.peek() {
-                let page_key = match next {
-                    Ok((k, _)) => &k[1..],
-                    Err(_) => {
-                        let e = page_entries.next().and_then(Result::err);
-                        return Err(self.err(e.expect("peeked an error")));
-                    }
-                };
-                if page_key.len() == suffix.len() + 4 && page_key.starts_with(suffix) {
-                    let n =
-                        u32::from_be_bytes(page_key[suffix.len()..].try_into().expect("4 bytes"));
-                    if let Some(Ok((_, v))) = page_entries.next() {
-                        pages.push((n, v));
-                    }
-                } else if page_key < suffix {
-                    page_entries.next(); // a page whose header is gone
-                } else {
-                    break;
+        .map_err(|e| self.err(e))?;
+        self.archives_on_disk
+            .store(report.headers, Ordering::Relaxed);
+        match manifest::read(&self.manifest) {
+            Ok(Some(n)) => {
+                report.manifest = Some(n);
+                self.manifest_archives.store(n, Ordering::Relaxed);
+                report.missing = n.saturating_sub(report.headers);
+                if report.missing > 0 {
+                    tracing::error!(
+                        manifest = n,
+                        found = report.headers,
+                        missing = report.missing,
+                        "snapshot: the store gave back fewer archives than its last save wrote; \
+                         they are lost (a damaged or truncated store)"
+                    );
                 }
             }
-            chunk.push(Records { key, header, pages });
-            if chunk.len() == RESTORE_CHUNK_ARCHIVES {
-                let full =
-                    std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK_ARCHIVES));
-                if !send(full) {
-                    return Ok(());
-                }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "snapshot: manifest unreadable; losses cannot be counted")
             }
         }
-        if !chunk.is_empty() {
-            send(chunk);
+        if report.no_pages > 0 {
+            tracing::error!(
+                archives = report.no_pages,
+                "snapshot: archive headers without any page (their data is lost; loaded empty)"
+            );
         }
-        Ok(())
+        if report.orphan_pages > 0 {
+            tracing::error!(
+                pages = report.orphan_pages,
+                "snapshot: pages without their archive header (not loadable)"
+            );
+        }
+        Ok(report)
     }
 
     /// Saves everything changed since the last save, shard by shard on
-    /// [`SAVE_THREADS`] threads, then flushes sled. An archive whose records
-    /// failed is marked dirty again for the next save.
+    /// [`SAVE_THREADS`] threads, then flushes sled and updates the manifest.
+    /// When anything fails, every archive this save took is marked dirty
+    /// again and the sled handle is dropped: the next save reopens the
+    /// store and writes them all.
     ///
     /// # Errors
-    /// sled fails to write or flush.
+    /// sled fails to open, write or flush; the manifest cannot be written.
     pub fn save(&self, store: &Store) -> Result<SaveReport, SnapshotError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
+        // Nothing is taken from the store until sled is usable.
+        let db = self.db()?;
         let next_shard = AtomicUsize::new(0);
-        let work = || self.save_shards(store, &next_shard);
+        let work = || self.save_shards(&db, store, &next_shard);
         let results: Vec<_> = std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..SAVE_THREADS).map(|_| scope.spawn(work)).collect();
             let mine = work();
@@ -273,138 +503,210 @@ impl Snapshotter {
         });
         let mut report = SaveReport::default();
         let mut first_error = None;
-        for (part, error) in results {
-            report.archives += part.archives;
-            report.pages += part.pages;
-            report.bytes += part.bytes;
-            first_error = first_error.or(error);
+        let mut new_headers = 0;
+        let mut taken = Vec::new();
+        for part in results {
+            report.archives += part.report.archives;
+            report.pages += part.report.pages;
+            report.bytes += part.report.bytes;
+            new_headers += part.new_headers;
+            first_error = first_error.or(part.error);
+            taken.extend(part.taken);
         }
-        if let Some(e) = first_error {
+        let outcome = match first_error {
+            Some(e) => Err(e),
+            None => self.flush(&db),
+        };
+        if let Err(e) = outcome {
+            for (series, rule) in &taken {
+                store.mark_dirty(series, &rule.name);
+            }
+            drop(db);
+            self.close();
             return Err(self.err(e));
         }
-        self.db.flush().map_err(|e| self.err(e))?;
+        let on_disk = self
+            .archives_on_disk
+            .fetch_add(new_headers, Ordering::Relaxed)
+            + new_headers;
+        self.write_manifest(on_disk)?;
         report.duration = started.elapsed();
         Ok(report)
     }
 
+    fn flush(&self, db: &sled::Db) -> sled::Result<()> {
+        self.injected_failure()?;
+        db.flush().map(drop)
+    }
+
+    /// Writes the manifest when its count changed.
+    fn write_manifest(&self, archives: u64) -> Result<(), SnapshotError> {
+        if self.manifest_archives.load(Ordering::Relaxed) != archives {
+            manifest::write(&self.manifest, archives)?;
+            self.manifest_archives.store(archives, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// A test's injected write failure, as sled reports a failed write.
+    fn injected_failure(&self) -> sled::Result<()> {
+        #[cfg(test)]
+        if self
+            .fail_writes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(sled::Error::Io(std::io::Error::other(
+                "injected write failure",
+            )));
+        }
+        Ok(())
+    }
+
     /// Takes shards from `next_shard` until none is left and writes their
-    /// dirty archives; returns what was written and the first error.
-    fn save_shards(
-        &self,
-        store: &Store,
-        next_shard: &AtomicUsize,
-    ) -> (SaveReport, Option<sled::Error>) {
-        let mut report = SaveReport::default();
-        let mut first_error = None;
+    /// dirty archives.
+    fn save_shards(&self, db: &sled::Db, store: &Store, next_shard: &AtomicUsize) -> ShardsSaved {
+        let mut out = ShardsSaved::default();
         loop {
             let shard = next_shard.fetch_add(1, Ordering::Relaxed);
-            if shard >= store.shard_count() {
-                return (report, first_error);
+            // After an error, shards not yet taken stay dirty in the store.
+            if shard >= store.shard_count() || out.error.is_some() {
+                return out;
             }
             let dirty = store.take_dirty(shard);
+            out.taken
+                .extend(dirty.iter().map(|d| (d.series.clone(), d.rule.clone())));
             // Archives with several records go in batches (sled serialises
             // batches and each costs a log reservation; see BATCH_ARCHIVES).
             let mut batched = Vec::new();
             let mut batch = sled::Batch::default();
+            let mut batch_new_headers = 0;
             for d in &dirty {
-                match self.save_archive(d, &mut batch) {
-                    Ok(true) => report.add(d),
-                    Ok(false) => batched.push(d),
+                match self.save_archive(db, d, &mut batch) {
+                    Ok(Written::Now) => out.report.add(d),
+                    Ok(Written::Batched { new_header }) => {
+                        batched.push(d);
+                        batch_new_headers += u64::from(new_header);
+                    }
                     Err(e) => {
-                        store.mark_dirty(&d.series, &d.rule.name);
-                        first_error.get_or_insert(e);
+                        out.error = Some(e);
+                        break;
                     }
                 }
                 if batched.len() == BATCH_ARCHIVES {
                     let full = std::mem::take(&mut batch);
-                    self.apply_batch(store, full, &mut batched, &mut report, &mut first_error);
+                    self.apply_batch(db, full, &mut batched, &mut out, batch_new_headers);
+                    batch_new_headers = 0;
+                    if out.error.is_some() {
+                        break;
+                    }
                 }
             }
-            self.apply_batch(store, batch, &mut batched, &mut report, &mut first_error);
+            if out.error.is_none() {
+                self.apply_batch(db, batch, &mut batched, &mut out, batch_new_headers);
+            }
         }
     }
 
     /// Applies `batch`, holding the records of the archives `batched`
-    /// (emptied): counted in `report` when written, else marked dirty again.
+    /// (emptied): counted in `out` when written, else the error is kept.
     fn apply_batch(
         &self,
-        store: &Store,
+        db: &sled::Db,
         batch: sled::Batch,
         batched: &mut Vec<&DirtyArchive>,
-        report: &mut SaveReport,
-        first_error: &mut Option<sled::Error>,
+        out: &mut ShardsSaved,
+        new_headers: u64,
     ) {
         if batched.is_empty() {
             return;
         }
-        match self.db.apply_batch(batch) {
-            Ok(()) => batched.iter().for_each(|d| report.add(d)),
-            Err(e) => {
-                batched
-                    .iter()
-                    .for_each(|d| store.mark_dirty(&d.series, &d.rule.name));
-                first_error.get_or_insert(e);
+        match self.injected_failure().and_then(|()| db.apply_batch(batch)) {
+            Ok(()) => {
+                batched.iter().for_each(|d| out.report.add(d));
+                out.new_headers += new_headers;
             }
+            Err(e) => out.error = Some(e),
         }
         batched.clear();
     }
 
     /// Writes one archive's records. A single record (the common case: one
     /// page with the moved head) is a plain insert, which sled runs
-    /// concurrently: true when written. Several records go into `batch`
-    /// (false), applied at once, so a crash never keeps a slid head
-    /// without the pages the slide emptied, nor half a migration.
-    fn save_archive(&self, d: &DirtyArchive, batch: &mut sled::Batch) -> Result<bool, sled::Error> {
+    /// concurrently. Several records go into `batch`, applied at once, so a
+    /// crash never keeps a slid head without the pages the slide emptied,
+    /// nor half a migration.
+    fn save_archive(
+        &self,
+        db: &sled::Db,
+        d: &DirtyArchive,
+        batch: &mut sled::Batch,
+    ) -> Result<Written, sled::Error> {
         let (series, rule) = (&*d.series, d.rule.name.as_str());
         if let (None, [(n, bytes)], false) = (
             &d.dirty.header,
             d.dirty.pages.as_slice(),
             d.dirty.replace_all,
         ) {
-            self.db
-                .insert(page_key(series, rule, *n), bytes.as_slice())?;
-            return Ok(true);
+            self.injected_failure()?;
+            db.insert(key::page_key(series, rule, *n), bytes.as_slice())?;
+            return Ok(Written::Now);
         }
         if d.dirty.replace_all {
-            for key in self
-                .db
-                .scan_prefix(series_rule_key(b'p', series, rule))
-                .keys()
-            {
+            for key in db.scan_prefix(key::archive_key(PAGE, series, rule)).keys() {
                 batch.remove(key?);
             }
         }
+        let mut new_header = false;
         if let Some(h) = &d.dirty.header {
-            batch.insert(series_rule_key(b'h', series, rule), h.as_slice());
+            let header_key = key::archive_key(HEADER, series, rule);
+            new_header = !db.contains_key(&header_key)?;
+            batch.insert(header_key, h.as_slice());
         }
         for (n, bytes) in &d.dirty.pages {
-            batch.insert(page_key(series, rule, *n), bytes.as_slice());
+            batch.insert(key::page_key(series, rule, *n), bytes.as_slice());
         }
-        Ok(false)
+        Ok(Written::Batched { new_header })
     }
 
     /// Removes saved archives (autoremove sweeps) from disk.
     ///
     /// # Errors
-    /// sled fails.
+    /// sled fails; the manifest cannot be written.
     pub fn delete_archives(&self, archives: &[(String, String)]) -> Result<(), SnapshotError> {
         if archives.is_empty() {
             return Ok(());
         }
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let db = self.db()?;
         let mut batch = sled::Batch::default();
+        let mut headers = 0;
         for (series, rule) in archives {
-            batch.remove(series_rule_key(b'h', series, rule));
-            for key in self
-                .db
-                .scan_prefix(series_rule_key(b'p', series, rule))
-                .keys()
-            {
+            let header_key = key::archive_key(HEADER, series, rule);
+            headers += u64::from(db.contains_key(&header_key).map_err(|e| self.err(e))?);
+            batch.remove(header_key);
+            for key in db.scan_prefix(key::archive_key(PAGE, series, rule)).keys() {
                 batch.remove(key.map_err(|e| self.err(e))?);
             }
         }
-        self.db.apply_batch(batch).map_err(|e| self.err(e))?;
-        self.db.flush().map_err(|e| self.err(e))?;
+        self.remove(&db, batch, headers)
+    }
+
+    /// Writes the manifest with `headers` fewer archives, then applies
+    /// `batch` (the removal) and flushes: a crash in between leaves a
+    /// manifest that counts too few, never a false loss.
+    fn remove(&self, db: &sled::Db, batch: sled::Batch, headers: u64) -> Result<(), SnapshotError> {
+        let left = self
+            .archives_on_disk
+            .load(Ordering::Relaxed)
+            .saturating_sub(headers);
+        self.write_manifest(left)?;
+        let applied = db.apply_batch(batch).and_then(|()| db.flush().map(drop));
+        if let Err(e) = applied {
+            self.close();
+            return Err(self.err(e));
+        }
+        self.archives_on_disk.store(left, Ordering::Relaxed);
         Ok(())
     }
 
@@ -412,28 +714,76 @@ impl Snapshotter {
     /// disk; false when the store did not hold it (disk is cleaned anyway).
     ///
     /// # Errors
-    /// sled fails.
+    /// sled fails; the manifest cannot be written.
     pub fn delete_series(&self, store: &Store, series: &str) -> Result<bool, SnapshotError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let db = self.db()?;
         let held = store.remove(series);
-        let mut prefix = vec![b'h'];
-        prefix.extend_from_slice(&(series.len() as u16).to_be_bytes());
-        prefix.extend_from_slice(series.as_bytes());
-        for tag in [b'h', b'p'] {
-            prefix[0] = tag;
-            let keys: Vec<_> = self
-                .db
-                .scan_prefix(&prefix)
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.err(e))?;
-            let mut batch = sled::Batch::default();
-            keys.into_iter().for_each(|k| batch.remove(k));
-            self.db.apply_batch(batch).map_err(|e| self.err(e))?;
+        let mut batch = sled::Batch::default();
+        let mut headers = 0;
+        for tag in [HEADER, PAGE] {
+            for k in db.scan_prefix(key::series_prefix(tag, series)).keys() {
+                let k = k.map_err(|e| self.err(e))?;
+                headers += u64::from(tag == HEADER);
+                batch.remove(k);
+            }
         }
-        self.db.flush().map_err(|e| self.err(e))?;
+        self.remove(&db, batch, headers)?;
         Ok(held)
     }
+
+    /// Since when snapshots have been failing, once the last successful
+    /// one is older than [`UNREADY_AFTER_INTERVALS`] intervals (ms since
+    /// the epoch); `None` while they succeed.
+    pub fn failing_since_ms(&self) -> Option<u64> {
+        match self.health.unready_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            _ => Some(self.health.failing_since_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Records a save's outcome at `now_ms`; true when this made the
+    /// daemon unready (snapshots failing for too long).
+    fn record_outcome(&self, ok: bool, now_ms: u64) -> bool {
+        let h = &self.health;
+        if ok {
+            h.last_success_ms.store(now_ms, Ordering::Relaxed);
+            h.failing_since_ms.store(0, Ordering::Relaxed);
+            h.unready_since_ms.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let _ = h.failing_since_ms.compare_exchange(
+            0,
+            now_ms.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+        let stale = now_ms.saturating_sub(h.last_success_ms.load(Ordering::Relaxed))
+            > h.unready_after_ms.load(Ordering::Relaxed);
+        stale
+            && h.unready_since_ms
+                .compare_exchange(0, now_ms.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// How [`Snapshotter::save_archive`] wrote an archive.
+enum Written {
+    /// Inserted at once.
+    Now,
+    /// Added to the batch; `new_header` when no header was on disk.
+    Batched { new_header: bool },
+}
+
+/// What one save thread did.
+#[derive(Default)]
+struct ShardsSaved {
+    report: SaveReport,
+    error: Option<sled::Error>,
+    /// Every archive taken from the store (marked dirty again on failure).
+    taken: Vec<(Arc<str>, Arc<Rule>)>,
+    /// Header records written where none was.
+    new_headers: u64,
 }
 
 /// One saved archive's records, as read.
@@ -443,9 +793,80 @@ struct Records {
     pages: Vec<(u32, sled::IVec)>,
 }
 
+/// What [`read_records`] saw besides the records it handed on.
+#[derive(Default)]
+struct Found {
+    headers: u64,
+    no_pages: u64,
+    orphan_pages: u64,
+}
+
+/// Reads every header with its pages and hands them to `send` in chunks,
+/// until `send` returns false. Headers and pages share one key order
+/// (series, rule), so one pass over each, merged, finds every archive's
+/// pages without a lookup.
+fn read_records(db: &sled::Db, mut send: impl FnMut(Vec<Records>) -> bool) -> sled::Result<Found> {
+    let mut found = Found::default();
+    let mut page_entries = db.scan_prefix([PAGE]).peekable();
+    let mut chunk = Vec::with_capacity(RESTORE_CHUNK_ARCHIVES);
+    for entry in db.scan_prefix([HEADER]) {
+        let (key, header) = entry?;
+        found.headers += 1;
+        let suffix = &key[1..];
+        let mut pages = Vec::new();
+        while let Some(next) = page_entries.peek() {
+            let page_key = match next {
+                Ok((k, _)) => &k[1..],
+                Err(_) => return Err(next_error(&mut page_entries)),
+            };
+            if page_key.len() == suffix.len() + 4 && page_key.starts_with(suffix) {
+                let n = key::parse(&[&[PAGE], page_key].concat()).and_then(|k| k.page);
+                if let (Some(n), Some(Ok((_, v)))) = (n, page_entries.next()) {
+                    pages.push((n, v));
+                }
+            } else if page_key < suffix {
+                page_entries.next(); // a page whose header is gone
+                found.orphan_pages += 1;
+            } else {
+                break;
+            }
+        }
+        found.no_pages += u64::from(pages.is_empty());
+        chunk.push(Records { key, header, pages });
+        if chunk.len() == RESTORE_CHUNK_ARCHIVES {
+            let full = std::mem::replace(&mut chunk, Vec::with_capacity(RESTORE_CHUNK_ARCHIVES));
+            if !send(full) {
+                return Ok(found);
+            }
+        }
+    }
+    for rest in page_entries {
+        rest?;
+        found.orphan_pages += 1;
+    }
+    if !chunk.is_empty() {
+        send(chunk);
+    }
+    Ok(found)
+}
+
+/// The error a peeked iterator holds.
+fn next_error(entries: &mut std::iter::Peekable<sled::Iter>) -> sled::Error {
+    match entries.next() {
+        Some(Err(e)) => e,
+        _ => sled::Error::Unsupported("sled iterator error vanished".into()),
+    }
+}
+
 /// Decodes one archive and puts it in the store, counting the outcome.
 fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) {
-    let Some((series, rule)) = parse_header_key(&records.key) else {
+    let Some(key::RecordKey {
+        series,
+        rule,
+        page: None,
+        ..
+    }) = key::parse(&records.key)
+    else {
         report.corrupt += 1;
         tracing::warn!(key = ?String::from_utf8_lossy(&records.key), "snapshot: unreadable header key skipped");
         return;
@@ -503,17 +924,30 @@ async fn sweep(snapshotter: &Arc<Snapshotter>, store: &Arc<Store>, metrics: &Met
     }
 }
 
-/// Saves on blocking threads and records the outcome in self-metrics.
+/// Saves on blocking threads and records the outcome (at `clock()`) in
+/// self-metrics and the readiness state.
 pub async fn save_now(
     snapshotter: &Arc<Snapshotter>,
     store: &Arc<Store>,
     metrics: &Metrics,
+    clock: &Clock,
 ) -> bool {
     let (s, st) = (snapshotter.clone(), store.clone());
     let result = tokio::task::spawn_blocking(move || s.save(&st)).await;
+    let now_ms = clock();
     match result {
         Ok(Ok(report)) => {
+            if snapshotter.failing_since_ms().is_some() {
+                tracing::info!("snapshots succeed again; ready");
+                metrics.set("ringdb_ready", &[], 1.0);
+            }
+            snapshotter.record_outcome(true, now_ms);
             metrics.add("ringdb_snapshots_total", &[], 1);
+            metrics.set(
+                "ringdb_last_snapshot_success_timestamp_seconds",
+                &[],
+                now_ms as f64 / 1000.0,
+            );
             metrics.set(
                 "ringdb_snapshot_duration_seconds",
                 &[],
@@ -533,20 +967,28 @@ pub async fn save_now(
         }
         Ok(Err(e)) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
-            tracing::error!(error = %e, "snapshot failed; changes stay dirty for the next one");
+            tracing::error!(error = %e, "snapshot failed; every change stays dirty, the next one retries");
+            if snapshotter.record_outcome(false, now_ms) {
+                metrics.set("ringdb_ready", &[], 0.0);
+                tracing::error!(
+                    "snapshots failing for more than {UNREADY_AFTER_INTERVALS} intervals: /-/ready answers 503"
+                );
+            }
             false
         }
         Err(e) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
             tracing::error!(error = %e, "snapshot task failed");
+            snapshotter.record_outcome(false, now_ms);
             false
         }
     }
 }
 
 /// Every `interval` until shutdown: sweeps idle `autoremove` archives out
-/// of memory and disk, then saves what changed. The final snapshot is the
-/// caller's, after the listeners have drained.
+/// of memory and disk, then saves what changed (a failed save is retried
+/// on the next tick, with everything it had taken). The final snapshot is
+/// the caller's, after the listeners have drained.
 pub async fn run_flusher(
     snapshotter: Arc<Snapshotter>,
     store: Arc<Store>,
@@ -555,6 +997,20 @@ pub async fn run_flusher(
     interval: Duration,
     shutdown: Shutdown,
 ) {
+    // The store is what the disk holds once restored: that counts as the
+    // last success until the first save.
+    let h = &snapshotter.health;
+    h.unready_after_ms.store(
+        (interval * UNREADY_AFTER_INTERVALS).as_millis() as u64,
+        Ordering::Relaxed,
+    );
+    let now_ms = clock();
+    h.last_success_ms.store(now_ms, Ordering::Relaxed);
+    metrics.set(
+        "ringdb_last_snapshot_success_timestamp_seconds",
+        &[],
+        now_ms as f64 / 1000.0,
+    );
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -563,21 +1019,11 @@ pub async fn run_flusher(
             _ = shutdown.token().cancelled() => break,
             _ = ticker.tick() => {
                 sweep(&snapshotter, &store, &metrics, clock()).await;
-                save_now(&snapshotter, &store, &metrics).await;
+                save_now(&snapshotter, &store, &metrics, &clock).await;
             }
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_round_trip() {
-        let key = series_rule_key(b'h', "traffic-a-b", "rule_1");
-        assert_eq!(parse_header_key(&key), Some(("traffic-a-b", "rule_1")));
-        assert_eq!(parse_header_key(b"h\x00"), None);
-        assert!(page_key("s", "r", 1).starts_with(&series_rule_key(b'p', "s", "r")));
-    }
-}
+mod tests;

@@ -226,7 +226,19 @@ async fn healthy() -> &'static str {
     "ringdb is Healthy.\n"
 }
 
+/// 200 once restored and listening, unless snapshots have been failing
+/// for several intervals (a full or failing disk: what is accepted would
+/// be lost on a restart); `/-/healthy` stays 200 either way.
 async fn ready(State(ctx): State<Arc<ApiContext>>) -> Response {
+    if let Some(since_ms) = ctx.snapshotter.failing_since_ms() {
+        let since = chrono::DateTime::from_timestamp_millis(since_ms as i64)
+            .map_or_else(|| format!("{since_ms} ms"), |t| t.to_rfc3339());
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("ringdb is not ready: snapshots failing since {since} (see ringdb_snapshot_errors_total).\n"),
+        )
+            .into_response();
+    }
     if ctx.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ringdb is Ready.\n").into_response()
     } else {

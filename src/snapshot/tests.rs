@@ -1,0 +1,391 @@
+use super::*;
+use crate::model::{Sample, Value};
+use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+use crate::rules::RuleSet;
+use crate::store::StoreLimits;
+
+const NOW: u64 = 1_700_000_000_000;
+
+fn store() -> Store {
+    let rule = |name: &str, tf: u64| Rule {
+        name: name.into(),
+        prefix: "*".into(),
+        shape: Shape {
+            consolidation: Consolidation::Sum,
+            timeframe_secs: tf,
+            limit: 200,
+            split: Split::Backward,
+            value_size: ValueSize::Large,
+            specials: vec![],
+        },
+        autoremove: false,
+    };
+    Store::new(
+        RuleSet::new(vec![rule("m", 60), rule("s", 1)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: u64::MAX,
+        },
+    )
+}
+
+/// Writes `n` samples a second apart ending at `end_ms` into `key`.
+fn write(s: &Store, key: &str, n: u64, end_ms: u64) {
+    for i in 0..n {
+        let sample = Sample {
+            timestamp_ms: end_ms - (n - 1 - i) * 1000,
+            value: Value::Uint(i + 1),
+        };
+        s.write(key, key.split('-').next().unwrap_or(key), sample, NOW)
+            .unwrap_or_else(|e| panic!("{key}: {e:?}"));
+    }
+}
+
+/// Every series, archive and filled bucket, in order: equal dumps are
+/// equal stores.
+fn dump(s: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    s.scan(|key, series| {
+        for a in series.archives() {
+            let cells: Vec<_> = a
+                .archive
+                .filled()
+                .map(|(b, r)| format!("{b}={r:?}"))
+                .collect();
+            out.push(format!(
+                "{}/{}: {}",
+                &key[..key.len().min(40)],
+                a.rule.name,
+                cells.join(",")
+            ));
+        }
+        true
+    });
+    out.sort();
+    out
+}
+
+fn restored(dir: &Path) -> (Store, RestoreReport) {
+    let fresh = store();
+    let report = Snapshotter::open(dir).unwrap().restore(&fresh).unwrap();
+    (fresh, report)
+}
+
+#[test]
+fn series_key_over_u16_survives_restart() {
+    // Format 2 wrote the key length as u16: 70,000 bytes came back as
+    // "corrupt" and were dropped.
+    let dir = tempfile::tempdir().unwrap();
+    let live = store();
+    let long = format!("traffic-{}", "k".repeat(70_000));
+    write(&live, &long, 30, NOW);
+    write(&live, "traffic-short", 5, NOW);
+    Snapshotter::open(dir.path()).unwrap().save(&live).unwrap();
+    let (back, report) = restored(dir.path());
+    assert_eq!((report.archives, report.corrupt), (4, 0), "{report:?}");
+    assert!(!report.lost_anything(), "{report:?}");
+    assert_eq!(dump(&back), dump(&live));
+}
+
+#[test]
+fn format_2_keys_are_upgraded_and_restored() {
+    // Records under format 2 keys (u16 lengths, tags h/p), as an older
+    // ringdb left them.
+    let dir = tempfile::tempdir().unwrap();
+    let live = store();
+    for i in 0..40 {
+        write(&live, &format!("traffic-{i}"), 3 + i % 5, NOW);
+    }
+    {
+        let db = open_sled(dir.path()).unwrap();
+        let legacy = |tag: u8, series: &str, rule: &str| {
+            let mut k = vec![tag];
+            k.extend_from_slice(&(series.len() as u16).to_be_bytes());
+            k.extend_from_slice(series.as_bytes());
+            k.extend_from_slice(&(rule.len() as u16).to_be_bytes());
+            k.extend_from_slice(rule.as_bytes());
+            k
+        };
+        for shard in 0..live.shard_count() {
+            for d in live.take_dirty(shard) {
+                let (series, rule) = (&*d.series, d.rule.name.as_str());
+                let header = d.dirty.header.expect("a new archive has a header");
+                db.insert(legacy(LEGACY_HEADER, series, rule), header)
+                    .unwrap();
+                for (n, bytes) in d.dirty.pages {
+                    let mut k = legacy(LEGACY_PAGE, series, rule);
+                    k.extend_from_slice(&n.to_be_bytes());
+                    db.insert(k, bytes).unwrap();
+                }
+            }
+        }
+        db.flush().unwrap();
+    }
+    let (back, report) = restored(dir.path());
+    assert_eq!((report.archives, report.corrupt), (80, 0), "{report:?}");
+    assert_eq!(dump(&back), dump(&live));
+    let db = open_sled(dir.path()).unwrap();
+    assert_eq!(
+        db.scan_prefix([LEGACY_HEADER]).count(),
+        0,
+        "legacy headers left"
+    );
+    assert_eq!(
+        db.scan_prefix([LEGACY_PAGE]).count(),
+        0,
+        "legacy pages left"
+    );
+}
+
+#[test]
+fn failed_saves_are_retried_with_nothing_skipped() {
+    struct Case {
+        name: &'static str,
+        /// Write calls (inserts, batches, flushes) that fail, in a row.
+        failures: usize,
+    }
+    let cases = [
+        Case {
+            name: "first write fails",
+            failures: 1,
+        },
+        Case {
+            name: "every write of one save fails",
+            failures: 1000,
+        },
+    ];
+    for c in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let live = store();
+        for i in 0..100 {
+            write(&live, &format!("traffic-{i}"), 10, NOW);
+        }
+        let s = Snapshotter::open(dir.path()).unwrap();
+        s.save(&live).unwrap();
+        // One new sample per archive (single-page inserts), plus new
+        // archives (batches).
+        for i in 0..100 {
+            write(&live, &format!("traffic-{i}"), 1, NOW + 1000);
+        }
+        for i in 0..30 {
+            write(&live, &format!("other-{i}"), 4, NOW);
+        }
+        s.fail_writes.store(c.failures, Ordering::Relaxed);
+        assert!(s.save(&live).is_err(), "{}: injected failure", c.name);
+        assert!(s.db.read().unwrap().is_none(), "{}: handle dropped", c.name);
+        s.fail_writes.store(0, Ordering::Relaxed);
+        // The next save reopens sled (the first handle's lock is gone) and
+        // writes everything the failed one had taken.
+        s.save(&live)
+            .unwrap_or_else(|e| panic!("{}: retry: {e}", c.name));
+        drop(s);
+        let (back, report) = restored(dir.path());
+        assert!(!report.lost_anything(), "{}: {report:?}", c.name);
+        assert_eq!(report.manifest, Some(260), "{}", c.name);
+        assert_eq!(dump(&back), dump(&live), "{}", c.name);
+    }
+}
+
+#[test]
+fn losses_are_counted_on_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = store();
+    for name in ["a", "b", "c", "d"] {
+        write(&live, &format!("traffic-{name}"), 5, NOW);
+    }
+    Snapshotter::open(dir.path()).unwrap().save(&live).unwrap();
+    {
+        let db = open_sled(dir.path()).unwrap();
+        let remove_prefix = |prefix: Vec<u8>| {
+            for k in db.scan_prefix(prefix).keys() {
+                db.remove(k.unwrap()).unwrap();
+            }
+        };
+        // a/m: header gone, pages left. b/m: pages gone. c: everything gone.
+        db.remove(key::archive_key(HEADER, "traffic-a", "m"))
+            .unwrap();
+        remove_prefix(key::archive_key(PAGE, "traffic-b", "m"));
+        remove_prefix(key::series_prefix(HEADER, "traffic-c"));
+        remove_prefix(key::series_prefix(PAGE, "traffic-c"));
+        db.flush().unwrap();
+    }
+    let (_, report) = restored(dir.path());
+    let want = RestoreReport {
+        archives: 5,
+        corrupt: 0,
+        kept_on_disk: 0,
+        missing: 3,
+        no_pages: 1,
+        orphan_pages: 1,
+        headers: 5,
+        manifest: Some(8),
+    };
+    assert_eq!(report, want);
+}
+
+#[test]
+fn deletes_keep_the_manifest_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let live = store();
+    for name in ["a", "b", "c"] {
+        write(&live, &format!("traffic-{name}"), 5, NOW);
+    }
+    let s = Snapshotter::open(dir.path()).unwrap();
+    s.save(&live).unwrap();
+    assert!(s.delete_series(&live, "traffic-a").unwrap());
+    s.delete_archives(&[("traffic-b".into(), "s".into())])
+        .unwrap();
+    drop(s);
+    assert_eq!(
+        manifest::read(&manifest::path_for(dir.path())).unwrap(),
+        Some(3)
+    );
+    let (_, report) = restored(dir.path());
+    assert_eq!((report.archives, report.missing), (3, 0), "{report:?}");
+}
+
+#[test]
+fn readiness_follows_snapshot_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Snapshotter::open(dir.path()).unwrap();
+    s.health.unready_after_ms.store(3_000, Ordering::Relaxed);
+    struct Step {
+        name: &'static str,
+        ok: bool,
+        now_ms: u64,
+        made_unready: bool,
+        failing_since: Option<u64>,
+    }
+    let steps = [
+        Step {
+            name: "success",
+            ok: true,
+            now_ms: 1_000,
+            made_unready: false,
+            failing_since: None,
+        },
+        Step {
+            name: "first failure",
+            ok: false,
+            now_ms: 2_000,
+            made_unready: false,
+            failing_since: None,
+        },
+        Step {
+            name: "within the window",
+            ok: false,
+            now_ms: 4_000,
+            made_unready: false,
+            failing_since: None,
+        },
+        Step {
+            name: "past the window",
+            ok: false,
+            now_ms: 4_001,
+            made_unready: true,
+            failing_since: Some(2_000),
+        },
+        Step {
+            name: "still failing",
+            ok: false,
+            now_ms: 9_000,
+            made_unready: false,
+            failing_since: Some(2_000),
+        },
+        Step {
+            name: "success again",
+            ok: true,
+            now_ms: 10_000,
+            made_unready: false,
+            failing_since: None,
+        },
+        Step {
+            name: "new failure",
+            ok: false,
+            now_ms: 11_000,
+            made_unready: false,
+            failing_since: None,
+        },
+    ];
+    for step in steps {
+        assert_eq!(
+            s.record_outcome(step.ok, step.now_ms),
+            step.made_unready,
+            "{}",
+            step.name
+        );
+        assert_eq!(s.failing_since_ms(), step.failing_since, "{}", step.name);
+    }
+}
+
+#[test]
+fn recover_copies_a_sound_store_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("snapshots");
+    let live = store();
+    for i in 0..50 {
+        write(&live, &format!("traffic-{i}"), 7, NOW);
+    }
+    Snapshotter::open(&dir).unwrap().save(&live).unwrap();
+    let report = recover::recover(&dir, "T1").unwrap();
+    assert_eq!(
+        (report.archives, report.manifest),
+        (100, Some(100)),
+        "{report}"
+    );
+    assert_eq!(report.archives_lost(), Some(0));
+    assert!(report.read_errors.is_empty(), "{report}");
+    assert!(data.path().join("snapshots.damaged-T1/db").exists());
+    assert!(!data.path().join("snapshots.recover-scratch").exists());
+    let (back, restore) = restored(&dir);
+    assert!(!restore.lost_anything(), "{restore:?}");
+    assert_eq!(dump(&back), dump(&live));
+    let none = recover::recover(&data.path().join("nothing"), "T2");
+    assert!(matches!(none, Err(recover::RecoverError::NoStore(_))));
+}
+
+#[test]
+fn a_store_in_use_is_neither_opened_nor_recovered() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("snapshots");
+    let running = Snapshotter::open(&dir).unwrap();
+    running.save(&store()).unwrap();
+    assert!(matches!(
+        Snapshotter::open(&dir),
+        Err(SnapshotError::Locked { .. })
+    ));
+    assert!(matches!(
+        recover::recover(&dir, "T"),
+        Err(recover::RecoverError::InUse(_))
+    ));
+    drop(running);
+    assert!(Snapshotter::open(&dir).is_ok(), "free once closed");
+}
+
+#[test]
+fn recover_reads_the_log_itself_when_sled_cannot_open_the_store() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("snapshots");
+    let live = store();
+    for i in 0..50 {
+        write(&live, &format!("traffic-{i}"), 7, NOW);
+    }
+    Snapshotter::open(&dir).unwrap().save(&live).unwrap();
+    // sled needs `blobs` to be a folder: with a file there it refuses to
+    // open in every way, while its log is intact.
+    std::fs::remove_dir_all(dir.join("blobs")).unwrap();
+    std::fs::write(dir.join("blobs"), b"not a folder").unwrap();
+    assert!(matches!(
+        Snapshotter::open(&dir),
+        Err(SnapshotError::Open { .. })
+    ));
+    let report = recover::recover(&dir, "T").unwrap();
+    assert_eq!(
+        report.opened, "not by sled: the log read directly",
+        "{report}"
+    );
+    assert_eq!((report.archives, report.no_pages), (100, 0), "{report}");
+    let (back, restore) = restored(&dir);
+    assert!(!restore.lost_anything(), "{restore:?}");
+    assert_eq!(dump(&back), dump(&live));
+}
