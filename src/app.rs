@@ -112,45 +112,9 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     )?;
 
     let metrics = Arc::new(Metrics::default());
-    let store = Arc::new(
-        Store::new(
-            RuleSet::new(settings.rules.clone()),
-            StoreLimits {
-                max_future_ms: settings.limits.max_future.as_millis() as u64,
-                max_series: settings.limits.max_series,
-            },
-        )
-        .with_size_limits(size_limits(&settings.limits)),
-    );
     let snapshot_dir = settings.data_dir.join("snapshots");
-    let restored = {
-        let (dir, st) = (snapshot_dir.clone(), store.clone());
-        tokio::task::spawn_blocking(move || {
-            let s = Snapshotter::open(&dir)?;
-            let report = s.restore(&st)?;
-            Ok::<_, snapshot::SnapshotError>((s, report))
-        })
-        .await?
-    };
-    // A store sled cannot read is not started on: starting empty would
-    // overwrite what `ringdb recover` may still bring back.
-    let (snapshotter, restored) = restored.map_err(|e| match e {
-        snapshot::SnapshotError::Locked { .. } => anyhow::Error::new(e),
-        e => damaged_store(&e, &snapshot_dir, config_file.as_deref()),
-    })?;
-    // Archives the manifest counts but sled did not give back: sled stopped
-    // reading its log early (a damaged record), and running on would
-    // overwrite the rest of the log, which `recover` can still read.
-    if restored.missing > 0 {
-        let why = format!(
-            "snapshot store {}: {} of the {} archives of the last save are missing (if the store was removed on purpose, remove {} too)",
-            snapshot_dir.display(),
-            restored.missing,
-            restored.manifest.unwrap_or_default(),
-            snapshot::manifest::path_for(&snapshot_dir).display(),
-        );
-        return Err(damaged_store(&why, &snapshot_dir, config_file.as_deref()));
-    }
+    let (store, snapshotter, restored) =
+        restore_or_recover(&settings, &snapshot_dir, config_file.as_deref()).await?;
     let snapshotter = Arc::new(snapshotter);
     for (reason, n) in restored.skipped() {
         metrics.add("ringdb_restore_skipped_total", &[("reason", reason)], n);
@@ -330,6 +294,95 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     Ok(())
 }
 
+/// An empty store on the settings' rules and limits.
+fn new_store(settings: &Settings) -> Arc<Store> {
+    Arc::new(
+        Store::new(
+            RuleSet::new(settings.rules.clone()),
+            StoreLimits {
+                max_future_ms: settings.limits.max_future.as_millis() as u64,
+                max_series: settings.limits.max_series,
+            },
+        )
+        .with_size_limits(size_limits(&settings.limits)),
+    )
+}
+
+/// Opens the snapshot store and restores it into a fresh store.
+async fn open_and_restore(
+    settings: &Settings,
+    dir: &Path,
+) -> anyhow::Result<
+    Result<(Arc<Store>, Snapshotter, snapshot::RestoreReport), snapshot::SnapshotError>,
+> {
+    let store = new_store(settings);
+    let (dir, st) = (dir.to_path_buf(), store.clone());
+    let snapshotter_and_report = tokio::task::spawn_blocking(move || {
+        let s = Snapshotter::open(&dir)?;
+        let report = s.restore(&st)?;
+        Ok::<_, snapshot::SnapshotError>((s, report))
+    })
+    .await?;
+    Ok(snapshotter_and_report.map(|(s, report)| (store, s, report)))
+}
+
+/// The start-up restore. A store that sled cannot read whole (a damaged
+/// record with sound ones after it, a store sled refuses to open, or fewer
+/// archives than the last save's manifest counts) is not run on as it is,
+/// since that would overwrite what may still be read: it is recovered
+/// first, as `ringdb recover` does (every readable archive copied into a
+/// fresh store, the damaged one kept aside), and the daemon starts on what
+/// was recovered, with the losses logged and counted (DESIGN §9: damage
+/// never stops the daemon from starting).
+///
+/// # Errors
+/// A store held by another process, or one that cannot be recovered.
+async fn restore_or_recover(
+    settings: &Settings,
+    dir: &Path,
+    config_file: Option<&Path>,
+) -> anyhow::Result<(Arc<Store>, Snapshotter, snapshot::RestoreReport)> {
+    let why = match open_and_restore(settings, dir).await? {
+        Ok((store, s, report)) if report.missing == 0 => return Ok((store, s, report)),
+        Ok((_, s, report)) => {
+            drop(s);
+            format!(
+                "snapshot store {}: {} of the {} archives of the last save are missing \
+                 (if the store was removed on purpose, remove {} too)",
+                dir.display(),
+                report.missing,
+                report.manifest.unwrap_or_default(),
+                snapshot::manifest::path_for(dir).display(),
+            )
+        }
+        Err(e @ snapshot::SnapshotError::Locked { .. }) => return Err(e.into()),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(
+        "{why}; recovering it before starting (as `ringdb recover` does): every readable \
+         archive is copied into a fresh store and the damaged one is kept aside"
+    );
+    let report = {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || recover(&settings)).await?
+    }
+    .map_err(|e| damaged_store(&e, dir, config_file))?;
+    tracing::warn!(
+        damaged = %report.damaged.display(),
+        archives = report.archives,
+        lost = ?report.archives_lost(),
+        "snapshot store recovered:\n{report}"
+    );
+    let (store, s, mut restored) = open_and_restore(settings, dir)
+        .await?
+        .map_err(|e| damaged_store(&e, dir, config_file))?;
+    restored.missing += report.archives_lost().unwrap_or(0);
+    restored.corrupt += report.corrupt_headers;
+    restored.no_pages += report.no_pages;
+    restored.orphan_pages += report.orphan_pages;
+    Ok((store, s, restored))
+}
+
 /// The start-up error for a snapshot store that cannot be opened or read,
 /// or that lost archives: what failed and the command that salvages it.
 fn damaged_store(
@@ -339,8 +392,8 @@ fn damaged_store(
 ) -> anyhow::Error {
     let config = config_file.map_or(String::new(), |f| format!(" --config {}", f.display()));
     anyhow::anyhow!(
-        "{e}\nringdb does not start on a snapshot store it cannot read whole: running on it would \
-         overwrite what may still be recovered. With the daemon stopped, run\n  \
+        "{e}\nthe snapshot store {dir} could not be recovered automatically. With the daemon \
+         stopped, run\n  \
          ringdb recover{config}\n\
          It copies every readable archive of {dir} into a fresh store, moves the damaged one \
          aside ({dir}.damaged-<time>) and prints what it recovered and lost; then start ringdb again.",
