@@ -34,6 +34,10 @@ pub struct ApiContext {
     pub query_timeout: std::time::Duration,
     /// Most samples a query may load.
     pub max_query_samples: usize,
+    /// Most bytes and deepest nesting of a query's text.
+    pub query_limits: crate::query::engine::QueryLimits,
+    /// Most bytes of one query answer.
+    pub max_response_bytes: usize,
 }
 
 /// Routes of the HTTP listener.

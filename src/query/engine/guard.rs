@@ -1,0 +1,434 @@
+//! Limits on a query's text and shape (issue 14): what makes sure that no
+//! query text, whatever its size up to the HTTP body cap, can overflow a
+//! stack or panic inside promql-parser, ringdb's planner or evaluator.
+//!
+//! Three layers, each cheap:
+//! - [`check_text`], before the parser: `limits.max_query_bytes`, then one
+//!   iterative pass over the text that bounds the depth of the tree the
+//!   parser could build from it (`limits.max_query_depth`) and refuses the
+//!   duration numbers promql-parser would panic on (`offset NaN`, `[1e30]`).
+//! - [`check_expr`], after it: the tree's real depth (walked with an
+//!   explicit stack), and durations, offsets and `@` times that fit the
+//!   millisecond arithmetic of the evaluator.
+//! - [`on_query_stack`]: parsing, evaluating, formatting and dropping a
+//!   tree run on a thread with a known, large stack, which also turns a
+//!   panic that got through into an error instead of a dead worker.
+//!
+//! Sync, no I/O, no clock.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use promql_parser::parser::{AtModifier, Expr, Offset};
+
+use super::EngineError;
+
+/// Stack of the threads that parse, evaluate and format queries. With the
+/// depth capped at most 1024 (config bound of `limits.max_query_depth`),
+/// the deepest recursion measured (nested calls in a debug build) needs a
+/// few MiB; the rest is margin. Only touched pages cost memory.
+pub const QUERY_STACK_BYTES: usize = 64 << 20;
+
+/// Longest duration (range, subquery step, offset) a query may use:
+/// Prometheus' int64 nanoseconds, about 292 years.
+pub const MAX_DURATION: Duration = Duration::from_nanos(i64::MAX as u64);
+
+/// Latest (and, negated, earliest) time a query may name, in ms: about
+/// 285,000 years, so that times, ranges, offsets and lookbacks add up
+/// without overflowing an i64.
+pub const MAX_TIME_MS: i64 = 1 << 53;
+
+/// The limits on one query's text and tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    /// Most bytes of query text (`limits.max_query_bytes`).
+    pub max_query_bytes: usize,
+    /// Deepest expression tree (`limits.max_query_depth`): a selector is
+    /// depth 1, each operator, call, aggregation, parenthesis or subquery
+    /// above it adds one.
+    pub max_query_depth: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        QueryLimits {
+            max_query_bytes: 16 * 1024,
+            max_query_depth: 128,
+        }
+    }
+}
+
+fn too_deep(bound: usize, limits: &QueryLimits, how: &str) -> EngineError {
+    EngineError::TooLarge {
+        limit: "limits.max_query_depth",
+        message: format!(
+            "query is nested too deeply: {how} {bound}, more than limits.max_query_depth ({})",
+            limits.max_query_depth
+        ),
+    }
+}
+
+/// Which bracket opened a [`Group`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Bracket {
+    /// `(`, and the text outside every bracket.
+    Paren,
+    /// `{`: label matchers, where `=`, `!=` and `=~` are not operators.
+    Brace,
+    /// `[`: a range or subquery, where `:` separates two durations.
+    Square,
+}
+
+/// One bracket group open during [`check_text`].
+struct Group {
+    kind: Bracket,
+    /// Operators seen at this level: binary, unary and `[` (a range or
+    /// subquery node wraps what stands before it).
+    ops: usize,
+    /// Highest bound of a group closed inside this one.
+    max_child: usize,
+}
+
+impl Group {
+    fn new(kind: Bracket) -> Group {
+        Group {
+            kind,
+            ops: 0,
+            max_child: 0,
+        }
+    }
+
+    /// Bound on the depth of the tree of the level's content: each
+    /// operator adds at most one node on any path, above its deepest
+    /// operand (a leaf, or a group's tree).
+    fn content_depth(&self) -> usize {
+        self.ops.saturating_add(self.max_child.max(1))
+    }
+}
+
+/// Checks a query's text before it reaches the parser: its size, a bound
+/// on the depth of any tree the parser could build from it, and the
+/// numbers written where a duration goes (`offset NaN`, `[1e30]`, `[5m:Inf]`)
+/// that promql-parser's `Duration::from_secs_f64` would panic on. One pass,
+/// no recursion, memory proportional to the bracket nesting only.
+///
+/// The depth bound: within one bracket level, the tree of the level's
+/// content has each operator as at most one node on a path, so its depth
+/// is at most the level's operators plus its deepest operand; a bracket
+/// group is an operand one node (its call, aggregation or parenthesis)
+/// above its own content. Matrix and subquery brackets count as operators
+/// of the level they follow. The bound is never below the real depth.
+///
+/// # Errors
+/// [`EngineError::TooLarge`] naming `limits.max_query_bytes` or
+/// `limits.max_query_depth`; [`EngineError::BadData`] for a duration out
+/// of range.
+pub fn check_text(query: &str, limits: &QueryLimits) -> Result<(), EngineError> {
+    if query.len() > limits.max_query_bytes {
+        return Err(EngineError::TooLarge {
+            limit: "limits.max_query_bytes",
+            message: format!(
+                "query is {} bytes, more than limits.max_query_bytes ({})",
+                query.len(),
+                limits.max_query_bytes
+            ),
+        });
+    }
+    let b = query.as_bytes();
+    let mut stack: Vec<Group> = vec![Group::new(Bracket::Paren)];
+    // Whether the next token stands where the grammar takes a duration:
+    // after `offset` (and its sign), after `[`, after `:` inside `[...]`.
+    let mut expect_duration = false;
+    let mut i = 0;
+    let close = |stack: &mut Vec<Group>| {
+        if stack.len() > 1 {
+            if let Some(g) = stack.pop() {
+                let h = if g.kind == Bracket::Brace {
+                    1
+                } else {
+                    g.content_depth().saturating_add(1)
+                };
+                if let Some(parent) = stack.last_mut() {
+                    parent.max_child = parent.max_child.max(h);
+                }
+            }
+        }
+    };
+    while i < b.len() {
+        let c = b[i];
+        let kind = stack.last().map_or(Bracket::Paren, |g| g.kind);
+        let op = |stack: &mut Vec<Group>| {
+            if let Some(g) = stack.last_mut() {
+                if g.kind != Bracket::Brace {
+                    g.ops += 1;
+                }
+            }
+        };
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => {
+                i += 1;
+                continue;
+            }
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            b'"' | b'\'' | b'`' => {
+                i += 1;
+                while i < b.len() && b[i] != c {
+                    if b[i] == b'\\' && c != b'`' {
+                        i += 1;
+                    }
+                    i += 1;
+                }
+                i += 1;
+                expect_duration = false;
+                continue;
+            }
+            b'0'..=b'9' | b'.' => {
+                let start = i;
+                let hex = b[i..].starts_with(b"0x") || b[i..].starts_with(b"0X");
+                i += 1;
+                while i < b.len() {
+                    let d = b[i];
+                    let sign_after_exponent =
+                        (d == b'+' || d == b'-') && !hex && matches!(b[i - 1], b'e' | b'E');
+                    if d.is_ascii_alphanumeric() || d == b'_' || d == b'.' || sign_after_exponent {
+                        i += 1;
+                    } else {
+                        break;
+                    }
+                }
+                if expect_duration {
+                    check_duration_token(&query[start..i])?;
+                }
+                expect_duration = false;
+                continue;
+            }
+            b':' if kind == Bracket::Square => {
+                // A subquery's `:`: its step, if any, comes next.
+                expect_duration = true;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' || c == b':' => {
+                let start = i;
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b':')
+                {
+                    i += 1;
+                }
+                let word = &query[start..i];
+                if expect_duration {
+                    check_duration_token(word)?;
+                    expect_duration = false;
+                } else if word.eq_ignore_ascii_case("offset") {
+                    expect_duration = true;
+                } else if ["and", "or", "unless", "atan2"]
+                    .iter()
+                    .any(|k| word.eq_ignore_ascii_case(k))
+                {
+                    op(&mut stack);
+                }
+                continue;
+            }
+            b'(' | b'{' => {
+                stack.push(Group::new(if c == b'{' {
+                    Bracket::Brace
+                } else {
+                    Bracket::Paren
+                }));
+                expect_duration = false;
+            }
+            b'[' => {
+                op(&mut stack);
+                stack.push(Group::new(Bracket::Square));
+                expect_duration = true;
+            }
+            b')' | b'}' | b']' => {
+                close(&mut stack);
+                expect_duration = false;
+            }
+            b'+' | b'-' => {
+                op(&mut stack);
+                // `offset -5m`: the duration still comes.
+            }
+            b'*' | b'/' | b'%' | b'^' => {
+                op(&mut stack);
+                expect_duration = false;
+            }
+            b'=' | b'!' | b'<' | b'>' => {
+                let next = b.get(i + 1).copied();
+                // `=~`, `!~` and a lone `=` match labels; `==`, `!=`, `<`,
+                // `<=`, `>`, `>=` compare (not counted inside braces).
+                let compares = match (c, next) {
+                    (b'=', Some(b'=')) | (b'!', Some(b'=')) => true,
+                    (b'<' | b'>', _) => true,
+                    _ => false,
+                };
+                if compares {
+                    op(&mut stack);
+                }
+                if matches!(next, Some(b'=' | b'~')) {
+                    i += 1;
+                }
+                expect_duration = false;
+            }
+            _ => expect_duration = false,
+        }
+        i += 1;
+        if stack.len() > limits.max_query_depth {
+            return Err(too_deep(stack.len(), limits, "brackets nested"));
+        }
+    }
+    while stack.len() > 1 {
+        close(&mut stack);
+    }
+    let bound = stack.last().map_or(0, Group::content_depth);
+    if bound > limits.max_query_depth {
+        return Err(too_deep(
+            bound,
+            limits,
+            "operators and brackets nested up to",
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a number written as a duration that promql-parser would turn
+/// into a `Duration` with `from_secs_f64`, which panics on NaN, infinities,
+/// negatives and values past u64 seconds.
+fn check_duration_token(token: &str) -> Result<(), EngineError> {
+    let lower = token.to_ascii_lowercase();
+    // Durations with units (`5m`, `1h30m`) go through checked arithmetic
+    // in the parser and are bounded by `check_expr`; only plain numbers
+    // (decimal, exponent, inf, nan) reach `from_secs_f64`.
+    let Ok(secs) = lower.replace('_', "").parse::<f64>() else {
+        return Ok(());
+    };
+    if secs.is_finite() && (0.0..=MAX_DURATION.as_secs_f64()).contains(&secs) {
+        return Ok(());
+    }
+    Err(EngineError::BadData(format!(
+        "parse error: duration {token:?} out of range, expected 0 to {} seconds",
+        MAX_DURATION.as_secs()
+    )))
+}
+
+fn check_duration(what: &str, d: &Duration) -> Result<(), EngineError> {
+    if *d > MAX_DURATION {
+        return Err(EngineError::BadData(format!(
+            "{what} {}s out of range, at most {}s (292 years)",
+            d.as_secs(),
+            MAX_DURATION.as_secs()
+        )));
+    }
+    Ok(())
+}
+
+fn check_offset(o: &Option<Offset>) -> Result<(), EngineError> {
+    match o {
+        Some(Offset::Pos(d)) | Some(Offset::Neg(d)) => check_duration("offset", d),
+        None => Ok(()),
+    }
+}
+
+fn check_at(at: &Option<AtModifier>) -> Result<(), EngineError> {
+    let Some(AtModifier::At(t)) = at else {
+        return Ok(());
+    };
+    let ms = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_millis(),
+        Err(e) => e.duration().as_millis(),
+    };
+    if ms > MAX_TIME_MS as u128 {
+        let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => d.as_secs() as f64,
+            Err(e) => -(e.duration().as_secs() as f64),
+        };
+        return Err(EngineError::BadData(format!(
+            "timestamp out of bounds for @ modifier: {secs}, expected at most ±{} seconds",
+            MAX_TIME_MS / 1000
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a parsed tree: its depth against `limits.max_query_depth`, and
+/// every range, step, offset and `@` time against what the evaluator's
+/// millisecond arithmetic holds. Walks with an explicit stack, so a tree
+/// deeper than any limit is still measured without recursion.
+///
+/// # Errors
+/// [`EngineError::TooLarge`] naming `limits.max_query_depth`;
+/// [`EngineError::BadData`] for a duration or time out of range.
+pub fn check_expr(expr: &Expr, limits: &QueryLimits) -> Result<(), EngineError> {
+    let mut todo: Vec<(&Expr, usize)> = vec![(expr, 1)];
+    while let Some((e, depth)) = todo.pop() {
+        if depth > limits.max_query_depth {
+            return Err(too_deep(depth, limits, "expression depth"));
+        }
+        let below = depth + 1;
+        match e {
+            Expr::VectorSelector(vs) => {
+                check_offset(&vs.offset)?;
+                check_at(&vs.at)?;
+            }
+            Expr::MatrixSelector(ms) => {
+                check_duration("range", &ms.range)?;
+                check_offset(&ms.vs.offset)?;
+                check_at(&ms.vs.at)?;
+            }
+            Expr::Subquery(sq) => {
+                check_duration("subquery range", &sq.range)?;
+                if let Some(step) = &sq.step {
+                    check_duration("subquery step", step)?;
+                }
+                check_offset(&sq.offset)?;
+                check_at(&sq.at)?;
+                todo.push((&sq.expr, below));
+            }
+            Expr::Aggregate(a) => {
+                if let Some(p) = &a.param {
+                    todo.push((p, below));
+                }
+                todo.push((&a.expr, below));
+            }
+            Expr::Unary(u) => todo.push((&u.expr, below)),
+            Expr::Binary(b) => {
+                todo.push((&b.lhs, below));
+                todo.push((&b.rhs, below));
+            }
+            Expr::Paren(p) => todo.push((&p.expr, below)),
+            Expr::Call(c) => todo.extend(c.args.args.iter().map(|a| (a.as_ref(), below))),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Runs `work` on a fresh thread with a [`QUERY_STACK_BYTES`] stack and
+/// waits for it: parsing, evaluating, formatting and dropping a tree
+/// recurse once per level, and the blocking pool's threads have 2 MiB. A
+/// panic in `work` comes back as [`EngineError::Panicked`] (the process
+/// never aborts on one: no profile sets `panic = "abort"`).
+///
+/// # Errors
+/// `work`'s own error, [`EngineError::Panicked`], or
+/// [`EngineError::Execution`] when no thread can be started.
+pub fn on_query_stack<T: Send>(
+    work: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new()
+            .name("ringdb-query".into())
+            .stack_size(QUERY_STACK_BYTES)
+            .spawn_scoped(scope, work);
+        match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or(Err(EngineError::Panicked("query evaluation"))),
+            Err(e) => Err(EngineError::Execution(format!(
+                "cannot start a query thread: {e}"
+            ))),
+        }
+    })
+}
