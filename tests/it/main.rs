@@ -13,6 +13,7 @@ mod prometheus;
 mod promql;
 mod promql_corpus;
 mod promql_diff;
+mod query_limits;
 mod query_speed;
 mod query_split;
 mod reload;

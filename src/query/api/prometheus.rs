@@ -435,17 +435,8 @@ async fn evaluate(
             run(&source, &expr)
         })
         .map_err(|e| refused(ctx, e))?;
-        encode_result_within(&value, ctx.max_response_bytes).map_err(|e| {
-            ctx.metrics.add(
-                "ringdb_query_refusals_total",
-                &[("limit", "limits.max_response_bytes")],
-                1,
-            );
-            ApiError {
-                error_type: "execution",
-                message: e.to_string(),
-            }
-        })
+        encode_result_within(&value, ctx.max_response_bytes)
+            .map_err(|e| response_too_large(ctx, e.max_bytes))
     })
     .await
 }
@@ -748,13 +739,30 @@ async fn parse_off_workers(
 ) -> Result<String, ApiError> {
     let deadline = Instant::now() + ctx.query_timeout;
     run_blocking(ctx, move |ctx| {
-        engine::on_query_stack(|| {
+        let out = engine::on_query_stack(|| {
             let expr = parse_query(ctx, &text, deadline)?;
             Ok(answer(&expr))
         })
-        .map_err(|e| refused(ctx, e))
+        .map_err(|e| refused(ctx, e))?;
+        if out.len() > ctx.max_response_bytes {
+            return Err(response_too_large(ctx, ctx.max_response_bytes));
+        }
+        Ok(out)
     })
     .await
+}
+
+/// The answer would pass `limits.max_response_bytes`: 422, counted.
+fn response_too_large(ctx: &ApiContext, max_bytes: usize) -> ApiError {
+    ctx.metrics.add(
+        "ringdb_query_refusals_total",
+        &[("limit", "limits.max_response_bytes")],
+        1,
+    );
+    ApiError {
+        error_type: "execution",
+        message: ResponseTooLarge { max_bytes }.to_string(),
+    }
 }
 
 /// 405 (not 404) for a method an endpoint lacks: Grafana then retries as GET.

@@ -259,11 +259,10 @@ pub fn check_text(query: &str, limits: &QueryLimits) -> Result<(), EngineError> 
                 let next = b.get(i + 1).copied();
                 // `=~`, `!~` and a lone `=` match labels; `==`, `!=`, `<`,
                 // `<=`, `>`, `>=` compare (not counted inside braces).
-                let compares = match (c, next) {
-                    (b'=', Some(b'=')) | (b'!', Some(b'=')) => true,
-                    (b'<' | b'>', _) => true,
-                    _ => false,
-                };
+                let compares = matches!(
+                    (c, next),
+                    (b'=', Some(b'=')) | (b'!', Some(b'=')) | (b'<' | b'>', _)
+                );
                 if compares {
                     op(&mut stack);
                 }
@@ -431,4 +430,246 @@ pub fn on_query_stack<T: Send>(
             ))),
         }
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// The shapes that overflowed the stack (issue 14), nested `n` deep.
+    pub(crate) fn nested(shape: &str, n: usize) -> String {
+        match shape {
+            "sum" => format!("{}x{}", "sum(".repeat(n), ")".repeat(n)),
+            "abs" => format!("{}x{}", "abs(".repeat(n), ")".repeat(n)),
+            "parens" => format!("{}x{}", "(".repeat(n), ")".repeat(n)),
+            "plus" => format!("x{}", "+x".repeat(n)),
+            "unary" => format!("{}x", "-".repeat(n)),
+            "paren_plus" => format!("{}x{}", "(x+".repeat(n), ")".repeat(n)),
+            "subquery" => format!("{}x{}", "max_over_time(".repeat(n), "[5m:1m])".repeat(n)),
+            "and" => format!("x{}", " and x".repeat(n)),
+            _ => unreachable!("unknown shape {shape}"),
+        }
+    }
+
+    pub(crate) const SHAPES: [&str; 8] = [
+        "sum",
+        "abs",
+        "parens",
+        "plus",
+        "unary",
+        "paren_plus",
+        "subquery",
+        "and",
+    ];
+
+    /// Runs `f` on a thread with a small stack: the checks must not
+    /// recurse on their input.
+    fn on_small_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn_scoped(s, f)
+                .expect("spawn")
+                .join()
+                .expect("no overflow, no panic")
+        })
+    }
+
+    #[test]
+    fn the_reported_shapes_are_refused_on_a_small_stack() {
+        // The sizes that aborted the process, and far past them, with the
+        // largest text the config allows.
+        let limits = QueryLimits {
+            max_query_bytes: 16 << 20,
+            max_query_depth: 1024,
+        };
+        let cases = [
+            ("2000 nested sum(", nested("sum", 2000)),
+            ("4875 chained +", nested("plus", 4875)),
+            ("33000 parentheses", nested("parens", 33_000)),
+            ("2750 nested abs(", nested("abs", 2750)),
+            ("1 MiB of unary minus", nested("unary", 1 << 20)),
+            ("4 MiB of parentheses", nested("parens", 2 << 20)),
+            ("100000 chained and", nested("and", 100_000)),
+            ("5000 nested subqueries", nested("subquery", 5000)),
+            ("unclosed 1 MiB of (", "(".repeat(1 << 20)),
+        ];
+        for (name, q) in cases {
+            let err = on_small_stack(|| check_text(&q, &limits)).expect_err(name);
+            match &err {
+                EngineError::TooLarge { limit, .. } => {
+                    assert_eq!(*limit, "limits.max_query_depth", "case {name}: {err}")
+                }
+                other => panic!("case {name}: {other:?}"),
+            }
+            assert!(
+                err.to_string().contains("limits.max_query_depth"),
+                "case {name}: {err}"
+            );
+            assert_eq!(err.http_status(), 400, "case {name}");
+        }
+    }
+
+    #[test]
+    fn query_bytes_limit() {
+        let limits = QueryLimits::default();
+        let long = format!("x{}", " + x".repeat(5000));
+        let err = check_text(&long, &limits).expect_err("case 20 KB query");
+        assert!(
+            err.to_string().contains("limits.max_query_bytes"),
+            "case 20 KB query: {err}"
+        );
+        assert_eq!(err.error_type(), "bad_data", "case 20 KB query type");
+        let at_limit = format!("x{}", " ".repeat(16 * 1024 - 1));
+        check_text(&at_limit, &limits).expect("case exactly at the limit");
+    }
+
+    /// The smallest depth limit `check_text` lets `q` through with.
+    fn text_bound(q: &str) -> usize {
+        (1..=4096)
+            .find(|&d| {
+                check_text(
+                    q,
+                    &QueryLimits {
+                        max_query_bytes: 1 << 20,
+                        max_query_depth: d,
+                    },
+                )
+                .is_ok()
+            })
+            .expect("a bound under 4096")
+    }
+
+    /// The tree's real depth, as `check_expr` measures it.
+    fn tree_depth(q: &str) -> usize {
+        let expr = promql_parser::parser::parse(q).expect(q);
+        (1..=4096)
+            .find(|&d| {
+                check_expr(
+                    &expr,
+                    &QueryLimits {
+                        max_query_bytes: 1 << 20,
+                        max_query_depth: d,
+                    },
+                )
+                .is_ok()
+            })
+            .expect("a depth under 4096")
+    }
+
+    #[test]
+    fn the_text_bound_is_never_below_the_tree_depth_and_close_to_it() {
+        // (name, query, how far above the real depth the text bound may be)
+        let cases: Vec<(&str, String, usize)> = vec![
+            ("selector", "x".into(), 0),
+            ("matchers", r#"x{a="1",b!="2",c=~"3",d!~"4"}"#.into(), 1),
+            (
+                "many matchers",
+                format!("x{{{}}}", "a=\"1\",".repeat(500)),
+                1,
+            ),
+            ("rate", "rate(x[5m])".into(), 2),
+            (
+                "grafana sum by rate",
+                r#"sum by (job) (rate(http_requests_total{job=~"a|b"}[$__rate_interval]))"#
+                    .replace("$__rate_interval", "5m"),
+                3,
+            ),
+            ("binary chain", "a + b * c / d - e".into(), 0),
+            (
+                "comparison chain",
+                "a == b != c >= d <= e > f < g".into(),
+                1,
+            ),
+            ("set ops", "a and b or c unless d".into(), 1),
+            ("unary", "-(-x)".into(), 0),
+            (
+                "subquery of paren",
+                "max_over_time((x + 1)[5m:1m])".into(),
+                2,
+            ),
+            (
+                "offset and at",
+                "x offset 5m @ 100 + y offset -1h".into(),
+                2,
+            ),
+            ("exponent numbers", "x * 1e-5 + 2.5E+3 - 0x1F".into(), 0),
+            (
+                "strings and comments",
+                "label_replace(x, \"a\", \"$1 (\", \"b\", \"(.*)\") # ((((\n+ y".into(),
+                2,
+            ),
+            ("aggregate param", "topk(5, sum without (a) (x))".into(), 2),
+            (
+                "bool and matching",
+                "a > bool on (x) group_left (y) b".into(),
+                1,
+            ),
+            ("atan2", "a atan2 b".into(), 0),
+            ("colon metric", "job:rate5m:sum + x".into(), 0),
+            ("nested sum 50", nested("sum", 50), 0),
+            ("chained plus 50", nested("plus", 50), 0),
+            ("parens 50", nested("parens", 50), 0),
+            ("unary 50", nested("unary", 50), 0),
+            ("paren plus 50", nested("paren_plus", 50), 0),
+            ("subqueries 20", nested("subquery", 20), 20),
+            ("and 50", nested("and", 50), 0),
+        ];
+        let mut wrong = Vec::new();
+        for (name, q, slack) in cases {
+            let (bound, depth) = (text_bound(&q), tree_depth(&q));
+            if bound < depth || bound > depth + slack {
+                wrong.push(format!(
+                    "case {name}: text bound {bound}, tree depth {depth}, slack {slack}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    #[test]
+    fn durations_the_parser_panicked_on_are_refused() {
+        // Each of these panicked inside promql-parser 0.11 (or overflowed
+        // ringdb's millisecond arithmetic); all must be bad_data.
+        let cases = [
+            ("offset NaN", "x offset NaN"),
+            ("offset Inf", "x offset Inf"),
+            ("offset +Inf", "x offset +Inf"),
+            ("offset -Inf", "x offset -Inf"),
+            ("offset 1e30", "x offset 1e30"),
+            ("offset -1e30", "x offset -1e30"),
+            ("range 1e30", "x[1e30]"),
+            ("range NaN", "x[NaN]"),
+            ("subquery step 1e30", "x[5m:1e30]"),
+            ("subquery step Inf", "x[5m:Inf]"),
+            ("range 1e30s", "rate(x[1e30s])"),
+            ("at NaN", "x @ NaN"),
+            ("at Inf", "x @ Inf"),
+            ("at 1e30", "x @ 1e30"),
+            ("at -1e30", "x @ -1e30"),
+            ("offset 1e19", "x offset 1e19"),
+            ("offset hex max", "x offset 0x7fffffffffffffff"),
+            ("range of 4294967295 years", "x[4294967295y]"),
+            (
+                "subquery offset of 4294967295 years",
+                "x[1y:1ms] offset 4294967295y",
+            ),
+        ];
+        for (name, q) in cases {
+            let err = crate::query::engine::parse(q).expect_err(name);
+            assert_eq!(err.error_type(), "bad_data", "case {name}: {err}");
+        }
+        for q in ["x offset 1e-30", "x[0.5]", "x[5m:0.5]", "x offset 292y"] {
+            crate::query::engine::parse(q).unwrap_or_else(|e| panic!("case {q}: {e}"));
+        }
+    }
+
+    #[test]
+    fn a_panic_on_the_query_stack_is_an_error() {
+        let err = on_query_stack(|| -> Result<(), EngineError> { panic!("boom") })
+            .expect_err("case panic");
+        assert_eq!(err, EngineError::Panicked("query evaluation"));
+        assert_eq!(err.http_status(), 422);
+        assert_eq!(err.limit(), Some("panic"));
+    }
 }
