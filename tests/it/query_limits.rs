@@ -8,6 +8,8 @@
 use crate::common::{enc, http_request, Daemon};
 use serde_json::Value as Json;
 
+const RULES: &str =
+    "rules:\n  - {name: x_10s, prefix: x, type: last, timeframe: 10s, limit: 360}\n";
 const CONFIG: &str = "limits: {max_query_samples: 200000, max_response_bytes: 4096}\n\
     rules:\n  - {name: x_10s, prefix: x, type: last, timeframe: 10s, limit: 360}\n";
 
@@ -126,6 +128,41 @@ fn nested_and_long_queries_are_refused_on_every_endpoint() {
     for (limit, n) in refused {
         let series = format!("ringdb_query_refusals_total{{limit=\"{limit}\"}}");
         assert_eq!(d.metric(&series), n, "{series}");
+    }
+}
+
+#[test]
+fn deep_queries_within_the_limit_are_answered_everywhere() {
+    // Deeper than what runs on a blocking thread's own stack, within the
+    // default limits.max_query_depth (128): each endpoint answers. Default
+    // limits: the formatted query is longer than CONFIG's 4 KiB answers.
+    let d = Daemon::start(RULES);
+    let cases = [
+        (
+            "100 nested sum(",
+            format!("{}x{}", "sum(".repeat(100), ")".repeat(100)),
+        ),
+        (
+            "120 parentheses",
+            format!("{}x{}", "(".repeat(120), ")".repeat(120)),
+        ),
+        ("100 chained +", format!("x{}", "+x".repeat(100))),
+    ];
+    for (name, q) in &cases {
+        for (endpoint, path, form) in endpoints(q) {
+            let (code, v) = call(&d, &path, &form);
+            // match[] takes selectors only: parsed, then refused as such.
+            let selector_only = matches!(endpoint, "series" | "labels" | "label values");
+            let want = if selector_only { 400 } else { 200 };
+            if selector_only {
+                let msg = v["error"].as_str().unwrap_or_default();
+                assert!(
+                    msg.contains("not a series selector"),
+                    "case {name} on {endpoint}: {msg}"
+                );
+            }
+            assert_eq!(code, want, "case {name} on {endpoint}: {v}");
+        }
     }
 }
 

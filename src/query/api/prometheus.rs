@@ -322,19 +322,24 @@ fn now_ms() -> i64 {
 /// and on the query stack (a selector's text is a query's text).
 fn selectors(ctx: &ApiContext, texts: &[String]) -> Result<Vec<Vec<Matcher>>, ApiError> {
     let limits = ctx.query_limits;
-    let parsed = engine::on_query_stack(|| {
-        let mut sets = Vec::new();
-        for s in texts {
-            match engine::parse_with(s, &limits)? {
-                engine::Expr::VectorSelector(vs) => sets.extend(engine::selector_matchers(&vs)),
-                _ => {
-                    return Err(EngineError::BadData(format!(
-                        "invalid parameter \"match[]\": {s:?} is not a series selector"
-                    )))
+    let bound = texts.iter().try_fold(0, |max, s| {
+        engine::check_text(s, &limits).map(|b| b.max(max))
+    });
+    let parsed = bound.and_then(|bound| {
+        engine::on_query_stack(bound, || {
+            let mut sets = Vec::new();
+            for s in texts {
+                match engine::parse_with(s, &limits)? {
+                    engine::Expr::VectorSelector(vs) => sets.extend(engine::selector_matchers(&vs)),
+                    _ => {
+                        return Err(EngineError::BadData(format!(
+                            "invalid parameter \"match[]\": {s:?} is not a series selector"
+                        )))
+                    }
                 }
             }
-        }
-        Ok(sets)
+            Ok(sets)
+        })
     });
     parsed.map_err(|e| refused(ctx, e))
 }
@@ -351,6 +356,17 @@ fn refused(ctx: &ApiContext, e: EngineError) -> ApiError {
         None => {}
     }
     ApiError::from(e)
+}
+
+/// Runs `work` (which parses `text`) where its recursion fits: see
+/// [`engine::on_query_stack`]; the text is checked first for the bound.
+fn query_stack<T: Send>(
+    ctx: &ApiContext,
+    text: &str,
+    work: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    let bound = engine::check_text(text, &ctx.query_limits)?;
+    engine::on_query_stack(bound, work)
 }
 
 /// Parses `text` within the query limits and checks the deadline after.
@@ -425,7 +441,7 @@ async fn evaluate(
     run_blocking(ctx, move |ctx| {
         // Parsing, evaluating and dropping the tree recurse once per level:
         // all on a thread with a known stack (see engine::on_query_stack).
-        let value = engine::on_query_stack(|| {
+        let value = query_stack(ctx, &text, || {
             let expr = parse_query(ctx, &text, deadline)?;
             let source = StoreSource {
                 store: &ctx.store,
@@ -739,7 +755,7 @@ async fn parse_off_workers(
 ) -> Result<String, ApiError> {
     let deadline = Instant::now() + ctx.query_timeout;
     run_blocking(ctx, move |ctx| {
-        let out = engine::on_query_stack(|| {
+        let out = query_stack(ctx, &text, || {
             let expr = parse_query(ctx, &text, deadline)?;
             Ok(answer(&expr))
         })

@@ -184,7 +184,9 @@ mod fast;
 mod functions;
 mod guard;
 mod plan;
-pub use guard::{check_expr, check_text, on_query_stack, QueryLimits, QUERY_STACK_BYTES};
+pub use guard::{
+    check_expr, check_text, on_query_stack, QueryLimits, INLINE_DEPTH, QUERY_STACK_BYTES,
+};
 pub(crate) use plan::selector_matchers;
 #[cfg(test)]
 mod tests;
@@ -344,9 +346,9 @@ pub fn parse(query: &str) -> Result<Expr, EngineError> {
 /// Parses a PromQL expression within `limits`: the text is checked before
 /// the parser sees it ([`guard::check_text`]) and the tree after
 /// ([`guard::check_expr`]). Recursion is bounded by the depth limit; run
-/// it (and evaluation) inside [`on_query_stack`] for depths past a few
-/// dozen. A panic inside promql-parser that got past the checks is caught
-/// and answered as [`EngineError::Panicked`].
+/// it (and evaluation) inside [`on_query_stack`] with the bound
+/// [`check_text`] returns. A panic inside promql-parser that got past the
+/// checks is caught and answered as [`EngineError::Panicked`].
 ///
 /// # Errors
 /// [`EngineError::BadData`] with the parser's message, or for a duration

@@ -1133,7 +1133,12 @@ fn deepest_allowed_queries_run_on_the_query_stack() {
             .expect("some nesting passes");
         let q = super::guard::tests::nested(shape, n);
         let started = Instant::now();
-        let out = on_query_stack(|| {
+        let bound = check_text(&q, &limits).expect("passes");
+        assert!(
+            bound > super::guard::INLINE_DEPTH,
+            "case {shape}: runs on its own thread"
+        );
+        let out = on_query_stack(bound, || {
             let expr = parse_with(&q, &limits)?;
             let pretty = expr.prettify();
             let instant = quick.instant(&mem, &expr, 600_000);
