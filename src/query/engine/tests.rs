@@ -1269,3 +1269,34 @@ fn times_out_of_range_are_bad_data() {
         assert_eq!(err.error_type(), "bad_data", "case {name}: {err}");
     }
 }
+
+/// The storage's own sample limit is the same refusal as the evaluator's
+/// (counted under limits.max_query_samples); other storage errors stay
+/// execution errors.
+#[test]
+fn storage_sample_limit_is_too_many_samples() {
+    struct Refusing(&'static str);
+    impl Storage for Refusing {
+        fn select(&self, _: &[Matcher], _: i64, _: i64) -> Result<Vec<SeriesData>, String> {
+            Err(self.0.to_string())
+        }
+    }
+    let cases = [
+        (
+            "sample limit",
+            "query processing would load too many samples into memory in query execution",
+            Some("limits.max_query_samples"),
+        ),
+        ("other error", "store is closed", None),
+    ];
+    for (name, message, limit) in cases {
+        for q in ["x", "rate(x[5m])", "sum(x)"] {
+            let expr = parse(q).expect("parses");
+            let err = engine()
+                .instant(&Refusing(message), &expr, 0)
+                .expect_err(name);
+            assert_eq!(err.limit(), limit, "case {name} {q}: {err}");
+            assert_eq!(err.http_status(), 422, "case {name} {q}");
+        }
+    }
+}
