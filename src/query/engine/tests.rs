@@ -1302,3 +1302,49 @@ fn storage_sample_limit_is_too_many_samples() {
         }
     }
 }
+
+/// What [`on_query_stack`] runs on the caller's stack (text bound up to
+/// INLINE_DEPTH) fits in the 2 MiB of a tokio blocking thread, debug build
+/// included, for every shape.
+#[test]
+fn inline_depth_fits_a_blocking_thread_stack() {
+    let x: Vec<(i64, f64)> = (0..=60).map(|i| (i * 10_000, 2.0)).collect();
+    let mem = Mem::new(&[(&[("__name__", "x")], &x, None)]);
+    let limits = QueryLimits::default();
+    for shape in super::guard::tests::SHAPES {
+        let n = (1..=INLINE_DEPTH)
+            .rev()
+            .find(|&n| {
+                check_text(&super::guard::tests::nested(shape, n), &limits)
+                    .is_ok_and(|b| b <= INLINE_DEPTH)
+            })
+            .expect("some nesting runs inline");
+        let q = super::guard::tests::nested(shape, n);
+        // Nested subqueries multiply their steps: a deadline ends them.
+        let quick = Engine {
+            timeout: Some(Duration::from_secs(1)),
+            max_samples: 1_000_000,
+            ..engine()
+        };
+        let run = || {
+            on_query_stack(INLINE_DEPTH, || {
+                let expr = parse_with(&q, &limits)?;
+                let _ = expr.prettify();
+                quick.instant(&mem, &expr, 600_000)?;
+                quick.range(&mem, &expr, 0, 600_000, 60_000)
+            })
+        };
+        let out = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn_scoped(s, run)
+                .expect("spawn")
+                .join()
+                .expect("no overflow")
+        });
+        match out {
+            Ok(_) | Err(EngineError::TooManySamples(_)) | Err(EngineError::Timeout(_)) => {}
+            Err(e) => panic!("case {shape} {n}: {e}"),
+        }
+    }
+}
