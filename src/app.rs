@@ -163,6 +163,10 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         query_timeout: settings.limits.query_timeout,
         max_query_samples: usize::try_from(settings.limits.max_query_samples).unwrap_or(usize::MAX),
         max_slice_buckets: settings.limits.max_slice_buckets,
+        query_limits: crate::query::engine::QueryLimits {
+            max_query_bytes: settings.limits.max_query_bytes,
+            max_query_depth: settings.limits.max_query_depth,
+        },
         max_response_bytes: settings.limits.max_response_bytes,
     });
     let socket_ctx = Arc::new(SocketContext {

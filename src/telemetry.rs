@@ -161,6 +161,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Prometheus API requests by endpoint and outcome.",
     ),
     (
+        "ringdb_query_refusals_total",
+        Kind::Counter,
+        "PromQL queries refused by the limit that refused them (limits.*).",
+    ),
+    (
+        "ringdb_query_panics_total",
+        Kind::Counter,
+        "PromQL parses or evaluations that panicked, caught and answered 422.",
+    ),
+    (
         "ringdb_query_duration_microseconds_total",
         Kind::Counter,
         "Time spent answering Prometheus API requests, by endpoint.",

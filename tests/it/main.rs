@@ -14,6 +14,7 @@ mod prometheus;
 mod promql;
 mod promql_corpus;
 mod promql_diff;
+mod query_limits;
 mod query_speed;
 mod query_split;
 mod read_locks;

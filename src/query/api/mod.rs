@@ -47,6 +47,8 @@ pub struct ApiContext {
     pub query_timeout: std::time::Duration,
     /// Most samples a query may load.
     pub max_query_samples: usize,
+    /// Most bytes and deepest nesting of a query's text.
+    pub query_limits: crate::query::engine::QueryLimits,
     /// `limits.max_slice_buckets`: most paths × buckets one YAWNDB
     /// multi-slice or aggregate may read.
     pub max_slice_buckets: u64,

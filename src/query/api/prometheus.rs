@@ -145,7 +145,23 @@ fn write_point(out: &mut String, t: i64, v: f64) {
 
 /// Encodes a query result as Prometheus' `{"resultType","result"}`.
 pub fn encode_result(value: &Value) -> String {
+    encode_result_within(value, usize::MAX).unwrap_or_default()
+}
+
+/// [`encode_result`], stopping as soon as the text passes `max_bytes`
+/// (`limits.max_response_bytes`) rather than building all of it first.
+///
+/// # Errors
+/// The size was passed: nothing is returned.
+pub fn encode_result_within(value: &Value, max_bytes: usize) -> Result<String, ResponseTooLarge> {
     let mut out = String::with_capacity(256);
+    let check = |out: &String| {
+        if out.len() > max_bytes {
+            Err(ResponseTooLarge { max_bytes })
+        } else {
+            Ok(())
+        }
+    };
     match value {
         Value::Scalar(t, v) => {
             out.push_str("{\"resultType\":\"scalar\",\"result\":");
@@ -161,29 +177,51 @@ pub fn encode_result(value: &Value) -> String {
         }
         Value::Vector(samples) => {
             out.push_str("{\"resultType\":\"vector\",\"result\":[");
-            write_joined(&mut out, samples, |out, s| {
+            for (i, s) in samples.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
                 out.push_str("{\"metric\":");
-                write_labels(out, &s.labels);
+                write_labels(&mut out, &s.labels);
                 out.push_str(",\"value\":");
-                write_point(out, s.t, s.v);
+                write_point(&mut out, s.t, s.v);
                 out.push('}');
-            });
+                check(&out)?;
+            }
             out.push(']');
         }
         Value::Matrix(series) => {
             out.push_str("{\"resultType\":\"matrix\",\"result\":[");
-            write_joined(&mut out, series, |out, s| {
+            for (i, s) in series.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
                 out.push_str("{\"metric\":");
-                write_labels(out, &s.labels);
+                write_labels(&mut out, &s.labels);
                 out.push_str(",\"values\":[");
-                write_joined(out, &s.points, |out, (t, v)| write_point(out, *t, *v));
+                for (j, (t, v)) in s.points.iter().enumerate() {
+                    if j > 0 {
+                        out.push(',');
+                    }
+                    write_point(&mut out, *t, *v);
+                    check(&out)?;
+                }
                 out.push_str("]}");
-            });
+            }
             out.push(']');
         }
     }
     out.push('}');
-    out
+    check(&out)?;
+    Ok(out)
+}
+
+/// An answer would pass `limits.max_response_bytes`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("response would be more than limits.max_response_bytes ({max_bytes} bytes); narrow the query or its range")]
+pub struct ResponseTooLarge {
+    /// The limit.
+    pub max_bytes: usize,
 }
 
 /// Request parameters from the query string and, for POST, a form body.
@@ -281,20 +319,68 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Parses `match[]` selectors into matcher lists.
-fn selectors(params: &Params) -> Result<Vec<Vec<Matcher>>, ApiError> {
-    let mut sets = Vec::new();
-    for s in params.all("match[]") {
-        match engine::parse(s)? {
-            engine::Expr::VectorSelector(vs) => sets.extend(engine::selector_matchers(&vs)),
-            _ => {
-                return Err(bad_data(format!(
-                    "invalid parameter \"match[]\": {s:?} is not a series selector"
-                )))
+/// Parses `match[]` selectors into matcher lists, within the query limits
+/// and on the query stack (a selector's text is a query's text).
+fn selectors(ctx: &ApiContext, texts: &[String]) -> Result<Vec<Vec<Matcher>>, ApiError> {
+    let limits = ctx.query_limits;
+    let bound = texts.iter().try_fold(0, |max, s| {
+        engine::check_text(s, &limits).map(|b| b.max(max))
+    });
+    let parsed = bound.and_then(|bound| {
+        engine::on_query_stack(bound, || {
+            let mut sets = Vec::new();
+            for s in texts {
+                match engine::parse_with(s, &limits)? {
+                    engine::Expr::VectorSelector(vs) => sets.extend(engine::selector_matchers(&vs)),
+                    _ => {
+                        return Err(EngineError::BadData(format!(
+                            "invalid parameter \"match[]\": {s:?} is not a series selector"
+                        )))
+                    }
+                }
             }
-        }
+            Ok(sets)
+        })
+    });
+    parsed.map_err(|e| refused(ctx, e))
+}
+
+/// Maps an engine error to the wire, counting refusals by the limit that
+/// refused (`ringdb_query_refusals_total{limit}`) and caught panics
+/// (`ringdb_query_panics_total`).
+fn refused(ctx: &ApiContext, e: EngineError) -> ApiError {
+    match e.limit() {
+        Some("panic") => ctx.metrics.add("ringdb_query_panics_total", &[], 1),
+        Some(limit) => ctx
+            .metrics
+            .add("ringdb_query_refusals_total", &[("limit", limit)], 1),
+        None => {}
     }
-    Ok(sets)
+    ApiError::from(e)
+}
+
+/// Runs `work` (which parses `text`) where its recursion fits: see
+/// [`engine::on_query_stack`]; the text is checked first for the bound.
+fn query_stack<T: Send>(
+    ctx: &ApiContext,
+    text: &str,
+    work: impl FnOnce() -> Result<T, EngineError> + Send,
+) -> Result<T, EngineError> {
+    let bound = engine::check_text(text, &ctx.query_limits)?;
+    engine::on_query_stack(bound, work)
+}
+
+/// Parses `text` within the query limits and checks the deadline after.
+fn parse_query(
+    ctx: &ApiContext,
+    text: &str,
+    deadline: Instant,
+) -> Result<engine::Expr, EngineError> {
+    let expr = engine::parse_with(text, &ctx.query_limits)?;
+    if Instant::now() >= deadline {
+        return Err(EngineError::Timeout("query parsing"));
+    }
+    Ok(expr)
 }
 
 type Ctx = State<Arc<ApiContext>>;
@@ -375,14 +461,22 @@ async fn evaluate(
     text: String,
     run: impl FnOnce(&StoreSource<'_>, &engine::Expr) -> Result<Value, EngineError> + Send + 'static,
 ) -> Result<String, ApiError> {
+    let deadline = Instant::now() + ctx.query_timeout;
     run_blocking(ctx, &client, move |ctx| {
-        let expr = engine::parse(&text)?;
-        let source = StoreSource {
-            store: &ctx.store,
-            grant: &grant,
-            max_samples: ctx.max_query_samples,
-        };
-        Ok(encode_result(&run(&source, &expr)?))
+        // Parsing, evaluating and dropping the tree recurse once per level:
+        // all on a thread with a known stack (see engine::on_query_stack).
+        let value = query_stack(ctx, &text, || {
+            let expr = parse_query(ctx, &text, deadline)?;
+            let source = StoreSource {
+                store: &ctx.store,
+                grant: &grant,
+                max_samples: ctx.max_query_samples,
+            };
+            run(&source, &expr)
+        })
+        .map_err(|e| refused(ctx, e))?;
+        encode_result_within(&value, ctx.max_response_bytes)
+            .map_err(|e| response_too_large(ctx, e.max_bytes))
     })
     .await
 }
@@ -435,7 +529,7 @@ async fn query_range(
                 "invalid parameter \"step\": zero or negative query resolution step widths are not accepted. Try a positive integer",
             ));
         }
-        if (end - start) / step > MAX_POINTS {
+        if end.saturating_sub(start) / step > MAX_POINTS {
             return Err(bad_data(
                 "exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)",
             ));
@@ -483,13 +577,18 @@ async fn matching(
     required: bool,
     encode: impl FnOnce(BTreeSet<Labels>, usize) -> Result<String, ApiError> + Send + 'static,
 ) -> Result<String, ApiError> {
-    let sets = selectors(params)?;
-    if required && sets.is_empty() {
+    let texts: Vec<String> = params
+        .all("match[]")
+        .into_iter()
+        .map(String::from)
+        .collect();
+    if required && texts.is_empty() {
         return Err(bad_data("no match[] parameter provided"));
     }
     let start = params.time("start")?.unwrap_or(i64::MIN / 2);
     let end = params.time("end")?.unwrap_or(i64::MAX / 2);
     run_blocking(ctx, &client, move |ctx| {
+        let sets = selectors(ctx, &texts)?;
         let source = StoreSource {
             store: &ctx.store,
             grant: &grant,
@@ -717,26 +816,72 @@ async fn buildinfo() -> Response {
 /// query has none; the query is still checked.
 async fn query_exemplars(
     State(ctx): Ctx,
-    _reader: ReadAccess,
+    ReadAccess(reader): ReadAccess,
     RawQuery(q): RawQuery,
     body: String,
 ) -> Response {
-    let result = (|| {
+    let started = Instant::now();
+    let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params.query()?;
-        engine::parse(text)?;
-        Ok("[]".to_string())
-    })();
-    finish(&ctx, "query_exemplars", Instant::now(), result)
+        let text = params.query()?.to_string();
+        parse_off_workers(&ctx, &reader.client, text, |_| "[]".to_string()).await
+    }
+    .await;
+    finish(&ctx, "query_exemplars", started, result)
 }
 
-async fn format_query(State(ctx): Ctx, RawQuery(q): RawQuery, body: String) -> Response {
-    let result = (|| {
+async fn format_query(
+    State(ctx): Ctx,
+    client: Option<axum::Extension<ClientId>>,
+    RawQuery(q): RawQuery,
+    body: String,
+) -> Response {
+    let client = client.map(|c| c.0).unwrap_or_default();
+    let started = Instant::now();
+    let result = async {
         let params = Params::parse(q.as_deref(), &body)?;
-        let text = params.query()?;
-        Ok(json_string(&engine::parse(text)?.prettify()))
-    })();
-    finish(&ctx, "format_query", Instant::now(), result)
+        let text = params.query()?.to_string();
+        parse_off_workers(&ctx, &client, text, |expr| json_string(&expr.prettify())).await
+    }
+    .await;
+    finish(&ctx, "format_query", started, result)
+}
+
+/// Parses `text` as [`evaluate`] does (blocking pool, query stack, limits,
+/// deadline) and answers `answer` of the tree, worked out on that stack
+/// too (prettifying recurses).
+async fn parse_off_workers(
+    ctx: &Arc<ApiContext>,
+    client: &ClientId,
+    text: String,
+    answer: impl FnOnce(&engine::Expr) -> String + Send + 'static,
+) -> Result<String, ApiError> {
+    let deadline = Instant::now() + ctx.query_timeout;
+    run_blocking(ctx, client, move |ctx| {
+        let out = query_stack(ctx, &text, || {
+            let expr = parse_query(ctx, &text, deadline)?;
+            Ok(answer(&expr))
+        })
+        .map_err(|e| refused(ctx, e))?;
+        if out.len() > ctx.max_response_bytes {
+            return Err(response_too_large(ctx, ctx.max_response_bytes));
+        }
+        Ok(out)
+    })
+    .await
+}
+
+/// The answer would pass `limits.max_response_bytes`: 422, counted.
+fn response_too_large(ctx: &ApiContext, max_bytes: usize) -> ApiError {
+    ctx.metrics.add(
+        "ringdb_query_refusals_total",
+        &[("limit", "limits.max_response_bytes")],
+        1,
+    );
+    ApiError {
+        error_type: "execution",
+        message: ResponseTooLarge { max_bytes }.to_string(),
+    }
 }
 
 /// 405 (not 404) for a method an endpoint lacks: Grafana then retries as GET.

@@ -136,11 +136,16 @@ impl<'a> Evaluator<'a> {
             self.check_deadline()?;
             self.step_samples.set(0);
             match self.eval(expr, t)? {
-                Val::Scalar(x) => push_point(&mut index, &mut out, Vec::new(), t, x),
+                Val::Scalar(x) => {
+                    push_point(&mut index, &mut out, Vec::new(), t, x);
+                    self.add_output(1)?;
+                }
                 Val::Vector(vs) => {
                     check_duplicates(&vs)?;
+                    self.step_samples.set(0);
                     for s in vs {
                         push_point(&mut index, &mut out, s.labels, t, s.v);
+                        self.add_output(1)?;
                     }
                 }
                 other => {
@@ -150,9 +155,6 @@ impl<'a> Evaluator<'a> {
                     )))
                 }
             }
-            let total: usize = out.iter().map(|s| s.points.len()).sum();
-            self.output_samples.set(total);
-            self.check_samples(0)?;
             t += step;
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
@@ -166,6 +168,12 @@ impl<'a> Evaluator<'a> {
     /// When evaluation must stop, if ever.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// Accounts `n` more points in the range query's output.
+    fn add_output(&self, n: usize) -> Result<(), EngineError> {
+        self.output_samples.set(self.output_samples.get() + n);
+        self.check_samples(0)
     }
 
     /// Accounts `n` more samples held by this step.
@@ -187,8 +195,23 @@ impl<'a> Evaluator<'a> {
         Ok(())
     }
 
-    /// Evaluates `e` at time `t` (ms).
+    /// Evaluates `e` at time `t` (ms). Afterwards the step holds what it
+    /// held before plus `e`'s value: the inputs `e` consumed are gone, as
+    /// Prometheus counts samples held at once.
     pub(crate) fn eval(&self, e: &Expr, t: i64) -> Result<Val, EngineError> {
+        let before = self.step_samples.get();
+        let v = self.eval_node(e, t)?;
+        let held = match &v {
+            Val::Vector(vs) => vs.len(),
+            Val::Matrix(m) => m.iter().map(|s| s.points.len()).sum(),
+            Val::Scalar(_) | Val::Str(_) => 0,
+        };
+        self.step_samples.set(before);
+        self.check_samples(held)?;
+        Ok(v)
+    }
+
+    fn eval_node(&self, e: &Expr, t: i64) -> Result<Val, EngineError> {
         self.tick()?;
         match e {
             Expr::NumberLiteral(n) => Ok(Val::Scalar(n.val)),
@@ -288,13 +311,14 @@ impl<'a> Evaluator<'a> {
             if ts < te - lookback || is_stale_nan(v) {
                 continue;
             }
+            self.check_samples(1)?;
+            self.tick()?;
             out.push(Sample {
                 labels: s.labels.to_vec(),
                 t: ts,
                 v,
             });
         }
-        self.check_samples(out.len())?;
         Ok(out)
     }
 
@@ -308,10 +332,12 @@ impl<'a> Evaluator<'a> {
         let te = self.selector_time(&ms.vs.at, &ms.vs.offset, t);
         let start = te - ms.range.as_millis() as i64;
         let mut out = Vec::new();
-        let mut n = 0;
         for s in self.series_of(&ms.vs) {
+            self.tick()?;
             let lo = s.samples.partition_point(|(ts, _)| *ts < start);
             let hi = s.samples.partition_point(|(ts, _)| *ts <= te);
+            // Counted before copying: the copy is what would be held.
+            self.check_samples(hi.saturating_sub(lo))?;
             let points: Vec<(i64, f64)> = s.samples[lo..hi.max(lo)]
                 .iter()
                 .copied()
@@ -320,13 +346,11 @@ impl<'a> Evaluator<'a> {
             if points.is_empty() {
                 continue;
             }
-            n += points.len();
             out.push(Series {
                 labels: s.labels.to_vec(),
                 points,
             });
         }
-        self.check_samples(n)?;
         Ok(RangeArg {
             series: out,
             start,
@@ -347,18 +371,26 @@ impl<'a> Evaluator<'a> {
         let mut ti = div_ceil(start, step) * step;
         let mut index: HashMap<Labels, usize> = HashMap::new();
         let mut out: Vec<Series> = Vec::new();
-        let mut n = 0;
+        // Points of the subquery held so far, on top of what the step held
+        // before: checked at every inner step, not once at the end, so a
+        // `[1y:1ms]` stops at the limit instead of growing to the deadline.
+        let base = self.step_samples.get();
+        let mut n = 0usize;
         while ti <= te {
             self.check_deadline()?;
             match self.eval(&sq.expr, ti)? {
                 Val::Vector(vs) => {
                     n += vs.len();
+                    self.step_samples.set(base + n);
+                    self.check_samples(0)?;
                     for s in vs {
                         push_point(&mut index, &mut out, s.labels, ti, s.v);
                     }
                 }
                 Val::Scalar(x) => {
                     n += 1;
+                    self.step_samples.set(base + n);
+                    self.check_samples(0)?;
                     push_point(&mut index, &mut out, Vec::new(), ti, x);
                 }
                 other => {
@@ -370,7 +402,9 @@ impl<'a> Evaluator<'a> {
             }
             ti += step;
         }
-        self.check_samples(n)?;
+        // The points stay held by the returned range until its consumer's
+        // node finishes (see `eval`).
+        self.step_samples.set(base + n);
         Ok(RangeArg {
             series: out,
             start,

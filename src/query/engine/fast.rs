@@ -721,7 +721,7 @@ impl Evaluator<'_> {
             .collect();
         storage
             .select_each_split(matchers, from, to, &mut visitors)
-            .map_err(EngineError::Execution)?;
+            .map_err(super::plan::storage_error)?;
         drop(visitors);
         drop(visits);
         let mut parts = Vec::with_capacity(builders.len());

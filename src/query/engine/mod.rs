@@ -182,7 +182,11 @@ mod binary;
 mod eval;
 mod fast;
 mod functions;
+mod guard;
 mod plan;
+pub use guard::{
+    check_expr, check_text, on_query_stack, QueryLimits, INLINE_DEPTH, QUERY_STACK_BYTES,
+};
 pub(crate) use plan::selector_matchers;
 #[cfg(test)]
 mod tests;
@@ -244,28 +248,58 @@ pub enum EngineError {
     #[error("{0}")]
     Execution(String),
     /// The deadline passed (`timeout`, 503).
-    #[error("query timed out in {0}")]
+    #[error("query timed out in {0} (limits.query_timeout)")]
     Timeout(&'static str),
     /// `max_samples` would be exceeded (`execution`, 422).
-    #[error("query processing would load too many samples into memory in {0}")]
+    #[error("query processing would load too many samples into memory in {0} (limits.max_query_samples)")]
     TooManySamples(&'static str),
+    /// The query text is too long or nests too deeply (`bad_data`, 400).
+    #[error("{message}")]
+    TooLarge {
+        /// The limit's config key, e.g. `limits.max_query_depth`.
+        limit: &'static str,
+        /// What was found and what the limit is.
+        message: String,
+    },
+    /// Parsing or evaluation panicked; caught, counted, answered
+    /// (`execution`, 422): a bug in ringdb or promql-parser, never a crash.
+    #[error(
+        "internal error in {0}: the query was abandoned (counted in ringdb_query_panics_total)"
+    )]
+    Panicked(&'static str),
 }
 
 impl EngineError {
     /// The Prometheus API `errorType` for this error.
     pub fn error_type(&self) -> &'static str {
         match self {
-            EngineError::BadData(_) => "bad_data",
-            EngineError::Execution(_) | EngineError::TooManySamples(_) => "execution",
+            EngineError::BadData(_) | EngineError::TooLarge { .. } => "bad_data",
+            EngineError::Execution(_)
+            | EngineError::TooManySamples(_)
+            | EngineError::Panicked(_) => "execution",
             EngineError::Timeout(_) => "timeout",
+        }
+    }
+
+    /// The limit (config key) that refused the query, if one did; a caught
+    /// panic reads `panic`. For the refusal counters in /metrics.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            EngineError::TooLarge { limit, .. } => Some(limit),
+            EngineError::TooManySamples(_) => Some("limits.max_query_samples"),
+            EngineError::Timeout(_) => Some("limits.query_timeout"),
+            EngineError::Panicked(_) => Some("panic"),
+            EngineError::BadData(_) | EngineError::Execution(_) => None,
         }
     }
 
     /// The HTTP status Prometheus answers with for this error.
     pub fn http_status(&self) -> u16 {
         match self {
-            EngineError::BadData(_) => 400,
-            EngineError::Execution(_) | EngineError::TooManySamples(_) => 422,
+            EngineError::BadData(_) | EngineError::TooLarge { .. } => 400,
+            EngineError::Execution(_)
+            | EngineError::TooManySamples(_)
+            | EngineError::Panicked(_) => 422,
             EngineError::Timeout(_) => 503,
         }
     }
@@ -300,17 +334,66 @@ impl Default for Engine {
 }
 
 /// Parses a PromQL expression (promql-parser, plus Prometheus 2.x's
-/// `holt_winters`, which newer parsers lack).
+/// `holt_winters`, which newer parsers lack) under the default
+/// [`QueryLimits`]; see [`parse_with`].
 ///
 /// # Errors
-/// [`EngineError::BadData`] with the parser's message.
+/// As [`parse_with`].
 pub fn parse(query: &str) -> Result<Expr, EngineError> {
+    parse_with(query, &QueryLimits::default())
+}
+
+/// Parses a PromQL expression within `limits`: the text is checked before
+/// the parser sees it ([`guard::check_text`]) and the tree after
+/// ([`guard::check_expr`]). Recursion is bounded by the depth limit; run
+/// it (and evaluation) inside [`on_query_stack`] with the bound
+/// [`check_text`] returns. A panic inside promql-parser that got past the
+/// checks is caught and answered as [`EngineError::Panicked`].
+///
+/// # Errors
+/// [`EngineError::BadData`] with the parser's message, or for a duration
+/// or time out of range; [`EngineError::TooLarge`] for
+/// `limits.max_query_bytes` or `limits.max_query_depth`;
+/// [`EngineError::Panicked`].
+pub fn parse_with(query: &str, limits: &QueryLimits) -> Result<Expr, EngineError> {
+    guard::check_text(query, limits)?;
     functions::register_legacy_functions();
-    promql_parser::parser::parse(query)
-        .map_err(|e| EngineError::BadData(format!("parse error: {e}")))
+    let parsed = std::panic::catch_unwind(|| promql_parser::parser::parse(query))
+        .map_err(|_| EngineError::Panicked("the query parser"))?;
+    let expr = parsed.map_err(|e| EngineError::BadData(format!("parse error: {e}")))?;
+    guard::check_expr(&expr, limits)?;
+    Ok(expr)
+}
+
+/// Refuses evaluation times the millisecond arithmetic cannot hold.
+fn check_time(name: &str, ms: i64) -> Result<(), EngineError> {
+    if ms.unsigned_abs() > guard::MAX_TIME_MS as u64 {
+        return Err(EngineError::BadData(format!(
+            "{name} {ms}ms out of range, expected at most ±{}ms",
+            guard::MAX_TIME_MS
+        )));
+    }
+    Ok(())
 }
 
 impl Engine {
+    /// Refuses a lookback or subquery step the millisecond arithmetic
+    /// cannot hold (both come from request parameters).
+    fn check_settings(&self) -> Result<(), EngineError> {
+        let max = guard::MAX_DURATION.as_millis() as i64;
+        for (name, ms) in [
+            ("lookback_delta", self.lookback_delta_ms),
+            ("default subquery step", self.default_subquery_step_ms),
+        ] {
+            if !(0..=max).contains(&ms) {
+                return Err(EngineError::BadData(format!(
+                    "{name} {ms}ms out of range, expected 0 to {max}ms"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Evaluates `expr` at one instant (`/api/v1/query`).
     ///
     /// # Errors
@@ -337,6 +420,8 @@ impl Engine {
         at_ms: i64,
         deadline: Option<Instant>,
     ) -> Result<Value, EngineError> {
+        check_time("evaluation time", at_ms)?;
+        self.check_settings()?;
         let fast = eval::Evaluator::unfetched(self, at_ms, at_ms, deadline);
         fast.check_deadline()?;
         if let Some(v) = fast.fast_instant(storage, expr, at_ms)? {
@@ -387,6 +472,10 @@ impl Engine {
                 "end timestamp must not be before start time".into(),
             ));
         }
+        check_time("start", start_ms)?;
+        check_time("end", end_ms)?;
+        check_time("step", step_ms)?;
+        self.check_settings()?;
         use promql_parser::parser::value::ValueType;
         match expr.value_type() {
             ValueType::Scalar | ValueType::Vector => {}

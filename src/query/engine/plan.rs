@@ -364,6 +364,17 @@ impl LabelKeys {
     }
 }
 
+/// A storage error as the engine's: the storage's own sample limit
+/// (Prometheus' message) is [`EngineError::TooManySamples`], so that it is
+/// counted under `limits.max_query_samples` like the evaluator's.
+pub(crate) fn storage_error(e: String) -> EngineError {
+    if e.starts_with("query processing would load too many samples") {
+        EngineError::TooManySamples("query execution")
+    } else {
+        EngineError::Execution(e)
+    }
+}
+
 fn select_all(
     storage: &dyn Storage,
     groups: &[Vec<Matcher>],
@@ -373,15 +384,12 @@ fn select_all(
     if groups.len() == 1 {
         return storage
             .select(&groups[0], start, end)
-            .map_err(EngineError::Execution);
+            .map_err(storage_error);
     }
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for g in groups {
-        for s in storage
-            .select(g, start, end)
-            .map_err(EngineError::Execution)?
-        {
+        for s in storage.select(g, start, end).map_err(storage_error)? {
             if seen.insert(s.labels.to_vec()) {
                 out.push(s);
             }

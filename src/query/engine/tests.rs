@@ -538,7 +538,7 @@ fn limits() {
     let err = small.instant(&mem, &expr, 99_000).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "query processing would load too many samples into memory in query execution",
+        "query processing would load too many samples into memory in query execution (limits.max_query_samples)",
         "case too many samples"
     );
     assert_eq!(err.http_status(), 422, "case too many samples status");
@@ -551,7 +551,7 @@ fn limits() {
         .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "query timed out in expression evaluation",
+        "query timed out in expression evaluation (limits.query_timeout)",
         "case deadline passed"
     );
     assert_eq!(err.http_status(), 503, "case deadline status");
@@ -1104,6 +1104,247 @@ fn fast_path_is_the_general_path_bit_for_bit() {
                 };
                 assert_eq!(bits(f), bits(g), "{q} from {start}: {:?}", f.labels);
             }
+        }
+    }
+}
+
+/// The deepest queries `limits.max_query_depth` can let through (its
+/// config bound, 1024) parse, evaluate (instant and range), prettify and
+/// drop on the query stack, in a debug build, for every shape that used to
+/// overflow; one level more is refused before the parser.
+#[test]
+fn deepest_allowed_queries_run_on_the_query_stack() {
+    let x: Vec<(i64, f64)> = (0..=60).map(|i| (i * 10_000, 2.0)).collect();
+    let mem = Mem::new(&[(&[("__name__", "x")], &x, None)]);
+    let limits = QueryLimits {
+        max_query_bytes: 16 << 20,
+        max_query_depth: 1024,
+    };
+    // Nested subqueries multiply their steps: the deadline or the sample
+    // limit ends them, which is all this needs.
+    let quick = Engine {
+        timeout: Some(Duration::from_secs(1)),
+        max_samples: 1_000_000,
+        ..engine()
+    };
+    for shape in super::guard::tests::SHAPES {
+        // The largest nesting the text check lets through.
+        let n = (1..=1024)
+            .rev()
+            .find(|&n| check_text(&super::guard::tests::nested(shape, n), &limits).is_ok())
+            .expect("some nesting passes");
+        let q = super::guard::tests::nested(shape, n);
+        let started = Instant::now();
+        let bound = check_text(&q, &limits).expect("passes");
+        assert!(
+            bound > super::guard::INLINE_DEPTH,
+            "case {shape}: runs on its own thread"
+        );
+        let out = on_query_stack(bound, || {
+            let expr = parse_with(&q, &limits)?;
+            let pretty = expr.prettify();
+            let instant = quick.instant(&mem, &expr, 600_000);
+            let range = quick.range(&mem, &expr, 0, 600_000, 60_000);
+            drop(expr);
+            Ok((pretty.len(), instant, range))
+        });
+        let (pretty_len, instant, range) = out.unwrap_or_else(|e| panic!("case {shape} {n}: {e}"));
+        for (what, r) in [("instant", instant), ("range", range)] {
+            match r {
+                Ok(_) | Err(EngineError::TooManySamples(_)) | Err(EngineError::Timeout(_)) => {}
+                Err(e) => panic!("case {shape} {n} {what}: {e}"),
+            }
+        }
+        println!(
+            "{shape}: nesting {n}, formatted {pretty_len} bytes, parse+eval+format in {:?}",
+            started.elapsed()
+        );
+        let deeper = super::guard::tests::nested(shape, n + 1);
+        let err = parse_with(&deeper, &limits).expect_err(shape);
+        assert!(
+            err.to_string().contains("limits.max_query_depth"),
+            "case {shape} {}: {err}",
+            n + 1
+        );
+    }
+}
+
+/// A subquery's points count against the sample limit at every inner step:
+/// `count_over_time(vector(1)[1y:1ms])` (3.15e10 points) is refused when
+/// it reaches the limit, not evaluated to the deadline first.
+#[test]
+fn subquery_points_are_limited_as_they_grow() {
+    let mem = Mem::new(&[]);
+    let x: Vec<(i64, f64)> = (0..=360).map(|i| (i * 10_000, 1.0)).collect();
+    let one = Mem::new(&[(&[("__name__", "x")], &x, None)]);
+    let small = Engine {
+        max_samples: 200_000,
+        // The refusal must come from the limit, long before this.
+        timeout: Some(Duration::from_secs(60)),
+        ..engine()
+    };
+    let cases: [(&str, &Mem, &str); 4] = [
+        (
+            "vector over a year at 1ms",
+            &mem,
+            "count_over_time(vector(1)[1y:1ms])",
+        ),
+        (
+            "one series over an hour at 1ms",
+            &one,
+            "count_over_time(x[1h:1ms])",
+        ),
+        (
+            "nested subquery",
+            &one,
+            "max_over_time(count_over_time(x[1h:1ms])[5m:1m])",
+        ),
+        (
+            "range over the subquery",
+            &one,
+            "sum_over_time(x[1h:1ms]) + 1",
+        ),
+    ];
+    for (name, storage, q) in cases {
+        let expr = parse(q).unwrap_or_else(|e| panic!("case {name}: {e}"));
+        let started = Instant::now();
+        let err = small.instant(storage, &expr, 3_600_000).expect_err(name);
+        println!("{name}: refused in {:?}", started.elapsed());
+        assert_eq!(
+            err,
+            EngineError::TooManySamples("query execution"),
+            "case {name}"
+        );
+        assert!(
+            err.to_string().contains("limits.max_query_samples"),
+            "case {name}"
+        );
+    }
+}
+
+/// A loop that holds nothing still stops at the deadline.
+#[test]
+fn a_subquery_that_holds_nothing_stops_at_the_deadline() {
+    let mem = Mem::new(&[]);
+    let e = Engine {
+        timeout: Some(Duration::from_millis(300)),
+        ..engine()
+    };
+    let expr = parse("count_over_time(nothing[1y:1ms])").expect("parses");
+    let started = Instant::now();
+    let err = e.instant(&mem, &expr, 0).expect_err("deadline");
+    println!("stopped {:?} after a 300ms deadline", started.elapsed());
+    assert_eq!(err.error_type(), "timeout");
+    assert!(err.to_string().contains("limits.query_timeout"));
+}
+
+/// Times and settings outside what millisecond arithmetic holds are
+/// refused, not wrapped or overflowed.
+#[test]
+fn times_out_of_range_are_bad_data() {
+    let mem = Mem::new(&[]);
+    let expr = parse("x").expect("parses");
+    let cases: [(&str, Result<Value, EngineError>); 4] = [
+        (
+            "instant at i64::MAX",
+            engine().instant(&mem, &expr, i64::MAX),
+        ),
+        (
+            "range from i64::MIN",
+            engine().range(&mem, &expr, i64::MIN, 0, 1000),
+        ),
+        (
+            "range step i64::MAX",
+            engine().range(&mem, &expr, 0, 1000, i64::MAX),
+        ),
+        (
+            "lookback i64::MAX",
+            Engine {
+                lookback_delta_ms: i64::MAX,
+                ..engine()
+            }
+            .instant(&mem, &expr, 0),
+        ),
+    ];
+    for (name, r) in cases {
+        let err = r.expect_err(name);
+        assert_eq!(err.error_type(), "bad_data", "case {name}: {err}");
+    }
+}
+
+/// The storage's own sample limit is the same refusal as the evaluator's
+/// (counted under limits.max_query_samples); other storage errors stay
+/// execution errors.
+#[test]
+fn storage_sample_limit_is_too_many_samples() {
+    struct Refusing(&'static str);
+    impl Storage for Refusing {
+        fn select(&self, _: &[Matcher], _: i64, _: i64) -> Result<Vec<SeriesData>, String> {
+            Err(self.0.to_string())
+        }
+    }
+    let cases = [
+        (
+            "sample limit",
+            "query processing would load too many samples into memory in query execution",
+            Some("limits.max_query_samples"),
+        ),
+        ("other error", "store is closed", None),
+    ];
+    for (name, message, limit) in cases {
+        for q in ["x", "rate(x[5m])", "sum(x)"] {
+            let expr = parse(q).expect("parses");
+            let err = engine()
+                .instant(&Refusing(message), &expr, 0)
+                .expect_err(name);
+            assert_eq!(err.limit(), limit, "case {name} {q}: {err}");
+            assert_eq!(err.http_status(), 422, "case {name} {q}");
+        }
+    }
+}
+
+/// What [`on_query_stack`] runs on the caller's stack (text bound up to
+/// INLINE_DEPTH) fits in the 2 MiB of a tokio blocking thread, debug build
+/// included, for every shape.
+#[test]
+fn inline_depth_fits_a_blocking_thread_stack() {
+    let x: Vec<(i64, f64)> = (0..=60).map(|i| (i * 10_000, 2.0)).collect();
+    let mem = Mem::new(&[(&[("__name__", "x")], &x, None)]);
+    let limits = QueryLimits::default();
+    for shape in super::guard::tests::SHAPES {
+        let n = (1..=INLINE_DEPTH)
+            .rev()
+            .find(|&n| {
+                check_text(&super::guard::tests::nested(shape, n), &limits)
+                    .is_ok_and(|b| b <= INLINE_DEPTH)
+            })
+            .expect("some nesting runs inline");
+        let q = super::guard::tests::nested(shape, n);
+        // Nested subqueries multiply their steps: a deadline ends them.
+        let quick = Engine {
+            timeout: Some(Duration::from_secs(1)),
+            max_samples: 1_000_000,
+            ..engine()
+        };
+        let run = || {
+            on_query_stack(INLINE_DEPTH, || {
+                let expr = parse_with(&q, &limits)?;
+                let _ = expr.prettify();
+                quick.instant(&mem, &expr, 600_000)?;
+                quick.range(&mem, &expr, 0, 600_000, 60_000)
+            })
+        };
+        let out = std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn_scoped(s, run)
+                .expect("spawn")
+                .join()
+                .expect("no overflow")
+        });
+        match out {
+            Ok(_) | Err(EngineError::TooManySamples(_)) | Err(EngineError::Timeout(_)) => {}
+            Err(e) => panic!("case {shape} {n}: {e}"),
         }
     }
 }
