@@ -8,6 +8,7 @@ mod archive_model;
 mod cli;
 mod clients;
 mod frame_props;
+mod fuzz_replay;
 mod mtls;
 mod prometheus;
 mod promql;
