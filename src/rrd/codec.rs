@@ -11,6 +11,7 @@
 //! dirties its page. Version 1 records (head in the header, raw cell bytes)
 //! are still read.
 
+use super::cells::Cell;
 use super::{Archive, Shape, PAGE_BUCKETS};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -294,6 +295,7 @@ impl Archive {
                     )));
                 }
                 self.cells.load_raw(start, &p.cells);
+                self.check_specials(start, len).map_err(invalid)?;
                 self.load_means(start, &p.means);
                 Ok(None)
             }
@@ -308,6 +310,7 @@ impl Archive {
                 if !self.cells.load_page_values(start, &p.cells) {
                     return Err(invalid("a cell too wide for the value size".into()));
                 }
+                self.check_specials(start, len).map_err(invalid)?;
                 self.load_means(start, &p.means);
                 Ok(Some((p.newest, p.head)))
             }
@@ -316,6 +319,23 @@ impl Archive {
                 found,
             }),
         }
+    }
+
+    /// A loaded page may only hold specials its shape defines: reading a
+    /// cell looks its special up by index. One that does not is left empty.
+    fn check_specials(&mut self, start: usize, len: usize) -> Result<(), String> {
+        let defined = self.shape.specials.len();
+        let unknown = (start..start + len).find_map(|pos| match self.cells.get(pos) {
+            Cell::Special(tag) if usize::from(tag) > defined => Some(tag),
+            _ => None,
+        });
+        let Some(tag) = unknown else {
+            return Ok(());
+        };
+        for pos in start..start + len {
+            self.cells.set(pos, Cell::Empty);
+        }
+        Err(format!("special {tag}, the shape defines {defined}"))
     }
 
     fn load_means(&mut self, start: usize, page: &[f64]) {

@@ -456,6 +456,38 @@ fn a_page_with_a_cell_too_wide_is_reported() {
     assert_eq!(back.get(1), Reading::Empty);
 }
 
+/// Found by fuzzing (fuzz/regressions/snapshot/): a page holding a special
+/// its header's shape does not define made the first read of that bucket
+/// index past the shape's specials and panic. Such a page is refused and
+/// left empty, for version 1 and version 2 pages alike.
+#[test]
+fn a_page_with_an_undefined_special_is_refused() {
+    let mut with = Archive::new(shape(
+        Consolidation::Last,
+        Split::Backward,
+        ValueSize::Small,
+        100,
+    ));
+    with.update(s(60, Value::Uint(3))).unwrap();
+    with.update(s(120, Value::Special(2))).unwrap();
+    let v2 = with.take_dirty("r", "p", None);
+    let (v1_header, v1_pages) = codec::encode_v1(&with, "r", "p");
+    let cases = [
+        ("version 2", v2.header.unwrap(), v2.pages[0].clone()),
+        ("version 1", v1_header, v1_pages[0].clone()),
+    ];
+    for (case, header_bytes, page) in cases {
+        // The header of a rule that defines one special, not two.
+        let mut header = codec::decode_header(&header_bytes).unwrap();
+        header.shape.specials.truncate(1);
+        let (back, errors) = Archive::restore(&header, [(page.0, page.1.as_slice())]);
+        assert_eq!(errors.len(), 1, "case {case}");
+        assert_eq!(back.get(1), Reading::Empty, "case {case}");
+        assert_eq!(back.get(2), Reading::Empty, "case {case}");
+        assert_eq!(back.filled().count(), 0, "case {case}");
+    }
+}
+
 /// One change to a ring of cells, for the model test below.
 #[derive(Debug, Clone)]
 enum CellOp {
