@@ -488,6 +488,70 @@ fn a_page_with_an_undefined_special_is_refused() {
     }
 }
 
+/// A saved header must hold a shape config could have made, and a page's
+/// newest bucket must start at a representable millisecond: otherwise
+/// reading or migrating the restored archive overflowed `bucket ×
+/// timeframe` (a panic in debug builds, wrapped timestamps in release).
+#[test]
+fn headers_and_pages_beyond_the_rule_bounds_are_refused() {
+    let base = || shape(Consolidation::Last, Split::Backward, ValueSize::Small, 100);
+    let header_of = |shape: Shape| {
+        Archive::new(shape)
+            .take_dirty("r", "p", None)
+            .header
+            .unwrap()
+    };
+    let cases: Vec<(&str, Shape)> = vec![
+        (
+            "timeframe over a year",
+            Shape {
+                timeframe_secs: MAX_TIMEFRAME_SECS + 1,
+                ..base()
+            },
+        ),
+        (
+            "window over 100 years",
+            Shape {
+                timeframe_secs: MAX_TIMEFRAME_SECS,
+                limit: 101,
+                ..base()
+            },
+        ),
+        (
+            "limit over the small cells' range",
+            Shape {
+                limit: 70_000,
+                ..base()
+            },
+        ),
+        (
+            "15 specials",
+            Shape {
+                specials: [base().specials, vec![base().specials[0].clone(); 13]].concat(),
+                ..base()
+            },
+        ),
+    ];
+    for (case, bad) in cases {
+        assert!(
+            codec::decode_header(&header_of(bad)).is_err(),
+            "case {case}"
+        );
+    }
+    let mut a = Archive::new(base());
+    a.update(s(60, Value::Uint(3))).unwrap();
+    a.newest = Some(u64::MAX / 60);
+    let page = a.take_dirty("r", "p", None).pages.remove(0);
+    let header = codec::decode_header(&header_of(base())).unwrap();
+    let (back, errors) = Archive::restore(&header, [(page.0, page.1.as_slice())]);
+    assert_eq!(
+        errors.len(),
+        1,
+        "case newest bucket past the last timestamp"
+    );
+    assert_eq!(back.filled().count(), 0);
+}
+
 /// One change to a ring of cells, for the model test below.
 #[derive(Debug, Clone)]
 enum CellOp {
