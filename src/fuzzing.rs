@@ -53,10 +53,16 @@ rules:
   - {name: default_10s, prefix: "*", type: last, timeframe: 10s, limit: 100}
 "#;
 
+/// The rules of [`RULES_YAML`], parsed once (a parse costs more than the
+/// rest of most inputs).
 fn rule_set() -> RuleSet {
-    let settings = crate::config::parse(RULES_YAML, "fuzz rules", Path::new("/"))
-        .unwrap_or_else(|e| panic!("the fuzz rule set must be valid: {e}"));
-    RuleSet::new(settings.rules)
+    static RULES: OnceLock<Vec<crate::rules::Rule>> = OnceLock::new();
+    let rules = RULES.get_or_init(|| {
+        crate::config::parse(RULES_YAML, "fuzz rules", Path::new("/"))
+            .unwrap_or_else(|e| panic!("the fuzz rule set must be valid: {e}"))
+            .rules
+    });
+    RuleSet::new(rules.clone())
 }
 
 /// An empty store with the fuzz rules; small caps, so limits are reached.
