@@ -456,7 +456,8 @@ fn a_page_with_a_cell_too_wide_is_reported() {
     assert_eq!(back.get(1), Reading::Empty);
 }
 
-/// Found by fuzzing (fuzz/regressions/snapshot/): a page holding a special
+/// Found while writing the snapshot fuzz target (its input:
+/// fuzz/regressions/snapshot/undefined-special): a page holding a special
 /// its header's shape does not define made the first read of that bucket
 /// index past the shape's specials and panic. Such a page is refused and
 /// left empty, for version 1 and version 2 pages alike.
