@@ -17,6 +17,8 @@ pub mod access;
 pub mod app;
 pub mod certs;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ingest;
 pub mod model;

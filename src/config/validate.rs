@@ -3,7 +3,10 @@
 
 use super::raw::{self, RawConfig, Unknown};
 use super::{ClientSettings, Issue, Limits, Listen, ScrapeJob, ScrapeScheme, Settings, TlsFiles};
-use crate::rrd::{Consolidation, Shape, Special, Split, Strength, ValueSize, MAX_SPECIALS};
+use crate::rrd::{
+    Consolidation, Shape, Special, Split, Strength, ValueSize, MAX_SPECIALS, MAX_TIMEFRAME_SECS,
+    MAX_WINDOW_SECS,
+};
 use crate::rules::{Rule, FALLBACK_PREFIX};
 use serde_yaml::Value;
 use std::collections::HashSet;
@@ -183,13 +186,6 @@ impl Checker {
         }
     }
 }
-
-/// Longest rule timeframe: a year, so that `timeframe × 1000` (ms) and
-/// bucket arithmetic never overflow.
-const MAX_TIMEFRAME_SECS: u64 = 31_536_000;
-
-/// Longest rule window (`limit × timeframe`): 100 years.
-const MAX_WINDOW_SECS: u64 = 100 * 31_536_000;
 
 /// Every key of `limits:`, for the unknown-key message.
 const LIMIT_KEYS: &str =

@@ -11,7 +11,8 @@
 //! dirties its page. Version 1 records (head in the header, raw cell bytes)
 //! are still read.
 
-use super::{Archive, Shape, PAGE_BUCKETS};
+use super::cells::Cell;
+use super::{Archive, Shape, MAX_SPECIALS, MAX_TIMEFRAME_SECS, MAX_WINDOW_SECS, PAGE_BUCKETS};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
@@ -180,17 +181,49 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, CodecError> {
             })
         }
     };
-    let shape = &header.shape;
-    if shape.limit == 0 || shape.timeframe_secs == 0 || header.head >= shape.limit {
-        return Err(CodecError::Invalid {
-            what: "header",
-            detail: format!(
-                "limit {}, timeframe {}, head {}: expected limit ≥ 1, timeframe ≥ 1, head < limit",
-                shape.limit, shape.timeframe_secs, header.head
-            ),
-        });
-    }
+    check_header(&header).map_err(|detail| CodecError::Invalid {
+        what: "header",
+        detail,
+    })?;
     Ok(header)
+}
+
+/// A saved header holds a shape config could have made (so bucket
+/// arithmetic cannot overflow and cells can hold its specials) and a
+/// head inside the ring.
+fn check_header(header: &Header) -> Result<(), String> {
+    let shape = &header.shape;
+    let (limit, tf) = (u64::from(shape.limit), shape.timeframe_secs);
+    if limit == 0 || limit > shape.value_size.max_limit() || header.head >= shape.limit {
+        return Err(format!(
+            "limit {limit}, head {}: expected 1 ≤ limit ≤ {} and head < limit",
+            header.head,
+            shape.value_size.max_limit()
+        ));
+    }
+    if tf == 0 || tf > MAX_TIMEFRAME_SECS || limit * tf > MAX_WINDOW_SECS {
+        return Err(format!(
+            "timeframe {tf}s, window {limit} × {tf}s: expected 1 ≤ timeframe ≤ \
+             {MAX_TIMEFRAME_SECS}s and a window ≤ {MAX_WINDOW_SECS}s"
+        ));
+    }
+    if shape.specials.len() > MAX_SPECIALS {
+        return Err(format!(
+            "{} specials, expected at most {MAX_SPECIALS}",
+            shape.specials.len()
+        ));
+    }
+    check_newest(header.newest, tf)
+}
+
+/// The newest bucket's start, in milliseconds, fits a timestamp.
+fn check_newest(newest: Option<u64>, timeframe_secs: u64) -> Result<(), String> {
+    match newest {
+        Some(n) if n.checked_mul(timeframe_secs * 1000).is_none() => Err(format!(
+            "newest bucket {n} of {timeframe_secs}s is past the last timestamp"
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl Archive {
@@ -294,6 +327,7 @@ impl Archive {
                     )));
                 }
                 self.cells.load_raw(start, &p.cells);
+                self.check_specials(start, len).map_err(invalid)?;
                 self.load_means(start, &p.means);
                 Ok(None)
             }
@@ -305,9 +339,11 @@ impl Archive {
                 if p.head >= self.shape.limit {
                     return Err(invalid(format!("head {}, expected < {limit}", p.head)));
                 }
+                check_newest(p.newest, self.shape.timeframe_secs).map_err(invalid)?;
                 if !self.cells.load_page_values(start, &p.cells) {
                     return Err(invalid("a cell too wide for the value size".into()));
                 }
+                self.check_specials(start, len).map_err(invalid)?;
                 self.load_means(start, &p.means);
                 Ok(Some((p.newest, p.head)))
             }
@@ -316,6 +352,23 @@ impl Archive {
                 found,
             }),
         }
+    }
+
+    /// A loaded page may only hold specials its shape defines: reading a
+    /// cell looks its special up by index. One that does not is left empty.
+    fn check_specials(&mut self, start: usize, len: usize) -> Result<(), String> {
+        let defined = self.shape.specials.len();
+        let unknown = (start..start + len).find_map(|pos| match self.cells.get(pos) {
+            Cell::Special(tag) if usize::from(tag) > defined => Some(tag),
+            _ => None,
+        });
+        let Some(tag) = unknown else {
+            return Ok(());
+        };
+        for pos in start..start + len {
+            self.cells.set(pos, Cell::Empty);
+        }
+        Err(format!("special {tag}, the shape defines {defined}"))
     }
 
     fn load_means(&mut self, start: usize, page: &[f64]) {

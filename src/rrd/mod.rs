@@ -109,6 +109,14 @@ pub struct Special {
 /// Most specials a rule may have (tags 1..=14 of a cell).
 pub const MAX_SPECIALS: usize = 14;
 
+/// Longest rule timeframe: a year, so that `timeframe × 1000` (ms) and
+/// bucket arithmetic never overflow. Config checks rules against it, the
+/// codec checks saved headers against it.
+pub const MAX_TIMEFRAME_SECS: u64 = 31_536_000;
+
+/// Longest rule window (`limit × timeframe`): 100 years.
+pub const MAX_WINDOW_SECS: u64 = 100 * 31_536_000;
+
 /// Everything that fixes an archive's layout and semantics. Two archives
 /// with equal shapes are interchangeable; a changed shape needs migration.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -456,6 +456,103 @@ fn a_page_with_a_cell_too_wide_is_reported() {
     assert_eq!(back.get(1), Reading::Empty);
 }
 
+/// Found while writing the snapshot fuzz target (its input:
+/// fuzz/regressions/snapshot/undefined-special): a page holding a special
+/// its header's shape does not define made the first read of that bucket
+/// index past the shape's specials and panic. Such a page is refused and
+/// left empty, for version 1 and version 2 pages alike.
+#[test]
+fn a_page_with_an_undefined_special_is_refused() {
+    let mut with = Archive::new(shape(
+        Consolidation::Last,
+        Split::Backward,
+        ValueSize::Small,
+        100,
+    ));
+    with.update(s(60, Value::Uint(3))).unwrap();
+    with.update(s(120, Value::Special(2))).unwrap();
+    let v2 = with.take_dirty("r", "p", None);
+    let (v1_header, v1_pages) = codec::encode_v1(&with, "r", "p");
+    let cases = [
+        ("version 2", v2.header.unwrap(), v2.pages[0].clone()),
+        ("version 1", v1_header, v1_pages[0].clone()),
+    ];
+    for (case, header_bytes, page) in cases {
+        // The header of a rule that defines one special, not two.
+        let mut header = codec::decode_header(&header_bytes).unwrap();
+        header.shape.specials.truncate(1);
+        let (back, errors) = Archive::restore(&header, [(page.0, page.1.as_slice())]);
+        assert_eq!(errors.len(), 1, "case {case}");
+        assert_eq!(back.get(1), Reading::Empty, "case {case}");
+        assert_eq!(back.get(2), Reading::Empty, "case {case}");
+        assert_eq!(back.filled().count(), 0, "case {case}");
+    }
+}
+
+/// A saved header must hold a shape config could have made, and a page's
+/// newest bucket must start at a representable millisecond: otherwise
+/// reading or migrating the restored archive overflowed `bucket ×
+/// timeframe` (a panic in debug builds, wrapped timestamps in release).
+#[test]
+fn headers_and_pages_beyond_the_rule_bounds_are_refused() {
+    let base = || shape(Consolidation::Last, Split::Backward, ValueSize::Small, 100);
+    let header_of = |shape: Shape| {
+        Archive::new(shape)
+            .take_dirty("r", "p", None)
+            .header
+            .unwrap()
+    };
+    let cases: Vec<(&str, Shape)> = vec![
+        (
+            "timeframe over a year",
+            Shape {
+                timeframe_secs: MAX_TIMEFRAME_SECS + 1,
+                ..base()
+            },
+        ),
+        (
+            "window over 100 years",
+            Shape {
+                timeframe_secs: MAX_TIMEFRAME_SECS,
+                limit: 101,
+                ..base()
+            },
+        ),
+        (
+            "limit over the small cells' range",
+            Shape {
+                limit: 70_000,
+                ..base()
+            },
+        ),
+        (
+            "15 specials",
+            Shape {
+                specials: [base().specials, vec![base().specials[0].clone(); 13]].concat(),
+                ..base()
+            },
+        ),
+    ];
+    for (case, bad) in cases {
+        assert!(
+            codec::decode_header(&header_of(bad)).is_err(),
+            "case {case}"
+        );
+    }
+    let mut a = Archive::new(base());
+    a.update(s(60, Value::Uint(3))).unwrap();
+    a.newest = Some(u64::MAX / 60);
+    let page = a.take_dirty("r", "p", None).pages.remove(0);
+    let header = codec::decode_header(&header_of(base())).unwrap();
+    let (back, errors) = Archive::restore(&header, [(page.0, page.1.as_slice())]);
+    assert_eq!(
+        errors.len(),
+        1,
+        "case newest bucket past the last timestamp"
+    );
+    assert_eq!(back.filled().count(), 0);
+}
+
 /// One change to a ring of cells, for the model test below.
 #[derive(Debug, Clone)]
 enum CellOp {

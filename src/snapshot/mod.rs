@@ -900,6 +900,31 @@ fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) 
     }
 }
 
+/// Restores one archive from its raw records, as [`Snapshotter::restore`]
+/// does for each header it reads (for the fuzz entry points: the whole
+/// path from sled's bytes to the store, without sled on disk).
+pub(crate) fn restore_record(
+    store: &Store,
+    series: &[u8],
+    rule: &[u8],
+    header: &[u8],
+    pages: &[(u32, &[u8])],
+) -> RestoreReport {
+    let mut key = vec![b'h'];
+    for part in [series, rule] {
+        key.extend_from_slice(&(part.len() as u16).to_be_bytes());
+        key.extend_from_slice(part);
+    }
+    let records = Records {
+        key: key.into(),
+        header: header.into(),
+        pages: pages.iter().map(|(n, v)| (*n, (*v).into())).collect(),
+    };
+    let mut report = RestoreReport::default();
+    restore_archive(store, records, &mut report);
+    report
+}
+
 fn log_codec_error(series: &str, rule: &str, e: &CodecError) {
     tracing::warn!(series, rule, error = %e, "snapshot: corrupt page skipped (left empty)");
 }

@@ -9,6 +9,7 @@ mod bounds_api;
 mod cli;
 mod clients;
 mod frame_props;
+mod fuzz_replay;
 mod mtls;
 mod prometheus;
 mod promql;
