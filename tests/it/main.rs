@@ -5,6 +5,7 @@
 mod common;
 
 mod archive_model;
+mod bounds_net;
 mod cli;
 mod clients;
 mod frame_props;
