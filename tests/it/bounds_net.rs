@@ -26,6 +26,16 @@ fn closed_by_server(stream: &mut impl Read, within: Duration) -> bool {
     false
 }
 
+/// Waits until `client` is served again on `addr` (refused connections
+/// held by the test were just dropped; the server notices in a moment).
+fn wait_served(d: &Daemon, addr: std::net::SocketAddr) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while try_request(&d.pki, Some("client"), addr, "/-/healthy").is_err() {
+        assert!(Instant::now() < until, "never served again");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn tcp(addr: std::net::SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -200,6 +210,7 @@ fn one_certificate_or_one_ip_cannot_take_every_connection() {
         "a third connection in the handshake from one IP was kept"
     );
     drop(half);
+    wait_served(&d, d.http);
     for (reason, at_least) in [("max_client_connections", 1.0), ("max_handshakes_per_ip", 1.0)] {
         let series = format!("ringdb_connections_refused_total{{listener=\"http\",reason=\"{reason}\"}}");
         let got = d.wait_metric(&series, at_least);
@@ -271,15 +282,18 @@ fn a_reload_removing_a_client_cuts_its_open_connections() {
 }
 
 #[test]
-fn refused_bodies_answer_with_their_status_not_a_reset() {
-    let d = Daemon::start(&format!(
-        "limits: {{max_body_bytes: 4194304, max_inflight_writes: 1}}\n{RULES}"
-    ));
-    // 6 MiB declared and sent over a 4 MiB limit: 413, every time.
-    let big = vec![0u8; 6 << 20];
-    for i in 0..8 {
+fn a_body_over_the_limit_gets_its_413_not_a_reset() {
+    let d = Daemon::start(&format!("limits: {{max_body_bytes: 8388608}}\n{RULES}"));
+    // 12 MiB declared and sent over an 8 MiB limit: 413, every time.
+    let big = vec![0u8; 12 << 20];
+    for i in 0..6 {
         assert_eq!(post_then_read(&d, "", &big), Ok(413), "try {i}");
     }
+}
+
+#[test]
+fn a_write_over_the_in_flight_limit_gets_its_429_not_a_reset() {
+    let d = Daemon::start(&format!("limits: {{max_inflight_writes: 1}}\n{RULES}"));
     // The only write slot held by a body that trickles in: 429, every time.
     let mut holder = tls_stream(&d.pki, Some("client"), d.http);
     holder
@@ -295,4 +309,20 @@ fn refused_bodies_answer_with_their_status_not_a_reset() {
         assert_eq!(post_then_read(&d, "", &body), Ok(429), "try {i}");
     }
     drop(holder);
+}
+
+#[test]
+fn connections_over_max_connections_are_closed_at_accept() {
+    let d = Daemon::start(&format!("limits: {{max_connections: 4}}\n{RULES}"));
+    let held: Vec<_> = (0..4).map(|_| tcp(d.http)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = tcp(d.http);
+    assert!(
+        closed_by_server(&mut fifth, Duration::from_secs(10)),
+        "a fifth connection was kept (or queued) over max_connections: 4"
+    );
+    drop(held);
+    wait_served(&d, d.http);
+    let series = "ringdb_connections_refused_total{listener=\"http\",reason=\"max_connections\"}";
+    assert!(d.wait_metric(series, 1.0) >= 1.0, "{series}");
 }
