@@ -6,11 +6,11 @@
 
 use crate::access::{Access, ConnectionGrant, Grant, SharedAccess};
 use crate::config::{Settings, TlsFiles};
+use crate::http::{HttpConnection, HttpLimits};
 use crate::ingest::remote_write::{self, handler::RemoteWriteContext, KnownSeries, LabelLimits};
 use crate::ingest::scrape::Scraper;
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
-use crate::http::{HttpConnection, HttpLimits};
 use crate::net::{self, ListenerLimits, Peer};
 use crate::query::api::{self, ApiContext};
 use crate::rules::RuleSet;

@@ -38,7 +38,8 @@ fn wait_served(d: &Daemon, addr: std::net::SocketAddr) {
 
 fn tcp(addr: std::net::SocketAddr) -> TcpStream {
     let s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     s
 }
 
@@ -196,7 +197,10 @@ fn one_certificate_or_one_ip_cannot_take_every_connection() {
         .collect();
     let mut fourth = tls_stream(&d.pki, Some("agent-7"), d.http);
     let got = keep_alive_get(&mut fourth, "/-/healthy");
-    assert!(got.is_err(), "a 4th connection of agent-7 was served: {got:?}");
+    assert!(
+        got.is_err(),
+        "a 4th connection of agent-7 was served: {got:?}"
+    );
     let (code, _) = try_request(&d.pki, Some("client"), d.http, "/-/healthy").unwrap();
     assert_eq!(code, 200, "another certificate is still served");
     drop(held);
@@ -211,16 +215,19 @@ fn one_certificate_or_one_ip_cannot_take_every_connection() {
     );
     drop(half);
     wait_served(&d, d.http);
-    for (reason, at_least) in [("max_client_connections", 1.0), ("max_handshakes_per_ip", 1.0)] {
-        let series = format!("ringdb_connections_refused_total{{listener=\"http\",reason=\"{reason}\"}}");
+    for (reason, at_least) in [
+        ("max_client_connections", 1.0),
+        ("max_handshakes_per_ip", 1.0),
+    ] {
+        let series =
+            format!("ringdb_connections_refused_total{{listener=\"http\",reason=\"{reason}\"}}");
         let got = d.wait_metric(&series, at_least);
         assert!(got >= at_least, "{series}: {got}");
     }
 }
 
 const CLIENTS: &str = "clients:\n  - {name: agent-7, write: [traffic], read: ['*']}\n  - {name: client, write: ['*'], read: ['*'], admin: true}\n";
-const ONLY_CLIENT: &str =
-    "clients:\n  - {name: client, write: ['*'], read: ['*'], admin: true}\n";
+const ONLY_CLIENT: &str = "clients:\n  - {name: client, write: ['*'], read: ['*'], admin: true}\n";
 
 #[test]
 fn an_unlisted_certificate_is_refused_at_the_connection() {
@@ -265,15 +272,26 @@ fn a_reload_removing_a_client_cuts_its_open_connections() {
 
     d.rewrite_config(&format!("{ONLY_CLIENT}{RULES}"));
     d.hup();
-    assert_eq!(d.wait_metric("ringdb_reloads_total{outcome=\"ok\"}", 1.0), 1.0);
+    assert_eq!(
+        d.wait_metric("ringdb_reloads_total{outcome=\"ok\"}", 1.0),
+        1.0
+    );
 
     // The same connections, after the reload.
     let _ = socket
         .write_all(&frame(false, t, 2, "traffic-a"))
         .and_then(|_| socket.flush());
     let refused = "ringdb_connections_refused_total{listener=\"socket\",reason=\"unlisted\"}";
-    assert_eq!(d.wait_metric(refused, 1.0), 1.0, "socket connection not cut");
-    assert_eq!(d.metric(accepted), 1.0, "a revoked client's frame was stored");
+    assert_eq!(
+        d.wait_metric(refused, 1.0),
+        1.0,
+        "socket connection not cut"
+    );
+    assert_eq!(
+        d.metric(accepted),
+        1.0,
+        "a revoked client's frame was stored"
+    );
     let got = keep_alive_get(&mut http, "/api/v1/query?query=1");
     assert!(
         matches!(&got, Ok((403, _)) | Err(_)),
@@ -325,4 +343,53 @@ fn connections_over_max_connections_are_closed_at_accept() {
     wait_served(&d, d.http);
     let series = "ringdb_connections_refused_total{listener=\"http\",reason=\"max_connections\"}";
     assert!(d.wait_metric(series, 1.0) >= 1.0, "{series}");
+}
+
+#[test]
+fn a_handshake_flood_is_counted_in_full_but_logged_once() {
+    // The common Daemon's stderr goes to the terminal: start our own
+    // process on its directory and configuration to read the log.
+    let mut d = Daemon::start(RULES);
+    d.stop();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ringdb"))
+        .arg("--config")
+        .arg(&d.config)
+        .args(["--log", "ringdb=info"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    let http: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("http="))
+        .unwrap_or_else(|| panic!("no http= in {line:?}"))
+        .parse()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let floods = 40;
+    for _ in 0..floods {
+        assert!(try_request(&d.pki, None, http, "/-/healthy").is_err());
+    }
+    let (_, text) = try_request(&d.pki, Some("client"), http, "/metrics").unwrap();
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ringdb_tls_handshake_failures_total{listener=\"http\"} "))
+        .map_or(0.0, |v| v.trim().parse().unwrap());
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let log = log.join().unwrap();
+    let logged = log.matches("tls handshake refused").count();
+    assert_eq!(counted, floods as f64, "every failed handshake is counted");
+    assert!(
+        (1..=2).contains(&logged),
+        "{floods} failed handshakes logged {logged} lines:\n{log}"
+    );
 }
