@@ -7,8 +7,10 @@
 //! Timeouts (the `limits:` of the same names), each counted in
 //! `ringdb_connection_timeouts_total{listener,phase}`:
 //! - `header`: a new connection must complete its first request's headers
-//!   within header_timeout; on HTTP/1.1 hyper also bounds every later
-//!   request's headers, counted from the end of the previous answer, by it;
+//!   within header_timeout of the handshake; on HTTP/1.1 hyper also bounds
+//!   every later request's headers, counted from the end of the previous
+//!   answer, by it (so an idle HTTP/1.1 keep-alive connection lasts
+//!   min(header_timeout, idle_timeout));
 //! - `idle`: a connection with no request in flight that moves no byte for
 //!   idle_timeout is closed (HTTP/2, and HTTP/1.1 when idle_timeout is the
 //!   shorter of the two);
@@ -160,17 +162,17 @@ pub async fn serve_connection<S>(
     let mut draining = false;
     let result = loop {
         let requests = activity.requests.load(Ordering::Relaxed);
-        let (phase, wait) = if requests == 0 {
-            ("header", limits.header_timeout)
+        let busy = activity.in_flight.load(Ordering::Relaxed) > 0;
+        // Until its first request's headers are in, a connection is timed
+        // from its start (bytes trickling in do not extend it); then from
+        // its last byte. While a request runs, only look again later: its
+        // own timeouts (body_timeout, query_timeout) bound it.
+        let (phase, deadline) = if requests == 0 {
+            ("header", activity.start + limits.header_timeout)
+        } else if busy {
+            ("idle", Instant::now() + limits.idle_timeout)
         } else {
-            ("idle", limits.idle_timeout)
-        };
-        // While a request runs, only look again later: its own timeouts
-        // (body_timeout, query_timeout) bound it.
-        let deadline = if activity.in_flight.load(Ordering::Relaxed) > 0 {
-            Instant::now() + wait
-        } else {
-            activity.last() + wait
+            ("idle", activity.last() + limits.idle_timeout)
         };
         tokio::select! {
             r = served.as_mut() => break r,
@@ -179,15 +181,15 @@ pub async fn serve_connection<S>(
                 served.as_mut().graceful_shutdown();
             }
             _ = tokio::time::sleep_until(deadline) => {
-                let idle = activity.in_flight.load(Ordering::Relaxed) == 0
-                    && activity.requests.load(Ordering::Relaxed) == requests
-                    && activity.last() + wait <= Instant::now();
-                // Otherwise something happened meanwhile: look again.
-                if idle {
+                let still = activity.requests.load(Ordering::Relaxed) == requests
+                    && activity.in_flight.load(Ordering::Relaxed) == 0
+                    && (requests == 0 || activity.last() + limits.idle_timeout <= Instant::now());
+                if still {
                     count_timeout(&metrics, listener, phase);
                     tracing::debug!(phase, "http connection closed: timeout");
                     return;
                 }
+                // Otherwise something happened meanwhile: look again.
             }
         }
     };
