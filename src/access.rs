@@ -1,10 +1,14 @@
 //! Who may do what (DESIGN §10): the `clients:` list keyed by certificate
 //! common name. Without the list every CA-signed client may do everything;
-//! with it, a name not on the list may do nothing.
+//! with it, a name not on the list may do nothing. The list is swapped
+//! whole on reload ([`SharedAccess`]) and every request (HTTP) or read batch
+//! (socket) looks its grant up again, so a removed client loses its access
+//! on its open connections too.
 
 use crate::config::ClientSettings;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// The permissions of every known client.
 #[derive(Debug, Clone, Default)]
@@ -89,6 +93,80 @@ impl Grant {
     }
 }
 
+/// The `clients:` permissions shared by every connection, swapped whole
+/// on reload.
+#[derive(Debug)]
+pub struct SharedAccess {
+    current: RwLock<Arc<Access>>,
+    /// Bumped by every [`SharedAccess::set`], so a [`ConnectionGrant`]
+    /// knows when to look its grant up again.
+    generation: AtomicU64,
+}
+
+impl SharedAccess {
+    /// Starts with `access`.
+    pub fn new(access: Access) -> SharedAccess {
+        SharedAccess {
+            current: RwLock::new(Arc::new(access)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The permissions in force now.
+    pub fn current(&self) -> Arc<Access> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The grant of a peer under the permissions in force now.
+    pub fn grant(&self, name: Option<&str>) -> Grant {
+        self.current().grant(name)
+    }
+
+    /// Replaces the permissions (SIGHUP); open connections follow on their
+    /// next request or read.
+    pub fn set(&self, access: Access) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// The grant of one long-lived connection, looked up again only after a
+/// reload (an atomic load per use otherwise).
+#[derive(Debug)]
+pub struct ConnectionGrant {
+    access: Arc<SharedAccess>,
+    name: Option<String>,
+    generation: u64,
+    grant: Grant,
+}
+
+impl ConnectionGrant {
+    /// The grant of the peer named `name` (certificate common name).
+    pub fn new(access: Arc<SharedAccess>, name: Option<String>) -> ConnectionGrant {
+        let generation = access.generation.load(Ordering::Acquire);
+        let grant = access.grant(name.as_deref());
+        ConnectionGrant {
+            access,
+            name,
+            generation,
+            grant,
+        }
+    }
+
+    /// The grant under the permissions in force now.
+    pub fn current(&mut self) -> &Grant {
+        let generation = self.access.generation.load(Ordering::Acquire);
+        if generation != self.generation {
+            self.generation = generation;
+            self.grant = self.access.grant(self.name.as_deref());
+        }
+        &self.grant
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +204,25 @@ mod tests {
             assert_eq!(grant.may_read_some(), want, "case {name}");
         }
         assert!(Access::new(None).grant(None).is_admin());
+    }
+
+    #[test]
+    fn a_connection_grant_follows_the_reload() {
+        let listed = |name: &str| ClientSettings {
+            name: name.into(),
+            write: vec!["*".into()],
+            read: vec!["*".into()],
+            admin: false,
+        };
+        let shared = Arc::new(SharedAccess::new(Access::new(Some(&[listed("agent-7")]))));
+        let mut conn = ConnectionGrant::new(shared.clone(), Some("agent-7".into()));
+        assert!(conn.current().may_write("traffic"), "listed: may write");
+        shared.set(Access::new(Some(&[listed("client")])));
+        assert!(
+            matches!(conn.current(), Grant::Nothing),
+            "removed by the reload: nothing"
+        );
+        shared.set(Access::new(None));
+        assert!(conn.current().is_admin(), "no list any more: everything");
     }
 }

@@ -4,13 +4,14 @@
 //! sequence: stop accepting → finish in-flight frames and requests → drain
 //! with a deadline → final snapshot → sled flush → exit.
 
-use crate::access::Access;
+use crate::access::{Access, ConnectionGrant, Grant, SharedAccess};
 use crate::config::{Settings, TlsFiles};
+use crate::http::{HttpConnection, HttpLimits};
 use crate::ingest::remote_write::{self, handler::RemoteWriteContext, KnownSeries, LabelLimits};
 use crate::ingest::scrape::Scraper;
 use crate::ingest::socket::{self, SocketContext};
 use crate::model::Clock;
-use crate::net::{self, ListenerLimits};
+use crate::net::{self, ListenerLimits, Peer};
 use crate::query::api::{self, ApiContext, ClientId, QuerySlots};
 use crate::rules::RuleSet;
 use crate::shutdown::Shutdown;
@@ -24,7 +25,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::sync::RwLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -174,7 +174,31 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         metrics: metrics.clone(),
         clock: system_clock(),
         warnings: Arc::new(RateLimited::new(Duration::from_secs(10))),
+        idle_timeout: settings.limits.socket_idle_timeout,
     });
+    let l = &settings.limits;
+    let listener_limits = ListenerLimits {
+        max_connections: l.max_connections,
+        max_client_connections: l.max_client_connections,
+        max_handshakes_per_ip: l.max_handshakes_per_ip,
+        handshake_timeout: l.handshake_timeout,
+    };
+    let http_limits = HttpLimits {
+        header_timeout: l.header_timeout,
+        idle_timeout: l.idle_timeout,
+        body_timeout: l.body_timeout,
+        // A refused body up to twice the limit is read and discarded after
+        // the answer, so its sender reads the status instead of a reset.
+        linger_bytes: l.max_body_bytes.saturating_mul(2),
+    };
+    // With a clients: list, a certificate not on it is refused right after
+    // the handshake, on every listener.
+    let admit = |access: Arc<SharedAccess>| {
+        move |peer: &Peer| match access.grant(peer.name.as_deref()) {
+            Grant::Nothing => Err("unlisted"),
+            _ => Ok(()),
+        }
+    };
 
     {
         let (access, token) = (access.clone(), shutdown.token().clone());
@@ -184,11 +208,12 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
                 "socket",
                 socket_listener,
                 socket_tls,
-                ListenerLimits::default(),
+                listener_limits,
                 metrics.clone(),
                 shutdown.clone(),
+                admit(access.clone()),
                 move |stream, peer| {
-                    let grant = access.current().grant(peer.name.as_deref());
+                    let grant = ConnectionGrant::new(access.clone(), peer.name);
                     socket::handle(stream, grant, socket_ctx.clone(), token.clone())
                 },
             ),
@@ -224,15 +249,25 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
                 name,
                 listener,
                 http_tls.clone(),
-                ListenerLimits::default(),
+                listener_limits,
                 metrics.clone(),
                 shutdown.clone(),
-                move |stream, peer| {
-                    let grant = access.current().grant(peer.name.as_deref());
-                    // Query slots are counted per certificate name.
-                    let client = ClientId(Arc::from(peer.name.as_deref().unwrap_or("")));
-                    let router = router.clone().layer(Extension(client));
-                    crate::http::serve_connection(stream, router, grant, token.clone())
+                admit(access.clone()),
+                {
+                    let metrics = metrics.clone();
+                    move |stream, peer| {
+                        // Query slots are counted per certificate name.
+                        let client = ClientId(Arc::from(peer.name.as_deref().unwrap_or("")));
+                        let router = router.clone().layer(Extension(client));
+                        let conn = HttpConnection {
+                            listener: name,
+                            peer,
+                            access: access.clone(),
+                            metrics: metrics.clone(),
+                            limits: http_limits,
+                        };
+                        crate::http::serve_connection(stream, router, conn, token.clone())
+                    }
                 },
             ),
         );
@@ -418,24 +453,6 @@ pub fn recover(settings: &Settings) -> anyhow::Result<snapshot::recover::Recover
     );
     let dir = settings.data_dir.join("snapshots");
     Ok(snapshot::recover::recover(&dir, &stamp)?)
-}
-
-/// The `clients:` permissions, swapped whole on reload; each connection
-/// takes the grant current when it starts.
-struct SharedAccess(RwLock<Arc<Access>>);
-
-impl SharedAccess {
-    fn new(access: Access) -> SharedAccess {
-        SharedAccess(RwLock::new(Arc::new(access)))
-    }
-
-    fn current(&self) -> Arc<Access> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn set(&self, access: Access) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(access);
-    }
 }
 
 /// SIGHUP: validate the file first; on any error keep everything running

@@ -54,6 +54,16 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
         "Connections refused during the TLS handshake, by listener.",
     ),
     (
+        "ringdb_connections_refused_total",
+        Kind::Counter,
+        "Connections closed at accept or after the TLS handshake (or HTTP requests refused with 403 and close), by listener and reason: the limit (max_connections, max_handshakes_per_ip, max_client_connections) or unlisted (certificate not in clients:).",
+    ),
+    (
+        "ringdb_connection_timeouts_total",
+        Kind::Counter,
+        "Connections closed or requests refused because the client was too slow or idle, by listener and phase (handshake, header, idle, body).",
+    ),
+    (
         "ringdb_http_requests_total",
         Kind::Counter,
         "HTTP requests by listener, route and status code.",

@@ -1,10 +1,13 @@
 //! The binary socket listener's connection handler (DESIGN §4): decode
 //! frames as bytes arrive, write each into the store from this task (so a
 //! slow store reads the socket more slowly: TCP backpressure), skip and
-//! count bad frames, never reply.
+//! count bad frames, never reply. The client's grant is looked up again
+//! after a reload, before each read's frames are written; a client no
+//! longer listed is disconnected. A connection that sends nothing for
+//! limits.socket_idle_timeout is closed.
 
 use super::frame::{self, Decoded};
-use crate::access::Grant;
+use crate::access::{ConnectionGrant, Grant};
 use crate::model::{self, Clock, Sample, Value};
 use crate::store::{Store, WriteReject};
 use crate::telemetry::{Metrics, RateLimited};
@@ -29,6 +32,8 @@ pub struct SocketContext {
     pub clock: Clock,
     /// Warnings about bad frames, rate-limited.
     pub warnings: Arc<RateLimited>,
+    /// A connection that sends nothing for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 /// Counts for one read, added to the shared metrics once per read.
@@ -49,11 +54,12 @@ impl Tally {
     }
 }
 
-/// Serves one connection until the client closes, sends a zero length, or
+/// Serves one connection until the client closes, sends a zero length,
+/// stays silent for `ctx.idle_timeout`, loses its grant on a reload, or
 /// shutdown ends the drain.
 pub async fn handle<S: AsyncRead + Unpin>(
     mut stream: S,
-    grant: Grant,
+    mut grant: ConnectionGrant,
     ctx: Arc<SocketContext>,
     shutdown: CancellationToken,
 ) {
@@ -69,7 +75,18 @@ pub async fn handle<S: AsyncRead + Unpin>(
             }
         } else {
             tokio::select! {
-                r = stream.read_buf(&mut buf) => r,
+                r = tokio::time::timeout(ctx.idle_timeout, stream.read_buf(&mut buf)) => match r {
+                    Ok(r) => r,
+                    Err(_) => {
+                        ctx.metrics.add(
+                            "ringdb_connection_timeouts_total",
+                            &[("listener", "socket"), ("phase", "idle")],
+                            1,
+                        );
+                        tracing::debug!("socket connection idle for limits.socket_idle_timeout: closed");
+                        break;
+                    }
+                },
                 _ = shutdown.cancelled() => continue,
             }
         };
@@ -83,9 +100,21 @@ pub async fn handle<S: AsyncRead + Unpin>(
                 true
             }
         };
-        let (used, close) = decode_all(&buf, &grant, &ctx, &mut tally, &mut frames);
+        let grant = grant.current();
+        let (used, close) = decode_all(&buf, grant, &ctx, &mut tally, &mut frames);
         buf.drain(..used);
         tally.flush(&ctx.metrics);
+        if matches!(grant, Grant::Nothing) {
+            // Removed from clients: by a reload (an unlisted client never
+            // gets here): this read's frames were refused, and no more.
+            ctx.metrics.add(
+                "ringdb_connections_refused_total",
+                &[("listener", "socket"), ("reason", "unlisted")],
+                1,
+            );
+            tracing::info!("client no longer listed in clients: after a reload: disconnected");
+            break;
+        }
         if close || done {
             if !buf.is_empty() && !close {
                 tally.reject("truncated_frame");
@@ -199,6 +228,7 @@ mod tests {
             metrics: Arc::default(),
             clock: Arc::new(move || now_ms),
             warnings: Arc::new(RateLimited::new(Duration::from_secs(3600))),
+            idle_timeout: Duration::from_secs(300),
         };
         // One path sent first, then 60 others (over many shards), then
         // again in the same bucket: the archive (last) keeps the later value.

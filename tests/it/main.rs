@@ -6,6 +6,7 @@ mod common;
 
 mod archive_model;
 mod bounds_api;
+mod bounds_net;
 mod cli;
 mod clients;
 mod frame_props;

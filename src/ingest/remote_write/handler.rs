@@ -82,15 +82,29 @@ async fn drain(mut body: Body) {
     .await;
 }
 
+/// Why a body could not be read whole.
+enum BodyError {
+    /// Over the limit, or broken.
+    Unreadable(String),
+    /// Not received within limits.body_timeout.
+    TimedOut(String),
+}
+
 /// Reads the body, failing as soon as it passes `max` bytes.
-async fn read_capped(body: &mut Body, max: usize) -> Result<bytes::Bytes, String> {
+async fn read_capped(body: &mut Body, max: usize) -> Result<bytes::Bytes, BodyError> {
     use http_body_util::BodyExt;
     let mut out = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| e.to_string())?;
+        let frame = frame.map_err(|e| {
+            if crate::http::is_body_timeout(&e) {
+                BodyError::TimedOut(e.to_string())
+            } else {
+                BodyError::Unreadable(e.to_string())
+            }
+        })?;
         if let Some(data) = frame.data_ref() {
             if out.len() + data.len() > max {
-                return Err("length limit exceeded".into());
+                return Err(BodyError::Unreadable("length limit exceeded".into()));
             }
             out.extend_from_slice(data);
         }
@@ -161,7 +175,11 @@ async fn write(
     let mut body = body;
     let bytes = match read_capped(&mut body, ctx.max_body_bytes).await {
         Ok(b) => b,
-        Err(e) => {
+        Err(BodyError::TimedOut(message)) => {
+            // The HTTP layer answers 408 and closes; counted here by reason.
+            return refuse(&ctx, StatusCode::REQUEST_TIMEOUT, "body_timeout", message);
+        }
+        Err(BodyError::Unreadable(e)) => {
             drain(body).await;
             return refuse(
                 &ctx,
