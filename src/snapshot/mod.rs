@@ -9,7 +9,7 @@ use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
 use crate::rrd::Archive;
 use crate::shutdown::Shutdown;
-use crate::store::{DirtyArchive, Store};
+use crate::store::{DirtyArchive, Orphan, Store};
 use crate::telemetry::Metrics;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,6 +38,11 @@ pub struct RestoreReport {
     pub corrupt: u64,
     /// Archives left on disk because no configured rule takes them.
     pub kept_on_disk: u64,
+    /// Series whose saved archives of rules that no longer apply moved
+    /// into rules that newly apply (see [`Store::adopt_orphans`]).
+    pub moved_series: u64,
+    /// Archives made for those rules.
+    pub moved_archives: u64,
 }
 
 /// What one save wrote.
@@ -47,10 +52,42 @@ pub struct SaveReport {
     pub archives: u64,
     /// Pages written.
     pub pages: u64,
-    /// Bytes written.
+    /// Bytes written: keys and values of the records inserted.
     pub bytes: u64,
+    /// Records removed (old pages of migrated archives, records of rules
+    /// whose history moved).
+    pub removed: u64,
     /// Wall time of the save, flush included.
     pub duration: Duration,
+    /// Stopped by shutdown or its deadline before everything was written:
+    /// what was left stays dirty in the store.
+    pub stopped: bool,
+}
+
+/// When a save stops before it has written everything, and who hears of
+/// each write as it is applied.
+#[derive(Clone, Copy)]
+pub struct SaveControl<'a> {
+    /// Checked before each write: true stops the save (shutdown began).
+    pub stop: &'a (dyn Fn() -> bool + Sync),
+    /// No write starts after this instant.
+    pub deadline: Option<Instant>,
+    /// Called with the bytes of each write once it is applied, so that
+    /// `ringdb_snapshot_bytes_total` grows while a long save runs.
+    pub written: &'a (dyn Fn(u64) + Sync),
+}
+
+impl SaveControl<'_> {
+    /// A save that runs to the end and reports nothing on the way.
+    pub const UNBOUNDED: SaveControl<'static> = SaveControl {
+        stop: &|| false,
+        deadline: None,
+        written: &|_| {},
+    };
+
+    fn should_stop(&self) -> bool {
+        (self.stop)() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Threads a save writes with: sled runs plain inserts concurrently, and
@@ -61,12 +98,18 @@ const SAVE_THREADS: usize = 2;
 const SLED_CACHE_BYTES: u64 = 16 << 20;
 
 /// Archives with several records (new, slid or migrated ones) go to sled
-/// in batches of at most this many. sled keeps memory in proportion to a
+/// in batches of at most this many archives (a series' archives are never
+/// split between batches: records of rules whose history moved go with
+/// the archives that took it) and about [`BATCH_RECORDS`] records. sled keeps memory in proportion to a
 /// batch long after applying it: one batch per store shard (1,500 new
 /// archives each for 100K label-set series) left the daemon 3.5 KB RSS a
 /// series above its store, batches of 64 leave 0.8 KB, and the first save
 /// of 100K archives is no slower (1.75 s, against 2.13 s).
 const BATCH_ARCHIVES: usize = 64;
+
+/// Records (inserts and removals) after which a batch is applied at the
+/// next series: a migrated archive whose ring is full writes every page.
+const BATCH_RECORDS: usize = 4096;
 
 /// Threads a restore decodes with (besides the one reading sled): decoding
 /// and filling the store cost about twice what reading sled does.
@@ -81,8 +124,16 @@ impl SaveReport {
     fn add(&mut self, d: &DirtyArchive) {
         self.archives += 1;
         self.pages += d.dirty.pages.len() as u64;
-        self.bytes += d.dirty.bytes() as u64;
+        self.bytes += written_bytes(d);
     }
+}
+
+/// Bytes of the records written for `d`, keys included (what sled stores).
+fn written_bytes(d: &DirtyArchive) -> u64 {
+    let key = 5 + d.series.len() + d.rule.name.len();
+    let header = d.dirty.header.as_ref().map_or(0, |h| key + h.len());
+    let pages: usize = d.dirty.pages.iter().map(|p| key + 4 + p.1.len()).sum();
+    (header + pages) as u64
 }
 
 /// The sled database holding every saved archive.
@@ -174,11 +225,14 @@ impl Snapshotter {
         let receiver = std::sync::Mutex::new(receiver);
         let work = || {
             let mut report = RestoreReport::default();
+            let mut orphans = Vec::new();
             loop {
                 let next = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(chunk) = next else { return report };
+                let Ok(chunk) = next else {
+                    return (report, orphans);
+                };
                 for records in chunk {
-                    restore_archive(store, records, &mut report);
+                    restore_archive(store, records, &mut report, &mut orphans);
                 }
             }
         };
@@ -187,14 +241,22 @@ impl Snapshotter {
             let read = self.read_records(|chunk| chunks.send(chunk).is_ok());
             drop(chunks);
             let mut report = RestoreReport::default();
+            let mut orphans = Vec::new();
             for worker in workers {
-                let part = worker
+                let (part, found) = worker
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 report.archives += part.archives;
                 report.corrupt += part.corrupt;
                 report.kept_on_disk += part.kept_on_disk;
+                orphans.extend(found);
             }
+            // After every archive is in place: a rule that newly applies
+            // and was saved already takes nothing.
+            let adopted = store.adopt_orphans(orphans);
+            report.kept_on_disk += adopted.unloaded;
+            report.moved_series = adopted.moved_series;
+            report.moved_archives = adopted.moved_archives;
             read.map(|()| report)
         })
     }
@@ -255,10 +317,25 @@ impl Snapshotter {
     /// # Errors
     /// sled fails to write or flush.
     pub fn save(&self, store: &Store) -> Result<SaveReport, SnapshotError> {
+        self.save_until(store, SaveControl::UNBOUNDED)
+    }
+
+    /// [`Snapshotter::save`] that stops before the next write once
+    /// `control` says so: archives taken and not written are put back
+    /// dirty ([`Store::return_dirty`]), shards not reached stay dirty, and
+    /// the report says `stopped`. What was written is flushed.
+    ///
+    /// # Errors
+    /// sled fails to write or flush.
+    pub fn save_until(
+        &self,
+        store: &Store,
+        control: SaveControl<'_>,
+    ) -> Result<SaveReport, SnapshotError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         let next_shard = AtomicUsize::new(0);
-        let work = || self.save_shards(store, &next_shard);
+        let work = || self.save_shards(store, &next_shard, control);
         let results: Vec<_> = std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..SAVE_THREADS).map(|_| scope.spawn(work)).collect();
             let mine = work();
@@ -277,6 +354,8 @@ impl Snapshotter {
             report.archives += part.archives;
             report.pages += part.pages;
             report.bytes += part.bytes;
+            report.removed += part.removed;
+            report.stopped |= part.stopped;
             first_error = first_error.or(error);
         }
         if let Some(e) = first_error {
@@ -287,16 +366,22 @@ impl Snapshotter {
         Ok(report)
     }
 
-    /// Takes shards from `next_shard` until none is left and writes their
-    /// dirty archives; returns what was written and the first error.
+    /// Takes shards from `next_shard` until none is left (or `control`
+    /// stops it) and writes their dirty archives; returns what was written
+    /// and the first error.
     fn save_shards(
         &self,
         store: &Store,
         next_shard: &AtomicUsize,
+        control: SaveControl<'_>,
     ) -> (SaveReport, Option<sled::Error>) {
         let mut report = SaveReport::default();
         let mut first_error = None;
         loop {
+            if control.should_stop() {
+                report.stopped = true;
+                return (report, first_error);
+            }
             let shard = next_shard.fetch_add(1, Ordering::Relaxed);
             if shard >= store.shard_count() {
                 return (report, first_error);
@@ -304,75 +389,117 @@ impl Snapshotter {
             let dirty = store.take_dirty(shard);
             // Archives with several records go in batches (sled serialises
             // batches and each costs a log reservation; see BATCH_ARCHIVES).
-            let mut batched = Vec::new();
-            let mut batch = sled::Batch::default();
-            for d in &dirty {
-                match self.save_archive(d, &mut batch) {
-                    Ok(true) => report.add(d),
-                    Ok(false) => batched.push(d),
+            let mut pending = Pending::default();
+            for (i, d) in dirty.iter().enumerate() {
+                let boundary = pending.batched.last().is_none_or(|l| l.series != d.series);
+                if boundary && pending.full() {
+                    self.apply_batch(store, &mut pending, &mut report, &mut first_error, control);
+                }
+                if boundary && control.should_stop() {
+                    self.apply_batch(store, &mut pending, &mut report, &mut first_error, control);
+                    dirty[i..].iter().for_each(|d| store.return_dirty(d));
+                    report.stopped = true;
+                    return (report, first_error);
+                }
+                match self.save_archive(d, &mut pending) {
+                    Ok(true) => {
+                        report.add(d);
+                        (control.written)(written_bytes(d));
+                    }
+                    Ok(false) => {}
                     Err(e) => {
                         store.mark_dirty(&d.series, &d.rule.name);
+                        store.return_dirty(d);
                         first_error.get_or_insert(e);
                     }
                 }
-                if batched.len() == BATCH_ARCHIVES {
-                    let full = std::mem::take(&mut batch);
-                    self.apply_batch(store, full, &mut batched, &mut report, &mut first_error);
-                }
             }
-            self.apply_batch(store, batch, &mut batched, &mut report, &mut first_error);
+            self.apply_batch(store, &mut pending, &mut report, &mut first_error, control);
         }
     }
 
-    /// Applies `batch`, holding the records of the archives `batched`
-    /// (emptied): counted in `report` when written, else marked dirty again.
-    fn apply_batch(
+    /// Applies the pending batch, holding the records of the archives it
+    /// lists (emptied): counted in `report` when written, else marked
+    /// dirty again.
+    fn apply_batch<'d>(
         &self,
         store: &Store,
-        batch: sled::Batch,
-        batched: &mut Vec<&DirtyArchive>,
+        pending: &mut Pending<'d>,
         report: &mut SaveReport,
         first_error: &mut Option<sled::Error>,
+        control: SaveControl<'_>,
     ) {
+        let Pending {
+            batch,
+            batched,
+            removed,
+            ..
+        } = std::mem::take(pending);
         if batched.is_empty() {
             return;
         }
         match self.db.apply_batch(batch) {
-            Ok(()) => batched.iter().for_each(|d| report.add(d)),
+            Ok(()) => {
+                let bytes: u64 = batched.iter().map(|d| written_bytes(d)).sum();
+                batched.iter().for_each(|d| report.add(d));
+                report.removed += removed;
+                (control.written)(bytes);
+            }
             Err(e) => {
-                batched
-                    .iter()
-                    .for_each(|d| store.mark_dirty(&d.series, &d.rule.name));
+                batched.iter().for_each(|d| {
+                    store.mark_dirty(&d.series, &d.rule.name);
+                    store.return_dirty(d);
+                });
                 first_error.get_or_insert(e);
             }
         }
-        batched.clear();
     }
 
     /// Writes one archive's records. A single record (the common case: one
     /// page with the moved head) is a plain insert, which sled runs
-    /// concurrently: true when written. Several records go into `batch`
-    /// (false), applied at once, so a crash never keeps a slid head
-    /// without the pages the slide emptied, nor half a migration.
-    fn save_archive(&self, d: &DirtyArchive, batch: &mut sled::Batch) -> Result<bool, sled::Error> {
+    /// concurrently: true when written. Several records go into the
+    /// pending batch (false), applied at once, so a crash never keeps a
+    /// slid head without the pages the slide emptied, nor half a migration:
+    /// a migrated archive's header, its non-empty pages, the removal of
+    /// its shape's older pages and of the records of rules whose history
+    /// it took are one write.
+    fn save_archive<'d>(
+        &self,
+        d: &'d DirtyArchive,
+        pending: &mut Pending<'d>,
+    ) -> Result<bool, sled::Error> {
         let (series, rule) = (&*d.series, d.rule.name.as_str());
-        if let (None, [(n, bytes)], false) = (
+        if let (None, [(n, bytes)], false, true) = (
             &d.dirty.header,
             d.dirty.pages.as_slice(),
             d.dirty.replace_all,
+            d.retire.is_empty(),
         ) {
             self.db
                 .insert(page_key(series, rule, *n), bytes.as_slice())?;
             return Ok(true);
         }
-        if d.dirty.replace_all {
+        let batch = &mut pending.batch;
+        let remove_pages = |batch: &mut sled::Batch, rule: &str| -> Result<u64, sled::Error> {
+            let mut removed = 0;
             for key in self
                 .db
                 .scan_prefix(series_rule_key(b'p', series, rule))
                 .keys()
             {
                 batch.remove(key?);
+                removed += 1;
             }
+            Ok(removed)
+        };
+        let mut removed = 0;
+        if d.dirty.replace_all {
+            removed += remove_pages(batch, rule)?;
+        }
+        for old in &d.retire {
+            removed += remove_pages(batch, old)?;
+            batch.remove(series_rule_key(b'h', series, old));
+            removed += 1;
         }
         if let Some(h) = &d.dirty.header {
             batch.insert(series_rule_key(b'h', series, rule), h.as_slice());
@@ -380,7 +507,15 @@ impl Snapshotter {
         for (n, bytes) in &d.dirty.pages {
             batch.insert(page_key(series, rule, *n), bytes.as_slice());
         }
+        pending.records += removed as usize + d.dirty.pages.len() + 1;
+        pending.removed += removed;
+        pending.batched.push(d);
         Ok(false)
+    }
+
+    /// Bytes the store takes on disk, if sled can tell.
+    pub fn size_on_disk(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
     }
 
     /// Removes saved archives (autoremove sweeps) from disk.
@@ -436,6 +571,23 @@ impl Snapshotter {
     }
 }
 
+/// A batch being filled and the archives whose records it holds.
+#[derive(Default)]
+struct Pending<'d> {
+    batch: sled::Batch,
+    batched: Vec<&'d DirtyArchive>,
+    /// Inserts and removals in `batch`.
+    records: usize,
+    /// Removals in `batch`.
+    removed: u64,
+}
+
+impl Pending<'_> {
+    fn full(&self) -> bool {
+        self.batched.len() >= BATCH_ARCHIVES || self.records >= BATCH_RECORDS
+    }
+}
+
 /// One saved archive's records, as read.
 struct Records {
     key: sled::IVec,
@@ -444,7 +596,12 @@ struct Records {
 }
 
 /// Decodes one archive and puts it in the store, counting the outcome.
-fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) {
+fn restore_archive(
+    store: &Store,
+    records: Records,
+    report: &mut RestoreReport,
+    orphans: &mut Vec<Orphan>,
+) {
     let Some((series, rule)) = parse_header_key(&records.key) else {
         report.corrupt += 1;
         tracing::warn!(key = ?String::from_utf8_lossy(&records.key), "snapshot: unreadable header key skipped");
@@ -464,6 +621,16 @@ fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) 
         log_codec_error(series, rule, e);
     }
     report.corrupt += errors.len() as u64;
+    if !store.rule_applies(&header.series_prefix, rule) {
+        orphans.push(Orphan {
+            key: series.to_owned(),
+            prefix: header.series_prefix,
+            labels: header.series_labels,
+            rule: rule.to_owned(),
+            archive,
+        });
+        return;
+    }
     match store.restore(
         series,
         &header.series_prefix,
@@ -503,17 +670,37 @@ async fn sweep(snapshotter: &Arc<Snapshotter>, store: &Arc<Store>, metrics: &Met
     }
 }
 
-/// Saves on blocking threads and records the outcome in self-metrics.
+/// Saves on blocking threads and records the outcome in self-metrics;
+/// the report, or `None` when the save failed. The save stops before its
+/// next write once `stop` is triggered (the flusher's saves, so that
+/// shutdown is not held by one) or `deadline` has passed (the final
+/// snapshot); what it did not write stays dirty.
 pub async fn save_now(
     snapshotter: &Arc<Snapshotter>,
     store: &Arc<Store>,
-    metrics: &Metrics,
-) -> bool {
-    let (s, st) = (snapshotter.clone(), store.clone());
-    let result = tokio::task::spawn_blocking(move || s.save(&st)).await;
+    metrics: &Arc<Metrics>,
+    stop: Option<Shutdown>,
+    deadline: Option<Duration>,
+) -> Option<SaveReport> {
+    let (s, st, m) = (snapshotter.clone(), store.clone(), metrics.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        let stop = move || stop.as_ref().is_some_and(Shutdown::is_triggered);
+        let written = |bytes| m.add("ringdb_snapshot_bytes_total", &[], bytes);
+        let control = SaveControl {
+            stop: &stop,
+            deadline: deadline.map(|d| Instant::now() + d),
+            written: &written,
+        };
+        let report = s.save_until(&st, control);
+        (report, s.size_on_disk())
+    })
+    .await;
     match result {
-        Ok(Ok(report)) => {
+        Ok((Ok(report), disk)) => {
             metrics.add("ringdb_snapshots_total", &[], 1);
+            if report.stopped {
+                metrics.add("ringdb_snapshots_stopped_total", &[], 1);
+            }
             metrics.set(
                 "ringdb_snapshot_duration_seconds",
                 &[],
@@ -521,25 +708,30 @@ pub async fn save_now(
             );
             metrics.set("ringdb_snapshot_bytes", &[], report.bytes as f64);
             metrics.set("ringdb_snapshot_pages", &[], report.pages as f64);
-            metrics.add("ringdb_snapshot_bytes_total", &[], report.bytes);
+            metrics.add("ringdb_snapshot_removed_records_total", &[], report.removed);
+            if let Some(disk) = disk {
+                metrics.set("ringdb_snapshot_disk_bytes", &[], disk as f64);
+            }
             tracing::debug!(
                 archives = report.archives,
                 pages = report.pages,
                 bytes = report.bytes,
+                removed = report.removed,
+                stopped = report.stopped,
                 ms = report.duration.as_millis() as u64,
                 "snapshot saved"
             );
-            true
+            Some(report)
         }
-        Ok(Err(e)) => {
+        Ok((Err(e), _)) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
             tracing::error!(error = %e, "snapshot failed; changes stay dirty for the next one");
-            false
+            None
         }
         Err(e) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
             tracing::error!(error = %e, "snapshot task failed");
-            false
+            None
         }
     }
 }
@@ -563,7 +755,7 @@ pub async fn run_flusher(
             _ = shutdown.token().cancelled() => break,
             _ = ticker.tick() => {
                 sweep(&snapshotter, &store, &metrics, clock()).await;
-                save_now(&snapshotter, &store, &metrics).await;
+                save_now(&snapshotter, &store, &metrics, Some(shutdown.clone()), None).await;
             }
         }
     }
@@ -572,6 +764,224 @@ pub async fn run_flusher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Sample, Value};
+    use crate::rrd::{Consolidation, Reading};
+    use crate::rules::{Rule, RuleSet};
+    use crate::store::StoreLimits;
+
+    const T0: u64 = 1_699_999_200;
+
+    fn rule(name: &str, prefix: &str, tf: u64, limit: u32) -> Rule {
+        let mut r = Rule::for_test(name, prefix, Consolidation::Sum);
+        r.shape.timeframe_secs = tf;
+        r.shape.limit = limit;
+        r
+    }
+
+    fn store(rules: Vec<Rule>) -> Store {
+        Store::new(
+            RuleSet::new(rules),
+            StoreLimits {
+                max_future_ms: u64::MAX / 2,
+                max_series: 1_000_000,
+            },
+        )
+    }
+
+    /// `n` series `p-i` of 20 samples, one every 10 s, valued 1.
+    fn fill(s: &Store, prefix: &str, n: usize) {
+        for i in 0..n {
+            for k in 0..20u64 {
+                let t = (T0 + k * 10) * 1000;
+                let sample = Sample {
+                    timestamp_ms: t,
+                    value: Value::Uint(1),
+                };
+                s.write(&format!("{prefix}-{i}"), prefix, sample, t)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Every (series, rule, bucket secs, value) held, sorted.
+    fn held(s: &Store) -> Vec<(String, String, u64, String)> {
+        let mut out = Vec::new();
+        s.scan(|key, series| {
+            for a in series.archives() {
+                for (t, r) in a.archive.filled() {
+                    let v = match r {
+                        Reading::Uint(v) => v.to_string(),
+                        r => format!("{r:?}"),
+                    };
+                    out.push((key.to_owned(), a.rule.name.clone(), t, v));
+                }
+            }
+            true
+        });
+        out.sort();
+        out
+    }
+
+    /// Records on disk by kind: (headers, pages).
+    fn records(snap: &Snapshotter) -> (usize, usize) {
+        (
+            snap.db.scan_prefix(b"h").count(),
+            snap.db.scan_prefix(b"p").count(),
+        )
+    }
+
+    /// Issue 15: a rule change on 8,640-bucket rings holding 20 buckets
+    /// wrote all 135 pages of every migrated archive (378 MB for 10K
+    /// series); now the header and the non-empty page, and the old page
+    /// goes.
+    #[test]
+    fn a_changed_rule_saves_only_the_pages_migrated_archives_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let s = store(vec![rule("any", "*", 10, 8640)]);
+        fill(&s, "x", 50);
+        snap.save(&s).unwrap();
+        assert_eq!(records(&snap), (50, 50));
+        s.set_rules(RuleSet::new(vec![rule("any", "*", 20, 8640)]));
+        let report = snap.save(&s).unwrap();
+        assert_eq!(report.archives, 50);
+        assert!(report.pages <= 50, "pages written: {}", report.pages);
+        assert_eq!(report.removed, 50, "the old pages");
+        assert_eq!(records(&snap), (50, 50));
+        let back = store(vec![rule("any", "*", 20, 8640)]);
+        snap.restore(&back).unwrap();
+        assert_eq!(held(&back), held(&s));
+        assert_eq!(held(&back).len(), 50 * 10);
+    }
+
+    /// A save stopped part-way (shutdown) puts back what it took: the next
+    /// save writes it, and a restore finds everything.
+    #[test]
+    fn a_stopped_save_leaves_the_rest_for_the_next() {
+        struct Case {
+            name: &'static str,
+            stop_after_checks: usize,
+        }
+        let cases = [
+            Case {
+                name: "before the first write",
+                stop_after_checks: 0,
+            },
+            Case {
+                name: "in the first shard",
+                stop_after_checks: 3,
+            },
+            Case {
+                name: "after a few shards",
+                stop_after_checks: 60,
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let snap = Snapshotter::open(dir.path()).unwrap();
+            let s = store(vec![rule("any", "*", 10, 8640)]);
+            fill(&s, "x", 300);
+            snap.save(&s).unwrap();
+            s.set_rules(RuleSet::new(vec![rule("any", "*", 20, 8640)]));
+            let checks = AtomicUsize::new(0);
+            let stop = || checks.fetch_add(1, Ordering::Relaxed) >= case.stop_after_checks;
+            let written = AtomicUsize::new(0);
+            let count = |b: u64| {
+                written.fetch_add(b as usize, Ordering::Relaxed);
+            };
+            let control = SaveControl {
+                stop: &stop,
+                deadline: None,
+                written: &count,
+            };
+            let first = snap.save_until(&s, control).unwrap();
+            assert!(first.stopped, "{}", case.name);
+            assert!(first.archives < 300, "{}: {}", case.name, first.archives);
+            assert_eq!(
+                written.load(Ordering::Relaxed) as u64,
+                first.bytes,
+                "{}",
+                case.name
+            );
+            assert_eq!(s.dirty_series(), 300 - first.archives, "{}", case.name);
+            let rest = snap.save(&s).unwrap();
+            assert_eq!(first.archives + rest.archives, 300, "{}", case.name);
+            assert_eq!(s.dirty_series(), 0, "{}", case.name);
+            let back = store(vec![rule("any", "*", 20, 8640)]);
+            snap.restore(&back).unwrap();
+            assert_eq!(held(&back), held(&s), "{}", case.name);
+        }
+    }
+
+    /// Issue 15: a rule added for a prefix hid its series' history. On
+    /// reload it moves into the new rule; the `"*"` records go in the same
+    /// write as the new archive's, so a restart finds it once.
+    #[test]
+    fn history_moved_to_a_newly_applying_rule_is_saved_and_the_old_records_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let star = vec![rule("any", "*", 10, 8640), rule("any_1m", "*", 60, 100)];
+        let s = store(star.clone());
+        fill(&s, "x", 20);
+        fill(&s, "y", 5);
+        snap.save(&s).unwrap();
+        assert_eq!(records(&snap).0, 50);
+        let mut next = star.clone();
+        next.push(rule("x_30s", "x", 30, 100));
+        let change = s.set_rules(RuleSet::new(next.clone()));
+        assert_eq!((change.moved_series, change.moved_archives), (20, 20));
+        let report = snap.save(&s).unwrap();
+        assert_eq!(report.archives, 20);
+        assert_eq!(records(&snap).0, 20 + 10, "x: x_30s; y: any, any_1m");
+        let back = store(next.clone());
+        let restored = snap.restore(&back).unwrap();
+        assert_eq!((restored.kept_on_disk, restored.moved_series), (0, 0));
+        assert_eq!(held(&back), held(&s));
+        let x: Vec<_> = held(&back).into_iter().filter(|h| h.0 == "x-3").collect();
+        let want: Vec<_> = (0..7)
+            .map(|k| {
+                (
+                    "x-3".to_owned(),
+                    "x_30s".to_owned(),
+                    T0 + k * 30,
+                    if k < 6 { "3" } else { "2" }.to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(x, want);
+    }
+
+    /// The same with the changed file read on restart: the orphans are
+    /// adopted after the restore, and the next save removes them.
+    #[test]
+    fn a_restart_with_a_rule_added_for_a_prefix_moves_the_saved_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let star = vec![rule("any", "*", 10, 8640)];
+        let s = store(star.clone());
+        fill(&s, "x", 20);
+        snap.save(&s).unwrap();
+        let mut next = star.clone();
+        next.push(rule("x_30s", "x", 30, 100));
+        let back = store(next.clone());
+        let restored = snap.restore(&back).unwrap();
+        assert_eq!(
+            (
+                restored.archives,
+                restored.moved_series,
+                restored.moved_archives,
+                restored.kept_on_disk
+            ),
+            (0, 20, 20, 0)
+        );
+        assert_eq!(held(&back).len(), 20 * 7);
+        snap.save(&back).unwrap();
+        assert_eq!(records(&snap), (20, 20), "the \"*\" records are gone");
+        let again = store(next);
+        let restored = snap.restore(&again).unwrap();
+        assert_eq!((restored.archives, restored.moved_series), (20, 0));
+        assert_eq!(held(&again), held(&back));
+    }
 
     #[test]
     fn keys_round_trip() {
