@@ -103,7 +103,22 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_snapshot_bytes_total",
         Kind::Counter,
-        "Bytes written by all snapshots.",
+        "Bytes written by all snapshots (keys and values), counted as each write lands.",
+    ),
+    (
+        "ringdb_snapshot_removed_records_total",
+        Kind::Counter,
+        "Records removed by snapshots (old pages of migrated archives, records of rules whose history moved).",
+    ),
+    (
+        "ringdb_snapshots_stopped_total",
+        Kind::Counter,
+        "Snapshots stopped by shutdown or the final snapshot's deadline before writing everything.",
+    ),
+    (
+        "ringdb_snapshot_disk_bytes",
+        Kind::Gauge,
+        "Size of the snapshot store on disk after the last snapshot.",
     ),
     (
         "ringdb_restore_skipped_total",
