@@ -697,9 +697,10 @@ pub async fn save_now(
     .await;
     match result {
         Ok((Ok(report), disk)) => {
-            metrics.add("ringdb_snapshots_total", &[], 1);
             if report.stopped {
                 metrics.add("ringdb_snapshots_stopped_total", &[], 1);
+            } else {
+                metrics.add("ringdb_snapshots_total", &[], 1);
             }
             metrics.set(
                 "ringdb_snapshot_duration_seconds",

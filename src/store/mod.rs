@@ -836,7 +836,10 @@ impl Store {
             }
             // Its migrated archives are dirty: the old records go with them.
             if out.len() > taken && !retiring.is_empty() {
-                if let Some(rules) = retiring.remove(key.as_str()) {
+                if let Some(mut rules) = retiring.remove(key.as_str()) {
+                    // A rule that applies again (rules changed back) has
+                    // its own archive now, saved whole: keep its records.
+                    rules.retain(|r| !series.archives.iter().any(|a| a.rule.name == *r));
                     if let Some(last) = out.last_mut() {
                         last.retire = rules;
                     }

@@ -610,3 +610,33 @@ fn orphans_read_on_restore_are_adopted_by_newly_applying_rules() {
     let other = dirty.iter().find(|d| &*d.series == "other-a").unwrap();
     assert_eq!(other.retire, ["fine", "coarse"]);
 }
+
+/// Rules changed and changed back before a save: the rule that applies
+/// again keeps its records (they are not retired with the others).
+#[test]
+fn a_rule_that_applies_again_before_the_save_is_not_retired() {
+    let s = star_store(100);
+    let base = NOW / 1000 / 3600 * 3600;
+    for i in 0..30u64 {
+        let t = (base + i * 10) * 1000;
+        s.write("other-a", "other", sample(t, 1), t).unwrap();
+    }
+    let star: Vec<Rule> = s
+        .rules()
+        .for_prefix("x")
+        .iter()
+        .map(|r| (**r).clone())
+        .collect();
+    let mut with_o = star.clone();
+    with_o.push(rule("o", "other", 60, ValueSize::Large));
+    s.set_rules(RuleSet::new(with_o));
+    let change = s.set_rules(RuleSet::new(star));
+    assert_eq!((change.moved_series, change.moved_archives), (1, 2));
+    let dirty = s.take_dirty(s.shard_of("other-a"));
+    let retired: Vec<&String> = dirty.iter().flat_map(|d| &d.retire).collect();
+    assert_eq!(retired, ["o"]);
+    assert_eq!(
+        history_of(&s, "other-a", "coarse").map(|h| h.iter().map(|x| x.1).sum::<u64>()),
+        Some(30)
+    );
+}
