@@ -173,7 +173,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_migrations_total",
         Kind::Gauge,
-        "Archives migrated into a changed rule's shape since start.",
+        "Archives migrated into a changed rule's shape, or made for a rule that newly applies from the history of rules that no longer do, since start.",
     ),
 ];
 
