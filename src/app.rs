@@ -33,6 +33,14 @@ use tokio::sync::Semaphore;
 /// How long shutdown waits for connections to finish.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The final snapshot starts no write after this long; what it could not
+/// write is logged (series not saved) and the exit code is non-zero.
+const FINAL_SNAPSHOT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How much longer the final snapshot may take to flush (or wait for a
+/// save still running) before it is abandoned.
+const FINAL_FLUSH_GRACE: Duration = Duration::from_secs(20);
+
 /// The wall clock in milliseconds.
 pub fn system_clock() -> Clock {
     Arc::new(|| {
@@ -126,6 +134,8 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         missing = restored.missing,
         no_pages = restored.no_pages,
         orphan_pages = restored.orphan_pages,
+        moved_series = restored.moved_series,
+        moved_archives = restored.moved_archives,
         "snapshots restored"
     );
     if restored.lost_anything() {
@@ -316,7 +326,11 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
             _ = term.recv() => { tracing::info!("SIGTERM"); break }
             _ = int.recv() => { tracing::info!("SIGINT"); break }
             _ = hangup.recv() => {
-                let outcome = reload(config_file.as_deref(), &mut running, &store, &access, &scraper);
+                // A rule change migrates every archive it touches: off the
+                // async workers.
+                let outcome = tokio::task::block_in_place(|| {
+                    reload(config_file.as_deref(), &mut running, &store, &access, &scraper)
+                });
                 metrics.add("ringdb_reloads_total", &[("outcome", outcome)], 1);
             }
         }
@@ -326,10 +340,44 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     if let Err(late) = shutdown.drain(DRAIN_DEADLINE).await {
         tracing::warn!(?late, "tasks still running at the drain deadline");
     }
-    if !snapshot::save_now(&snapshotter, &store, &metrics, &system_clock()).await {
-        anyhow::bail!("final snapshot failed");
+    // Bounded whatever is pending: the final snapshot starts no write
+    // after FINAL_SNAPSHOT_DEADLINE, and is abandoned (a save from before
+    // still running, a slow flush) FINAL_FLUSH_GRACE later.
+    let started = std::time::Instant::now();
+    let clock = system_clock();
+    let final_save = snapshot::save_now(
+        &snapshotter,
+        &store,
+        &metrics,
+        &clock,
+        None,
+        Some(FINAL_SNAPSHOT_DEADLINE),
+    );
+    let bound = FINAL_SNAPSHOT_DEADLINE + FINAL_FLUSH_GRACE;
+    let report = match tokio::time::timeout(bound, final_save).await {
+        Err(_) => anyhow::bail!(
+            "final snapshot unfinished after {} s: exiting; changes of {} series since the last snapshot may be lost",
+            bound.as_secs(),
+            store.dirty_series()
+        ),
+        Ok(None) => anyhow::bail!("final snapshot failed"),
+        Ok(Some(report)) => report,
+    };
+    if report.stopped {
+        anyhow::bail!(
+            "final snapshot stopped at its deadline ({} s) after saving {} archives ({} bytes): changes of {} series since the last snapshot are lost",
+            FINAL_SNAPSHOT_DEADLINE.as_secs(),
+            report.archives,
+            report.bytes,
+            store.dirty_series()
+        );
     }
-    tracing::info!("final snapshot saved; bye");
+    tracing::info!(
+        archives = report.archives,
+        bytes = report.bytes,
+        ms = started.elapsed().as_millis() as u64,
+        "final snapshot saved; bye"
+    );
     Ok(())
 }
 
@@ -478,7 +526,9 @@ fn reload(
             return "error";
         }
     };
+    let started = std::time::Instant::now();
     let change = store.set_rules(RuleSet::new(next.rules.clone()));
+    let migration_ms = started.elapsed().as_millis() as u64;
     access.set(Access::new(next.clients.as_deref()));
     scraper.set_jobs(next.scrape.clone());
     let restart_needed = next.listen.socket != running.listen.socket
@@ -498,6 +548,9 @@ fn reload(
         migrated = change.migrated,
         dropped_buckets = change.dropped_buckets,
         unloaded = change.unloaded,
+        moved_series = change.moved_series,
+        moved_archives = change.moved_archives,
+        ms = migration_ms,
         "SIGHUP: configuration reloaded"
     );
     *running = next;

@@ -162,7 +162,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ringdb::app::run(settings, config_file)) {
+    let outcome = runtime.block_on(ringdb::app::run(settings, config_file));
+    // A final snapshot abandoned at its bound may still hold a blocking
+    // thread: exit anyway (sled's log is consistent at any instant).
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");

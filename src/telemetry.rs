@@ -118,7 +118,22 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_snapshot_bytes_total",
         Kind::Counter,
-        "Bytes written by all snapshots.",
+        "Bytes written by all snapshots (keys and values), counted as each write lands.",
+    ),
+    (
+        "ringdb_snapshot_removed_records_total",
+        Kind::Counter,
+        "Records removed by snapshots (old pages of migrated archives, records of rules whose history moved).",
+    ),
+    (
+        "ringdb_snapshots_stopped_total",
+        Kind::Counter,
+        "Snapshots stopped by shutdown or the final snapshot's deadline before writing everything.",
+    ),
+    (
+        "ringdb_snapshot_disk_bytes",
+        Kind::Gauge,
+        "Size of the snapshot store on disk after the last snapshot.",
     ),
     (
         "ringdb_restore_skipped_total",
@@ -205,7 +220,7 @@ const FAMILIES: &[(&str, Kind, &str)] = &[
     (
         "ringdb_migrations_total",
         Kind::Gauge,
-        "Archives migrated into a changed rule's shape since start.",
+        "Archives migrated into a changed rule's shape, or made for a rule that newly applies from the history of rules that no longer do, since start.",
     ),
 ];
 

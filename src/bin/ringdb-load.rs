@@ -53,6 +53,10 @@ enum Command {
         /// Parallel connections.
         #[arg(long, default_value_t = 4)]
         connections: u64,
+        /// Seconds between a path's samples (round `r` of `frames / paths`
+        /// is `r × step` seconds before now).
+        #[arg(long, default_value_t = 1)]
+        step_secs: u64,
     },
     /// Snapshot and restore cost, in process: archives of 1440 one-minute
     /// buckets (or the bench's three traffic rules), one new sample in
@@ -182,6 +186,7 @@ async fn socket(
     paths: u64,
     frames: u64,
     connections: u64,
+    step_secs: u64,
 ) -> anyhow::Result<()> {
     let connector = connector(&tls)?;
     let t = (now_ms() / 1000) as u64;
@@ -196,7 +201,7 @@ async fn socket(
                 ringdb::ingest::frame::encode(
                     &mut buf,
                     false,
-                    t - (n / paths) % 60,
+                    t - (n / paths) % 60 * step_secs,
                     n % 1000,
                     &path,
                 );
@@ -572,7 +577,8 @@ fn main() -> anyhow::Result<()> {
                 paths,
                 frames,
                 connections,
-            } => socket(addr, tls, paths, frames, connections).await,
+                step_secs,
+            } => socket(addr, tls, paths, frames, connections, step_secs).await,
             Command::RemoteWrite { url, tls, load } => remote_write(url, tls, load).await,
         }
     })

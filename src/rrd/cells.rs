@@ -322,6 +322,22 @@ impl Cells {
         }
     }
 
+    /// Calls `f(pos, cell)` for every non-empty cell held, in word order
+    /// (from the origin, wrapping): only the words allocated are read, so
+    /// this costs what the archive holds, not its ring.
+    pub(crate) fn for_each_held(&self, mut f: impl FnMut(usize, Cell)) {
+        let (origin, len) = (self.origin as usize, self.len as usize);
+        each_width!(&self.words, c => {
+            for (i, w) in c.iter().enumerate() {
+                let stored = w.stored();
+                if stored != 0 {
+                    let pos = if origin + i >= len { origin + i - len } else { origin + i };
+                    f(pos, self.decode(stored));
+                }
+            }
+        });
+    }
+
     /// Bytes per cell in the encoded page format.
     pub(crate) fn width(&self) -> usize {
         match self.words {

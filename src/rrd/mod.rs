@@ -649,29 +649,54 @@ impl Archive {
     }
 
     /// Non-empty buckets in the window, ascending, as (timestamp secs, reading).
+    /// Reads only the cells held (see `Cells`): an archive of 20 buckets in
+    /// a ring of 8,640 costs 20 steps, not 8,640.
     pub fn filled(&self) -> impl Iterator<Item = (u64, Reading<'_>)> + '_ {
+        let mut buckets = Vec::new();
+        if let Some(newest) = self.newest {
+            let (limit, head) = (u64::from(self.shape.limit), u64::from(self.head));
+            self.cells.for_each_held(|pos, _| {
+                let back = (head + limit - pos as u64) % limit;
+                buckets.push((newest - back, pos));
+            });
+        }
+        buckets.sort_unstable();
         let tf = self.shape.timeframe_secs;
-        let span = self.oldest_bucket().zip(self.newest);
-        span.into_iter()
-            .flat_map(|(oldest, newest)| oldest..=newest)
-            .filter_map(move |b| match self.get(b) {
+        buckets
+            .into_iter()
+            .filter_map(move |(bucket, pos)| match self.read_position(pos) {
                 Reading::Empty => None,
-                r => Some((b * tf, r)),
+                r => Some((bucket * tf, r)),
             })
     }
 
     /// This archive's history re-bucketed into a new shape (a changed
-    /// rule): every filled bucket, oldest first, is written into an empty
-    /// archive of `shape` as a sample at the bucket's start, consolidated
-    /// with the new type and always split backward (a bucket goes whole into
-    /// the new bucket that contains its start). Means of avg archives move as
-    /// one sample each (rounded for integer cells); specials move by name.
-    /// Buckets the new shape cannot hold (older than its window, values out
-    /// of its range, specials it does not define) are dropped and counted.
+    /// rule): see [`Archive::migrate_into`], into an empty archive of
+    /// `shape`.
     pub fn migrate(&self, shape: Shape) -> (Archive, Migration) {
         let mut next = Archive::new(shape);
+        let report = self.migrate_into(&mut next, None);
+        (next, report)
+    }
+
+    /// Writes this archive's history into `next` (a changed rule, or a rule
+    /// that newly applies to the series): every filled bucket starting
+    /// before `before_secs` (all of them with `None`), oldest first, as a
+    /// sample at the bucket's start, consolidated with `next`'s type and
+    /// always split backward (a bucket goes whole into the new bucket that
+    /// contains its start). Means of avg archives move as one sample each
+    /// (rounded for integer cells); specials move by name. Buckets `next`
+    /// cannot hold (older than its window, values out of its range,
+    /// specials it does not define) are dropped and counted.
+    ///
+    /// `next` is then saved as a new archive: its header, the pages that
+    /// hold something (only those: a migrated archive of 20 buckets writes
+    /// one or two pages, not its whole ring), and the removal of every page
+    /// saved for its rule before.
+    pub fn migrate_into(&self, next: &mut Archive, before_secs: Option<u64>) -> Migration {
         let mut report = Migration::default();
-        for (secs, reading) in self.filled() {
+        let end = before_secs.unwrap_or(u64::MAX);
+        for (secs, reading) in self.filled().take_while(|(secs, _)| *secs < end) {
             let value = match reading {
                 Reading::Uint(v) => Some(Value::Uint(v)),
                 Reading::Float(v)
@@ -689,7 +714,7 @@ impl Archive {
                 Reading::Empty => None,
             };
             let sample = value.map(|value| Sample {
-                timestamp_ms: secs * 1000,
+                timestamp_ms: secs.saturating_mul(1000),
                 value,
             });
             match sample.map(|s| next.update_with(s, Split::Backward)) {
@@ -697,9 +722,14 @@ impl Archive {
                 _ => report.dropped += 1,
             }
         }
-        next.mark_all_dirty();
+        next.header_dirty = true;
         next.rewrite = true;
-        (next, report)
+        report
+    }
+
+    /// Timestamp (seconds) of the oldest non-empty bucket, if any.
+    pub fn oldest_filled_secs(&self) -> Option<u64> {
+        self.filled().next().map(|(secs, _)| secs)
     }
 
     /// Whether anything changed since the last `take_dirty`.
@@ -713,6 +743,25 @@ impl Archive {
         let pages = (self.shape.limit as usize).div_ceil(PAGE_BUCKETS);
         for page in 0..pages {
             self.dirty_pages.mark(page);
+        }
+    }
+
+    /// Marks dirty again what `dirty` held when [`Archive::take_dirty`]
+    /// took it from an archive of `shape`, after a save that did not write
+    /// it (stopped by shutdown): its header, its pages and the removal of
+    /// older pages. Nothing is marked when this archive has another shape
+    /// by now (migrated since: it is wholly dirty already).
+    pub fn return_dirty(&mut self, shape: &Shape, dirty: &codec::Dirty) {
+        if *shape != self.shape {
+            return;
+        }
+        self.header_dirty |= dirty.header.is_some();
+        self.rewrite |= dirty.replace_all;
+        let pages = (self.shape.limit as usize).div_ceil(PAGE_BUCKETS);
+        for (page, _) in &dirty.pages {
+            if (*page as usize) < pages {
+                self.dirty_pages.mark(*page as usize);
+            }
         }
     }
 }

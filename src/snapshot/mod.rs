@@ -23,9 +23,8 @@ mod salvage;
 use crate::model::Clock;
 use crate::rrd::codec::{self, CodecError};
 use crate::rrd::Archive;
-use crate::rules::Rule;
 use crate::shutdown::Shutdown;
-use crate::store::{DirtyArchive, Store};
+use crate::store::{DirtyArchive, Orphan, Store};
 use crate::telemetry::Metrics;
 use key::{HEADER, LEGACY_HEADER, LEGACY_PAGE, PAGE};
 use std::path::{Path, PathBuf};
@@ -103,6 +102,11 @@ pub struct RestoreReport {
     pub headers: u64,
     /// The manifest's archive count (`None`: no manifest, or unreadable).
     pub manifest: Option<u64>,
+    /// Series whose saved archives of rules that no longer apply moved
+    /// into rules that newly apply (see [`Store::adopt_orphans`]).
+    pub moved_series: u64,
+    /// Archives made for those rules.
+    pub moved_archives: u64,
 }
 
 impl RestoreReport {
@@ -131,10 +135,42 @@ pub struct SaveReport {
     pub archives: u64,
     /// Pages written.
     pub pages: u64,
-    /// Bytes written.
+    /// Bytes written: keys and values of the records inserted.
     pub bytes: u64,
+    /// Records removed (old pages of migrated archives, records of rules
+    /// whose history moved).
+    pub removed: u64,
     /// Wall time of the save, flush included.
     pub duration: Duration,
+    /// Stopped by shutdown or its deadline before everything was written:
+    /// what was left stays dirty in the store.
+    pub stopped: bool,
+}
+
+/// When a save stops before it has written everything, and who hears of
+/// each write as it is applied.
+#[derive(Clone, Copy)]
+pub struct SaveControl<'a> {
+    /// Checked before each write: true stops the save (shutdown began).
+    pub stop: &'a (dyn Fn() -> bool + Sync),
+    /// No write starts after this instant.
+    pub deadline: Option<Instant>,
+    /// Called with the bytes of each write once it is applied, so that
+    /// `ringdb_snapshot_bytes_total` grows while a long save runs.
+    pub written: &'a (dyn Fn(u64) + Sync),
+}
+
+impl SaveControl<'_> {
+    /// A save that runs to the end and reports nothing on the way.
+    pub const UNBOUNDED: SaveControl<'static> = SaveControl {
+        stop: &|| false,
+        deadline: None,
+        written: &|_| {},
+    };
+
+    fn should_stop(&self) -> bool {
+        (self.stop)() || self.deadline.is_some_and(|d| Instant::now() >= d)
+    }
 }
 
 /// Threads a save writes with: sled runs plain inserts concurrently, and
@@ -145,12 +181,18 @@ const SAVE_THREADS: usize = 2;
 const SLED_CACHE_BYTES: u64 = 16 << 20;
 
 /// Archives with several records (new, slid or migrated ones) go to sled
-/// in batches of at most this many. sled keeps memory in proportion to a
+/// in batches of at most this many archives (a series' archives are never
+/// split between batches: records of rules whose history moved go with
+/// the archives that took it) and about [`BATCH_RECORDS`] records. sled keeps memory in proportion to a
 /// batch long after applying it: one batch per store shard (1,500 new
 /// archives each for 100K label-set series) left the daemon 3.5 KB RSS a
 /// series above its store, batches of 64 leave 0.8 KB, and the first save
 /// of 100K archives is no slower (1.75 s, against 2.13 s).
 const BATCH_ARCHIVES: usize = 64;
+
+/// Records (inserts and removals) after which a batch is applied at the
+/// next series: a migrated archive whose ring is full writes every page.
+const BATCH_RECORDS: usize = 4096;
 
 /// Threads a restore decodes with (besides the one reading sled): decoding
 /// and filling the store cost about twice what reading sled does.
@@ -172,7 +214,7 @@ impl SaveReport {
     fn add(&mut self, d: &DirtyArchive) {
         self.archives += 1;
         self.pages += d.dirty.pages.len() as u64;
-        self.bytes += d.dirty.bytes() as u64;
+        self.bytes += written_bytes(d);
     }
 }
 
@@ -184,6 +226,14 @@ struct Health {
     failing_since_ms: AtomicU64,
     unready_since_ms: AtomicU64,
     unready_after_ms: AtomicU64,
+}
+
+/// Bytes of the records written for `d`, keys included (what sled stores).
+fn written_bytes(d: &DirtyArchive) -> u64 {
+    let key = 9 + d.series.len() + d.rule.name.len();
+    let header = d.dirty.header.as_ref().map_or(0, |h| key + h.len());
+    let pages: usize = d.dirty.pages.iter().map(|p| key + 4 + p.1.len()).sum();
+    (header + pages) as u64
 }
 
 /// The sled database holding every saved archive.
@@ -408,11 +458,14 @@ impl Snapshotter {
         let receiver = Mutex::new(receiver);
         let work = || {
             let mut report = RestoreReport::default();
+            let mut orphans = Vec::new();
             loop {
                 let next = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                let Ok(chunk) = next else { return report };
+                let Ok(chunk) = next else {
+                    return (report, orphans);
+                };
                 for records in chunk {
-                    restore_archive(store, records, &mut report);
+                    restore_archive(store, records, &mut report, &mut orphans);
                 }
             }
         };
@@ -421,14 +474,22 @@ impl Snapshotter {
             let read = caught(|| read_records(&db, |chunk| chunks.send(chunk).is_ok()));
             drop(chunks);
             let mut report = RestoreReport::default();
+            let mut orphans = Vec::new();
             for worker in workers {
-                let part = worker
+                let (part, found) = worker
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 report.archives += part.archives;
                 report.corrupt += part.corrupt;
                 report.kept_on_disk += part.kept_on_disk;
+                orphans.extend(found);
             }
+            // After every archive is in place: a rule that newly applies
+            // and was saved already takes nothing.
+            let adopted = store.adopt_orphans(orphans);
+            report.kept_on_disk += adopted.unloaded;
+            report.moved_series = adopted.moved_series;
+            report.moved_archives = adopted.moved_archives;
             read.map(|found| {
                 report.headers = found.headers;
                 report.no_pages = found.no_pages;
@@ -483,12 +544,27 @@ impl Snapshotter {
     /// # Errors
     /// sled fails to open, write or flush; the manifest cannot be written.
     pub fn save(&self, store: &Store) -> Result<SaveReport, SnapshotError> {
+        self.save_until(store, SaveControl::UNBOUNDED)
+    }
+
+    /// [`Snapshotter::save`] that stops before the next write once
+    /// `control` says so: archives taken and not written are put back
+    /// dirty ([`Store::return_dirty`]), shards not reached stay dirty, and
+    /// the report says `stopped`. What was written is flushed.
+    ///
+    /// # Errors
+    /// sled fails to write or flush.
+    pub fn save_until(
+        &self,
+        store: &Store,
+        control: SaveControl<'_>,
+    ) -> Result<SaveReport, SnapshotError> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let started = Instant::now();
         // Nothing is taken from the store until sled is usable.
         let db = self.db()?;
         let next_shard = AtomicUsize::new(0);
-        let work = || self.save_shards(&db, store, &next_shard);
+        let work = || self.save_shards(&db, store, &next_shard, control);
         let results: Vec<_> = std::thread::scope(|scope| {
             let helpers: Vec<_> = (1..SAVE_THREADS).map(|_| scope.spawn(work)).collect();
             let mine = work();
@@ -503,13 +579,16 @@ impl Snapshotter {
         });
         let mut report = SaveReport::default();
         let mut first_error = None;
-        let mut new_headers = 0;
+        let (mut new_headers, mut removed_headers) = (0, 0);
         let mut taken = Vec::new();
         for part in results {
             report.archives += part.report.archives;
             report.pages += part.report.pages;
             report.bytes += part.report.bytes;
+            report.removed += part.report.removed;
+            report.stopped |= part.report.stopped;
             new_headers += part.new_headers;
+            removed_headers += part.removed_headers;
             first_error = first_error.or(part.error);
             taken.extend(part.taken);
         }
@@ -518,8 +597,12 @@ impl Snapshotter {
             None => self.flush(&db),
         };
         if let Err(e) = outcome {
-            for (series, rule) in &taken {
-                store.mark_dirty(series, &rule.name);
+            // Nothing of this save is known to be on disk: all of it again.
+            for t in taken {
+                store.mark_dirty(&t.series, &t.rule.name);
+                if !t.retire.is_empty() {
+                    store.return_dirty(&t);
+                }
             }
             drop(db);
             self.close();
@@ -528,7 +611,9 @@ impl Snapshotter {
         let on_disk = self
             .archives_on_disk
             .fetch_add(new_headers, Ordering::Relaxed)
-            + new_headers;
+            .saturating_add(new_headers)
+            .saturating_sub(removed_headers);
+        self.archives_on_disk.store(on_disk, Ordering::Relaxed);
         self.write_manifest(on_disk)?;
         report.duration = started.elapsed();
         Ok(report)
@@ -563,110 +648,172 @@ impl Snapshotter {
         Ok(())
     }
 
-    /// Takes shards from `next_shard` until none is left and writes their
-    /// dirty archives.
-    fn save_shards(&self, db: &sled::Db, store: &Store, next_shard: &AtomicUsize) -> ShardsSaved {
+    /// Takes shards from `next_shard` until none is left, one fails, or
+    /// `control` stops it, and writes their dirty archives. Archives taken
+    /// and not written because of a stop are put back dirty at once; after
+    /// an error the caller puts back everything taken.
+    fn save_shards(
+        &self,
+        db: &sled::Db,
+        store: &Store,
+        next_shard: &AtomicUsize,
+        control: SaveControl<'_>,
+    ) -> ShardsSaved {
         let mut out = ShardsSaved::default();
         loop {
+            if out.error.is_some() {
+                return out;
+            }
+            if control.should_stop() {
+                out.report.stopped = true;
+                return out;
+            }
             let shard = next_shard.fetch_add(1, Ordering::Relaxed);
-            // After an error, shards not yet taken stay dirty in the store.
-            if shard >= store.shard_count() || out.error.is_some() {
+            // After an error or a stop, shards not yet taken stay dirty.
+            if shard >= store.shard_count() {
                 return out;
             }
             let dirty = store.take_dirty(shard);
-            out.taken
-                .extend(dirty.iter().map(|d| (d.series.clone(), d.rule.clone())));
+            out.taken.extend(dirty.iter().map(|d| DirtyArchive {
+                series: d.series.clone(),
+                rule: d.rule.clone(),
+                dirty: codec::Dirty::default(),
+                retire: d.retire.clone(),
+            }));
             // Archives with several records go in batches (sled serialises
             // batches and each costs a log reservation; see BATCH_ARCHIVES).
-            let mut batched = Vec::new();
-            let mut batch = sled::Batch::default();
-            let mut batch_new_headers = 0;
-            for d in &dirty {
-                match self.save_archive(db, d, &mut batch) {
-                    Ok(Written::Now) => out.report.add(d),
-                    Ok(Written::Batched { new_header }) => {
-                        batched.push(d);
-                        batch_new_headers += u64::from(new_header);
+            let mut pending = Pending::default();
+            for (i, d) in dirty.iter().enumerate() {
+                let boundary = pending.batched.last().is_none_or(|l| l.series != d.series);
+                if boundary && pending.full() {
+                    self.apply_batch(db, &mut pending, &mut out, control);
+                }
+                if out.error.is_some() {
+                    return out;
+                }
+                if boundary && control.should_stop() {
+                    self.apply_batch(db, &mut pending, &mut out, control);
+                    dirty[i..].iter().for_each(|d| store.return_dirty(d));
+                    out.report.stopped = true;
+                    return out;
+                }
+                match self.save_archive(db, d, &mut pending) {
+                    Ok(true) => {
+                        out.report.add(d);
+                        (control.written)(written_bytes(d));
                     }
+                    Ok(false) => {}
                     Err(e) => {
                         out.error = Some(e);
-                        break;
-                    }
-                }
-                if batched.len() == BATCH_ARCHIVES {
-                    let full = std::mem::take(&mut batch);
-                    self.apply_batch(db, full, &mut batched, &mut out, batch_new_headers);
-                    batch_new_headers = 0;
-                    if out.error.is_some() {
-                        break;
+                        return out;
                     }
                 }
             }
-            if out.error.is_none() {
-                self.apply_batch(db, batch, &mut batched, &mut out, batch_new_headers);
-            }
+            self.apply_batch(db, &mut pending, &mut out, control);
         }
     }
 
-    /// Applies `batch`, holding the records of the archives `batched`
-    /// (emptied): counted in `out` when written, else the error is kept.
+    /// Applies the pending batch, holding the records of the archives it
+    /// lists (emptied): counted in `out` when written, else the error is
+    /// kept.
     fn apply_batch(
         &self,
         db: &sled::Db,
-        batch: sled::Batch,
-        batched: &mut Vec<&DirtyArchive>,
+        pending: &mut Pending<'_>,
         out: &mut ShardsSaved,
-        new_headers: u64,
+        control: SaveControl<'_>,
     ) {
+        let Pending {
+            batch,
+            batched,
+            removed,
+            new_headers,
+            removed_headers,
+            ..
+        } = std::mem::take(pending);
         if batched.is_empty() {
             return;
         }
         match self.injected_failure().and_then(|()| db.apply_batch(batch)) {
             Ok(()) => {
+                let bytes: u64 = batched.iter().map(|d| written_bytes(d)).sum();
                 batched.iter().for_each(|d| out.report.add(d));
+                out.report.removed += removed;
                 out.new_headers += new_headers;
+                out.removed_headers += removed_headers;
+                (control.written)(bytes);
             }
             Err(e) => out.error = Some(e),
         }
-        batched.clear();
     }
 
     /// Writes one archive's records. A single record (the common case: one
     /// page with the moved head) is a plain insert, which sled runs
-    /// concurrently. Several records go into `batch`, applied at once, so a
-    /// crash never keeps a slid head without the pages the slide emptied,
-    /// nor half a migration.
-    fn save_archive(
+    /// concurrently: true when written. Several records go into the
+    /// pending batch (false), applied at once, so a crash never keeps a
+    /// slid head without the pages the slide emptied, nor half a migration:
+    /// a migrated archive's header, its non-empty pages, the removal of
+    /// its shape's older pages and of the records of rules whose history
+    /// it took are one write.
+    fn save_archive<'d>(
         &self,
         db: &sled::Db,
-        d: &DirtyArchive,
-        batch: &mut sled::Batch,
-    ) -> Result<Written, sled::Error> {
+        d: &'d DirtyArchive,
+        pending: &mut Pending<'d>,
+    ) -> Result<bool, sled::Error> {
         let (series, rule) = (&*d.series, d.rule.name.as_str());
-        if let (None, [(n, bytes)], false) = (
+        if let (None, [(n, bytes)], false, true) = (
             &d.dirty.header,
             d.dirty.pages.as_slice(),
             d.dirty.replace_all,
+            d.retire.is_empty(),
         ) {
             self.injected_failure()?;
             db.insert(key::page_key(series, rule, *n), bytes.as_slice())?;
-            return Ok(Written::Now);
+            return Ok(true);
         }
-        if d.dirty.replace_all {
+        let batch = &mut pending.batch;
+        let remove_pages = |batch: &mut sled::Batch, rule: &str| -> Result<u64, sled::Error> {
+            let mut removed = 0;
             for key in db.scan_prefix(key::archive_key(PAGE, series, rule)).keys() {
                 batch.remove(key?);
+                removed += 1;
             }
+            Ok(removed)
+        };
+        let mut removed = 0;
+        if d.dirty.replace_all {
+            removed += remove_pages(batch, rule)?;
         }
-        let mut new_header = false;
+        for old in &d.retire {
+            removed += remove_pages(batch, old)?;
+            let old_header = key::archive_key(HEADER, series, old);
+            if db.contains_key(&old_header)? {
+                pending.removed_headers += 1;
+            }
+            batch.remove(old_header);
+            removed += 1;
+        }
         if let Some(h) = &d.dirty.header {
             let header_key = key::archive_key(HEADER, series, rule);
-            new_header = !db.contains_key(&header_key)?;
+            if !db.contains_key(&header_key)? {
+                pending.new_headers += 1;
+            }
             batch.insert(header_key, h.as_slice());
         }
         for (n, bytes) in &d.dirty.pages {
             batch.insert(key::page_key(series, rule, *n), bytes.as_slice());
         }
-        Ok(Written::Batched { new_header })
+        pending.records += removed as usize + d.dirty.pages.len() + 1;
+        pending.removed += removed;
+        pending.batched.push(d);
+        Ok(false)
+    }
+
+    /// Bytes the store takes on disk, if sled can tell.
+    pub fn size_on_disk(&self) -> Option<u64> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        db.as_ref().and_then(|db| db.size_on_disk().ok())
     }
 
     /// Removes saved archives (autoremove sweeps) from disk.
@@ -767,23 +914,39 @@ impl Snapshotter {
     }
 }
 
-/// How [`Snapshotter::save_archive`] wrote an archive.
-enum Written {
-    /// Inserted at once.
-    Now,
-    /// Added to the batch; `new_header` when no header was on disk.
-    Batched { new_header: bool },
-}
-
 /// What one save thread did.
 #[derive(Default)]
 struct ShardsSaved {
     report: SaveReport,
     error: Option<sled::Error>,
-    /// Every archive taken from the store (marked dirty again on failure).
-    taken: Vec<(Arc<str>, Arc<Rule>)>,
+    /// Every archive taken from the store, without its records (put back
+    /// dirty on failure).
+    taken: Vec<DirtyArchive>,
     /// Header records written where none was.
     new_headers: u64,
+    /// Header records removed (rules whose history moved).
+    removed_headers: u64,
+}
+
+/// A batch being filled and the archives whose records it holds.
+#[derive(Default)]
+struct Pending<'d> {
+    batch: sled::Batch,
+    batched: Vec<&'d DirtyArchive>,
+    /// Inserts and removals in `batch`.
+    records: usize,
+    /// Removals in `batch`.
+    removed: u64,
+    /// Header records `batch` writes where none was.
+    new_headers: u64,
+    /// Header records `batch` removes.
+    removed_headers: u64,
+}
+
+impl Pending<'_> {
+    fn full(&self) -> bool {
+        self.batched.len() >= BATCH_ARCHIVES || self.records >= BATCH_RECORDS
+    }
 }
 
 /// One saved archive's records, as read.
@@ -859,7 +1022,12 @@ fn next_error(entries: &mut std::iter::Peekable<sled::Iter>) -> sled::Error {
 }
 
 /// Decodes one archive and puts it in the store, counting the outcome.
-fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) {
+fn restore_archive(
+    store: &Store,
+    records: Records,
+    report: &mut RestoreReport,
+    orphans: &mut Vec<Orphan>,
+) {
     let Some(key::RecordKey {
         series,
         rule,
@@ -885,6 +1053,16 @@ fn restore_archive(store: &Store, records: Records, report: &mut RestoreReport) 
         log_codec_error(series, rule, e);
     }
     report.corrupt += errors.len() as u64;
+    if !store.rule_applies(&header.series_prefix, rule) {
+        orphans.push(Orphan {
+            key: series.to_owned(),
+            prefix: header.series_prefix,
+            labels: header.series_labels,
+            rule: rule.to_owned(),
+            archive,
+        });
+        return;
+    }
     match store.restore(
         series,
         &header.series_prefix,
@@ -921,7 +1099,9 @@ pub(crate) fn restore_record(
         pages: pages.iter().map(|(n, v)| (*n, (*v).into())).collect(),
     };
     let mut report = RestoreReport::default();
-    restore_archive(store, records, &mut report);
+    let mut orphans = Vec::new();
+    restore_archive(store, records, &mut report, &mut orphans);
+    report.kept_on_disk += store.adopt_orphans(orphans).unloaded;
     report
 }
 
@@ -950,24 +1130,45 @@ async fn sweep(snapshotter: &Arc<Snapshotter>, store: &Arc<Store>, metrics: &Met
 }
 
 /// Saves on blocking threads and records the outcome (at `clock()`) in
-/// self-metrics and the readiness state.
+/// self-metrics and the readiness state; the report, or `None` when the
+/// save failed. The save stops before its next write once `stop` is
+/// triggered (the flusher's saves, so that shutdown is not held by one)
+/// or `deadline` has passed (the final snapshot); what it did not write
+/// stays dirty.
 pub async fn save_now(
     snapshotter: &Arc<Snapshotter>,
     store: &Arc<Store>,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
     clock: &Clock,
-) -> bool {
-    let (s, st) = (snapshotter.clone(), store.clone());
-    let result = tokio::task::spawn_blocking(move || s.save(&st)).await;
+    stop: Option<Shutdown>,
+    deadline: Option<Duration>,
+) -> Option<SaveReport> {
+    let (s, st, m) = (snapshotter.clone(), store.clone(), metrics.clone());
+    let result = tokio::task::spawn_blocking(move || {
+        let stop = move || stop.as_ref().is_some_and(Shutdown::is_triggered);
+        let written = |bytes| m.add("ringdb_snapshot_bytes_total", &[], bytes);
+        let control = SaveControl {
+            stop: &stop,
+            deadline: deadline.map(|d| Instant::now() + d),
+            written: &written,
+        };
+        let report = s.save_until(&st, control);
+        (report, s.size_on_disk())
+    })
+    .await;
     let now_ms = clock();
     match result {
-        Ok(Ok(report)) => {
+        Ok((Ok(report), disk)) => {
             if snapshotter.failing_since_ms().is_some() {
                 tracing::info!("snapshots succeed again; ready");
                 metrics.set("ringdb_ready", &[], 1.0);
             }
             snapshotter.record_outcome(true, now_ms);
-            metrics.add("ringdb_snapshots_total", &[], 1);
+            if report.stopped {
+                metrics.add("ringdb_snapshots_stopped_total", &[], 1);
+            } else {
+                metrics.add("ringdb_snapshots_total", &[], 1);
+            }
             metrics.set(
                 "ringdb_last_snapshot_success_timestamp_seconds",
                 &[],
@@ -980,17 +1181,22 @@ pub async fn save_now(
             );
             metrics.set("ringdb_snapshot_bytes", &[], report.bytes as f64);
             metrics.set("ringdb_snapshot_pages", &[], report.pages as f64);
-            metrics.add("ringdb_snapshot_bytes_total", &[], report.bytes);
+            metrics.add("ringdb_snapshot_removed_records_total", &[], report.removed);
+            if let Some(disk) = disk {
+                metrics.set("ringdb_snapshot_disk_bytes", &[], disk as f64);
+            }
             tracing::debug!(
                 archives = report.archives,
                 pages = report.pages,
                 bytes = report.bytes,
+                removed = report.removed,
+                stopped = report.stopped,
                 ms = report.duration.as_millis() as u64,
                 "snapshot saved"
             );
-            true
+            Some(report)
         }
-        Ok(Err(e)) => {
+        Ok((Err(e), _)) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
             tracing::error!(error = %e, "snapshot failed; every change stays dirty, the next one retries");
             if snapshotter.record_outcome(false, now_ms) {
@@ -999,13 +1205,13 @@ pub async fn save_now(
                     "snapshots failing for more than {UNREADY_AFTER_INTERVALS} intervals: /-/ready answers 503"
                 );
             }
-            false
+            None
         }
         Err(e) => {
             metrics.add("ringdb_snapshot_errors_total", &[], 1);
             tracing::error!(error = %e, "snapshot task failed");
             snapshotter.record_outcome(false, now_ms);
-            false
+            None
         }
     }
 }
@@ -1044,7 +1250,7 @@ pub async fn run_flusher(
             _ = shutdown.token().cancelled() => break,
             _ = ticker.tick() => {
                 sweep(&snapshotter, &store, &metrics, clock()).await;
-                save_now(&snapshotter, &store, &metrics, &clock).await;
+                save_now(&snapshotter, &store, &metrics, &clock, Some(shutdown.clone()), None).await;
             }
         }
     }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::rules::Rule;
 use crate::model::{Sample, Value};
 use crate::rrd::{Consolidation, Shape, Split, ValueSize};
 use crate::rules::RuleSet;
@@ -224,6 +225,8 @@ fn losses_are_counted_on_restore() {
         orphan_pages: 1,
         headers: 5,
         manifest: Some(8),
+        moved_series: 0,
+        moved_archives: 0,
     };
     assert_eq!(report, want);
 }
@@ -393,4 +396,228 @@ fn recover_reads_the_log_itself_when_sled_cannot_open_the_store() {
     let (back, restore) = restored(&dir);
     assert!(!restore.lost_anything(), "{restore:?}");
     assert_eq!(dump(&back), dump(&live));
+}
+
+/// Archives of rules that change: what a save writes and what a restart
+/// moves (issue 15).
+mod migration {
+    use super::super::*;
+    use crate::model::{Sample, Value};
+    use crate::rrd::{Consolidation, Reading};
+    use crate::rules::{Rule, RuleSet};
+    use crate::store::StoreLimits;
+
+    const T0: u64 = 1_699_999_200;
+
+    fn rule(name: &str, prefix: &str, tf: u64, limit: u32) -> Rule {
+        let mut r = Rule::for_test(name, prefix, Consolidation::Sum);
+        r.shape.timeframe_secs = tf;
+        r.shape.limit = limit;
+        r
+    }
+
+    fn store(rules: Vec<Rule>) -> Store {
+        Store::new(
+            RuleSet::new(rules),
+            StoreLimits {
+                max_future_ms: u64::MAX / 2,
+                max_series: 1_000_000,
+            },
+        )
+    }
+
+    /// `n` series `p-i` of 20 samples, one every 10 s, valued 1.
+    fn fill(s: &Store, prefix: &str, n: usize) {
+        for i in 0..n {
+            for k in 0..20u64 {
+                let t = (T0 + k * 10) * 1000;
+                let sample = Sample {
+                    timestamp_ms: t,
+                    value: Value::Uint(1),
+                };
+                s.write(&format!("{prefix}-{i}"), prefix, sample, t)
+                    .unwrap();
+            }
+        }
+    }
+
+    /// Every (series, rule, bucket secs, value) held, sorted.
+    fn held(s: &Store) -> Vec<(String, String, u64, String)> {
+        let mut out = Vec::new();
+        s.scan(|key, series| {
+            for a in series.archives() {
+                for (t, r) in a.archive.filled() {
+                    let v = match r {
+                        Reading::Uint(v) => v.to_string(),
+                        r => format!("{r:?}"),
+                    };
+                    out.push((key.to_owned(), a.rule.name.clone(), t, v));
+                }
+            }
+            true
+        });
+        out.sort();
+        out
+    }
+
+    /// Records on disk by kind: (headers, pages).
+    fn records(snap: &Snapshotter) -> (usize, usize) {
+        (
+            snap.db().unwrap().scan_prefix([HEADER]).count(),
+            snap.db().unwrap().scan_prefix([PAGE]).count(),
+        )
+    }
+
+    /// Issue 15: a rule change on 8,640-bucket rings holding 20 buckets
+    /// wrote all 135 pages of every migrated archive (378 MB for 10K
+    /// series); now the header and the non-empty page, and the old page
+    /// goes.
+    #[test]
+    fn a_changed_rule_saves_only_the_pages_migrated_archives_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let s = store(vec![rule("any", "*", 10, 8640)]);
+        fill(&s, "x", 50);
+        snap.save(&s).unwrap();
+        assert_eq!(records(&snap), (50, 50));
+        s.set_rules(RuleSet::new(vec![rule("any", "*", 20, 8640)]));
+        let report = snap.save(&s).unwrap();
+        assert_eq!(report.archives, 50);
+        assert!(report.pages <= 50, "pages written: {}", report.pages);
+        assert_eq!(report.removed, 50, "the old pages");
+        assert_eq!(records(&snap), (50, 50));
+        let back = store(vec![rule("any", "*", 20, 8640)]);
+        snap.restore(&back).unwrap();
+        assert_eq!(held(&back), held(&s));
+        assert_eq!(held(&back).len(), 50 * 10);
+    }
+
+    /// A save stopped part-way (shutdown) puts back what it took: the next
+    /// save writes it, and a restore finds everything.
+    #[test]
+    fn a_stopped_save_leaves_the_rest_for_the_next() {
+        struct Case {
+            name: &'static str,
+            stop_after_checks: usize,
+        }
+        let cases = [
+            Case {
+                name: "before the first write",
+                stop_after_checks: 0,
+            },
+            Case {
+                name: "in the first shard",
+                stop_after_checks: 3,
+            },
+            Case {
+                name: "after a few shards",
+                stop_after_checks: 60,
+            },
+        ];
+        for case in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let snap = Snapshotter::open(dir.path()).unwrap();
+            let s = store(vec![rule("any", "*", 10, 8640)]);
+            fill(&s, "x", 300);
+            snap.save(&s).unwrap();
+            s.set_rules(RuleSet::new(vec![rule("any", "*", 20, 8640)]));
+            let checks = AtomicUsize::new(0);
+            let stop = || checks.fetch_add(1, Ordering::Relaxed) >= case.stop_after_checks;
+            let written = AtomicUsize::new(0);
+            let count = |b: u64| {
+                written.fetch_add(b as usize, Ordering::Relaxed);
+            };
+            let control = SaveControl {
+                stop: &stop,
+                deadline: None,
+                written: &count,
+            };
+            let first = snap.save_until(&s, control).unwrap();
+            assert!(first.stopped, "{}", case.name);
+            assert!(first.archives < 300, "{}: {}", case.name, first.archives);
+            assert_eq!(
+                written.load(Ordering::Relaxed) as u64,
+                first.bytes,
+                "{}",
+                case.name
+            );
+            assert_eq!(s.dirty_series(), 300 - first.archives, "{}", case.name);
+            let rest = snap.save(&s).unwrap();
+            assert_eq!(first.archives + rest.archives, 300, "{}", case.name);
+            assert_eq!(s.dirty_series(), 0, "{}", case.name);
+            let back = store(vec![rule("any", "*", 20, 8640)]);
+            snap.restore(&back).unwrap();
+            assert_eq!(held(&back), held(&s), "{}", case.name);
+        }
+    }
+
+    /// Issue 15: a rule added for a prefix hid its series' history. On
+    /// reload it moves into the new rule; the `"*"` records go in the same
+    /// write as the new archive's, so a restart finds it once.
+    #[test]
+    fn history_moved_to_a_newly_applying_rule_is_saved_and_the_old_records_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let star = vec![rule("any", "*", 10, 8640), rule("any_1m", "*", 60, 100)];
+        let s = store(star.clone());
+        fill(&s, "x", 20);
+        fill(&s, "y", 5);
+        snap.save(&s).unwrap();
+        assert_eq!(records(&snap).0, 50);
+        let mut next = star.clone();
+        next.push(rule("x_30s", "x", 30, 100));
+        let change = s.set_rules(RuleSet::new(next.clone()));
+        assert_eq!((change.moved_series, change.moved_archives), (20, 20));
+        let report = snap.save(&s).unwrap();
+        assert_eq!(report.archives, 20);
+        assert_eq!(records(&snap).0, 20 + 10, "x: x_30s; y: any, any_1m");
+        let back = store(next.clone());
+        let restored = snap.restore(&back).unwrap();
+        assert_eq!((restored.kept_on_disk, restored.moved_series), (0, 0));
+        assert_eq!(held(&back), held(&s));
+        let x: Vec<_> = held(&back).into_iter().filter(|h| h.0 == "x-3").collect();
+        let want: Vec<_> = (0..7)
+            .map(|k| {
+                (
+                    "x-3".to_owned(),
+                    "x_30s".to_owned(),
+                    T0 + k * 30,
+                    if k < 6 { "3" } else { "2" }.to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(x, want);
+    }
+
+    /// The same with the changed file read on restart: the orphans are
+    /// adopted after the restore, and the next save removes them.
+    #[test]
+    fn a_restart_with_a_rule_added_for_a_prefix_moves_the_saved_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshotter::open(dir.path()).unwrap();
+        let star = vec![rule("any", "*", 10, 8640)];
+        let s = store(star.clone());
+        fill(&s, "x", 20);
+        snap.save(&s).unwrap();
+        let mut next = star.clone();
+        next.push(rule("x_30s", "x", 30, 100));
+        let back = store(next.clone());
+        let restored = snap.restore(&back).unwrap();
+        assert_eq!(
+            (
+                restored.archives,
+                restored.moved_series,
+                restored.moved_archives,
+                restored.kept_on_disk
+            ),
+            (0, 20, 20, 0)
+        );
+        assert_eq!(held(&back).len(), 20 * 7);
+        snap.save(&back).unwrap();
+        assert_eq!(records(&snap), (20, 20), "the \"*\" records are gone");
+        let again = store(next);
+        let restored = snap.restore(&again).unwrap();
+        assert_eq!((restored.archives, restored.moved_series), (20, 0));
+        assert_eq!(held(&again), held(&back));
+    }
 }

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::ops::DerefMut;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const SHARDS: usize = 64;
 
@@ -417,6 +417,10 @@ pub struct DirtyArchive {
     pub rule: Arc<Rule>,
     /// Encoded header and pages.
     pub dirty: Dirty,
+    /// Rules of the same series whose saved records go in the same write:
+    /// their history was migrated into this series' new archives (a rule
+    /// that newly applies), and they stay on disk until those are saved.
+    pub retire: Vec<String>,
 }
 
 /// Counters and gauges for self-metrics.
@@ -507,6 +511,9 @@ pub struct Store {
     archive_rejects: [AtomicU64; WriteReject::ALL.len()],
     migrations: AtomicU64,
     migration_dropped: AtomicU64,
+    /// Series key → rules whose saved records go with the next save of the
+    /// series (see [`DirtyArchive::retire`]). Taken after a shard lock.
+    retiring: Mutex<HashMap<Box<str>, Vec<String>>>,
 }
 
 /// What a rule change did to the archives held.
@@ -516,8 +523,31 @@ pub struct RulesChange {
     pub migrated: u64,
     /// Old buckets the new shapes could not take.
     pub dropped_buckets: u64,
-    /// Archives whose rule no longer applies: out of memory, still on disk.
+    /// Archives whose rule no longer applies and whose history no newly
+    /// applying rule took: out of memory, still on disk.
     pub unloaded: u64,
+    /// Series whose history moved into rules that newly apply to them (a
+    /// rule added for their prefix, in place of the `"*"` rules).
+    pub moved_series: u64,
+    /// Archives made for those rules from that history.
+    pub moved_archives: u64,
+}
+
+/// A saved archive whose rule no longer applies to its series, read on
+/// restore: [`Store::adopt_orphans`] migrates it into the rules that newly
+/// apply, or leaves it on disk.
+#[derive(Debug)]
+pub struct Orphan {
+    /// Series key.
+    pub key: String,
+    /// The series' prefix.
+    pub prefix: String,
+    /// Labels of a label-set series.
+    pub labels: Option<Vec<(String, String)>>,
+    /// The rule it was saved for.
+    pub rule: String,
+    /// Its history.
+    pub archive: Archive,
 }
 
 /// Writes under one hold of the rule set (see [`Store::writer`]).
@@ -746,6 +776,7 @@ impl Store {
             archive_rejects: Default::default(),
             migrations: AtomicU64::new(0),
             migration_dropped: AtomicU64::new(0),
+            retiring: Mutex::default(),
         }
     }
 
@@ -922,6 +953,10 @@ impl Store {
         let removed = self.write_shard(self.shard_of(key)).remove(key);
         let Some(series) = removed else { return false };
         self.forget_series(key);
+        self.retiring
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
         for a in &series.archives {
             self.forget_archive(&a.archive);
         }
@@ -950,7 +985,9 @@ impl Store {
     pub fn take_dirty(&self, shard: usize) -> Vec<DirtyArchive> {
         let mut guard = self.write_shard(shard);
         let mut out = Vec::new();
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
         for (key, series) in guard.iter_mut() {
+            let taken = out.len();
             let (mut shared, mut labels) = (None, None);
             for a in &mut series.archives {
                 if a.archive.is_dirty() {
@@ -963,11 +1000,43 @@ impl Store {
                             series.form.prefix(key.as_str()),
                             labels.as_deref(),
                         ),
+                        retire: Vec::new(),
                     });
+                }
+            }
+            // Its migrated archives are dirty: the old records go with them.
+            if out.len() > taken && !retiring.is_empty() {
+                if let Some(mut rules) = retiring.remove(key.as_str()) {
+                    // A rule that applies again (rules changed back) has
+                    // its own archive now, saved whole: keep its records.
+                    rules.retain(|r| !series.archives.iter().any(|a| a.rule.name == *r));
+                    if let Some(last) = out.last_mut() {
+                        last.retire = rules;
+                    }
                 }
             }
         }
         out
+    }
+
+    /// Marks dirty again what a save took with [`Store::take_dirty`] and
+    /// did not write (stopped by shutdown or its deadline), so that the
+    /// next save writes it: nothing else is rewritten.
+    pub fn return_dirty(&self, dirty: &DirtyArchive) {
+        let mut shard = self.write_shard(self.shard_of(&dirty.series));
+        let Some(series) = shard.get_mut(&*dirty.series) else {
+            return;
+        };
+        for a in series.archives.iter_mut() {
+            if a.rule.name == dirty.rule.name {
+                a.archive.return_dirty(&dirty.rule.shape, &dirty.dirty);
+            }
+        }
+        if !dirty.retire.is_empty() {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+            let rules = retiring.entry(dirty.series.as_ref().into()).or_default();
+            rules.extend(dirty.retire.iter().cloned());
+        }
     }
 
     /// Marks an archive wholly dirty again (after a failed save).
@@ -1043,23 +1112,40 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a rule of that name applies to the prefix now: a saved
+    /// archive of a rule that does not is an [`Orphan`].
+    pub fn rule_applies(&self, prefix: &str, rule: &str) -> bool {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        rules.for_prefix(prefix).iter().any(|r| r.name == rule)
+    }
+
     /// Replaces the rule set. Archives whose rule changed shape are migrated
-    /// (see [`Archive::migrate`]); archives whose rule is gone (or no longer
-    /// applies to the series' prefix) leave memory but stay on disk until
-    /// the series is deleted; a series left with no archive leaves memory.
+    /// (see [`Archive::migrate`]). Archives whose rule is gone or no longer
+    /// applies to the series' prefix (a rule was added for the prefix, so
+    /// the `"*"` rules no longer apply) are migrated the same way into each
+    /// rule that newly applies to the series (see [`Store::adopt_orphans`]
+    /// for which history goes where); their saved records are removed in
+    /// the same write as the migrated archives'. When no rule newly
+    /// applies, they leave memory and stay on disk until the series is
+    /// deleted. A series left with no archive leaves memory.
+    ///
+    /// Holds the rule set's write lock throughout: a write that came
+    /// between the swap and its shard's migration would create a newly
+    /// applying rule's archive empty, and its history would not move.
     pub fn set_rules(&self, rules: RuleSet) -> RulesChange {
         let rules = Arc::new(rules);
-        *self.rules.write().unwrap_or_else(|e| e.into_inner()) = rules.clone();
+        let mut current = self.rules.write().unwrap_or_else(|e| e.into_inner());
+        *current = rules.clone();
         let mut change = RulesChange::default();
         for i in 0..self.shards.len() {
             let mut shard = self.write_shard(i);
             shard.retain(|key, series| {
                 let applying = rules.for_prefix(series.prefix(key.as_str()));
-                series.archives.retain_mut(|a| {
+                let mut orphans = Vec::new();
+                for mut a in std::mem::take(&mut series.archives) {
                     let Some(rule) = applying.iter().find(|r| r.name == a.rule.name) else {
-                        change.unloaded += 1;
-                        self.forget_archive(&a.archive);
-                        return false;
+                        orphans.push(a);
+                        continue;
                     };
                     if rule.shape != a.rule.shape {
                         let (migrated, report) = a.archive.migrate(rule.shape.clone());
@@ -1069,8 +1155,21 @@ impl Store {
                         change.dropped_buckets += report.dropped;
                     }
                     a.rule = rule.clone();
-                    true
-                });
+                    series.archives.push(a);
+                }
+                if !orphans.is_empty() {
+                    let sources: Vec<&Archive> = orphans.iter().map(|a| &a.archive).collect();
+                    let (made, report) = self.adopt(&mut series.archives, applying, &sources);
+                    if made > 0 {
+                        change.moved_series += 1;
+                        change.moved_archives += made;
+                        change.dropped_buckets += report.dropped;
+                        self.retire(key.as_str(), orphans.iter().map(|a| a.rule.name.clone()));
+                    } else {
+                        change.unloaded += orphans.len() as u64;
+                    }
+                    orphans.iter().for_each(|a| self.forget_archive(&a.archive));
+                }
                 let keep = !series.archives.is_empty();
                 if !keep {
                     self.forget_series(key.as_str());
@@ -1078,11 +1177,113 @@ impl Store {
                 keep
             });
         }
+        drop(current);
         self.migrations
-            .fetch_add(change.migrated, Ordering::Relaxed);
+            .fetch_add(change.migrated + change.moved_archives, Ordering::Relaxed);
         self.migration_dropped
             .fetch_add(change.dropped_buckets, Ordering::Relaxed);
         change
+    }
+
+    /// Puts saved archives whose rule no longer applies to their series
+    /// (read by a restore, after every other archive is in place) into the
+    /// rules that newly apply: each applying rule the series has no archive
+    /// for gets one, migrated from them as a changed rule's is (every
+    /// filled bucket as a sample at its start), finest timeframe first,
+    /// coarser ones only for what is older than the finer ones hold (a sum
+    /// is not counted twice). Their records are removed with the first save
+    /// of those archives. Orphans no rule takes stay on disk, unloaded.
+    pub fn adopt_orphans(&self, mut orphans: Vec<Orphan>) -> RulesChange {
+        let rules = self.rules.read().unwrap_or_else(|e| e.into_inner());
+        let mut change = RulesChange::default();
+        orphans.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        for group in orphans.chunk_by(|a, b| a.key == b.key) {
+            let first = &group[0];
+            let applying = rules.for_prefix(&first.prefix);
+            let mut shard = self.write_shard(self.shard_of(&first.key));
+            let mut fresh = Vec::new();
+            let archives = match shard.get_mut(first.key.as_str()) {
+                Some(series) => &mut series.archives,
+                None => &mut fresh,
+            };
+            let sources: Vec<&Archive> = group.iter().map(|o| &o.archive).collect();
+            let (made, report) = self.adopt(archives, applying, &sources);
+            if made == 0 {
+                change.unloaded += group.len() as u64;
+                continue;
+            }
+            change.moved_series += 1;
+            change.moved_archives += made;
+            change.dropped_buckets += report.dropped;
+            if !fresh.is_empty() {
+                self.series.fetch_add(1, Ordering::Relaxed);
+                let series = Series {
+                    form: Form::new(&first.key, &first.prefix, first.labels.clone()),
+                    archives: fresh,
+                };
+                shard.insert(SeriesKey::new(&first.key, None), series);
+            }
+            self.retire(&first.key, group.iter().map(|o| o.rule.clone()));
+        }
+        self.migrations
+            .fetch_add(change.moved_archives, Ordering::Relaxed);
+        self.migration_dropped
+            .fetch_add(change.dropped_buckets, Ordering::Relaxed);
+        change
+    }
+
+    /// Makes an archive for each rule of `applying` missing from
+    /// `archives`, from the history of `sources` (see
+    /// [`Store::adopt_orphans`]); returns how many it made.
+    fn adopt(
+        &self,
+        archives: &mut Vec<RuleArchive>,
+        applying: &[Arc<Rule>],
+        sources: &[&Archive],
+    ) -> (u64, rrd::Migration) {
+        let mut sources = sources.to_vec();
+        sources.sort_by_key(|a| a.shape().timeframe_secs);
+        let mut made = 0;
+        let mut total = rrd::Migration::default();
+        for rule in applying {
+            if archives.iter().any(|a| a.rule.name == rule.name) {
+                continue;
+            }
+            let mut next = Archive::new(rule.shape.clone());
+            // Start of the oldest bucket taken so far: coarser sources fill
+            // only what ends before it.
+            let mut covered: Option<u64> = None;
+            for source in &sources {
+                let tf = source.shape().timeframe_secs;
+                let before = covered.map(|c| c.checked_sub(tf).map_or(0, |end| end + 1));
+                let report = source.migrate_into(&mut next, before);
+                total.moved += report.moved;
+                total.dropped += report.dropped;
+                if let Some(oldest) = source.oldest_filled_secs() {
+                    covered = Some(covered.map_or(oldest, |c| c.min(oldest)));
+                }
+            }
+            self.archives.fetch_add(1, Ordering::Relaxed);
+            self.archive_bytes
+                .fetch_add(next.memory_bytes() as u64, Ordering::Relaxed);
+            archives.push(RuleArchive {
+                rule: rule.clone(),
+                archive: next,
+            });
+            made += 1;
+        }
+        (made, total)
+    }
+
+    /// Records that `rules`' saved records of `key` go with its next save.
+    fn retire(&self, key: &str, rules: impl Iterator<Item = String>) {
+        let mut retiring = self.retiring.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = retiring.entry(key.into()).or_default();
+        for rule in rules {
+            if !entry.contains(&rule) {
+                entry.push(rule);
+            }
+        }
     }
 
     /// Counts an archive's memory going from `before` to `after` bytes

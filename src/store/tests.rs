@@ -1,5 +1,6 @@
 use super::*;
 use crate::rrd::{Consolidation, Reading, Shape, Split, ValueSize};
+use std::collections::BTreeMap;
 
 const NOW: u64 = 1_700_000_000_000;
 
@@ -735,4 +736,193 @@ fn sweep_write_locks_no_shard_without_idle_archives() {
         assert_eq!(finished, Some(Vec::new()), "case {name}");
         assert!(s.read("traffic-a", |_| ()).is_some(), "case {name}");
     }
+}
+
+/// (timestamp secs, value) of every filled bucket of the series' archive.
+fn history_of(s: &Store, key: &str, rule: &str) -> Option<Vec<(u64, u64)>> {
+    s.read(key, |x| {
+        x.archive(rule).map(|a| {
+            a.filled()
+                .map(|(t, r)| (t, r.as_f64().unwrap() as u64))
+                .collect()
+        })
+    })
+    .flatten()
+}
+
+fn star_store(fine_limit: u32) -> Store {
+    let mut fine = rule("fine", "*", 10, ValueSize::Large);
+    fine.shape.limit = fine_limit;
+    Store::new(
+        RuleSet::new(vec![fine, rule("coarse", "*", 60, ValueSize::Large)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 10,
+        },
+    )
+}
+
+/// Sums of one sample every 10 s, valued 1.., per `tf` bucket.
+fn sums(samples: &[(u64, u64)], tf: u64) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for (t, v) in samples {
+        *out.entry(t / tf * tf).or_insert(0) += v;
+    }
+    out
+}
+
+/// Issue 15: a rule added for a prefix hid the history the `"*"` rules
+/// kept for its series (`unloaded`, never shown again). Each newly
+/// applying rule now gets it, finest source first, coarser ones only for
+/// what ends before the finer ones begin, so a sum is never counted twice.
+#[test]
+fn a_rule_added_for_a_prefix_takes_the_star_rules_history() {
+    struct Case {
+        name: &'static str,
+        fine_limit: u32,
+        samples: u64,
+    }
+    let cases = [
+        Case {
+            name: "the fine rule holds everything",
+            fine_limit: 100,
+            samples: 30,
+        },
+        Case {
+            name: "older history only in the coarse rule",
+            fine_limit: 10,
+            samples: 300,
+        },
+    ];
+    for case in cases {
+        let s = star_store(case.fine_limit);
+        let base = NOW / 1000 / 3600 * 3600;
+        let samples: Vec<(u64, u64)> = (0..case.samples).map(|i| (base + i * 10, i + 1)).collect();
+        for (t, v) in &samples {
+            s.write("other-a", "other", sample(t * 1000, *v), t * 1000)
+                .unwrap();
+        }
+        let fine_oldest = history_of(&s, "other-a", "fine").unwrap()[0].0;
+        let rules = s.rules();
+        let mut next: Vec<Rule> = rules
+            .for_prefix("x")
+            .iter()
+            .map(|r| (**r).clone())
+            .collect();
+        next.push(rule("o", "other", 60, ValueSize::Large));
+        let change = s.set_rules(RuleSet::new(next));
+        assert_eq!(
+            (change.moved_series, change.moved_archives, change.unloaded),
+            (1, 1, 0),
+            "{}",
+            case.name
+        );
+        // Model: 60 s sums of the fine buckets where the fine rule holds
+        // them, the coarse rule's sums for whole minutes before that.
+        let all = sums(&samples, 60);
+        let fine: Vec<(u64, u64)> = samples
+            .iter()
+            .copied()
+            .filter(|(t, _)| *t >= fine_oldest)
+            .collect();
+        let mut want = sums(&fine, 60);
+        for (t, v) in &all {
+            if t + 60 <= fine_oldest {
+                want.insert(*t, *v);
+            }
+        }
+        let want: Vec<(u64, u64)> = want.into_iter().collect();
+        assert_eq!(history_of(&s, "other-a", "o"), Some(want), "{}", case.name);
+        let dirty = s.take_dirty(s.shard_of("other-a"));
+        assert_eq!(dirty.len(), 1, "{}", case.name);
+        assert!(dirty[0].dirty.replace_all, "{}", case.name);
+        assert_eq!(dirty[0].retire, ["fine", "coarse"], "{}", case.name);
+        // A save that did not write it puts it all back.
+        s.return_dirty(&dirty[0]);
+        let again = s.take_dirty(s.shard_of("other-a"));
+        assert_eq!(again[0].retire, ["fine", "coarse"], "{}", case.name);
+        assert_eq!(again[0].dirty.pages, dirty[0].dirty.pages, "{}", case.name);
+    }
+}
+
+/// The same on restart: saved archives of rules that no longer apply are
+/// adopted after the restore; with no newly applying rule they stay on disk.
+#[test]
+fn orphans_read_on_restore_are_adopted_by_newly_applying_rules() {
+    let old = star_store(100);
+    let base = NOW / 1000 / 3600 * 3600;
+    for i in 0..30u64 {
+        let t = (base + i * 10) * 1000;
+        old.write("other-a", "other", sample(t, 1), t).unwrap();
+        old.write("traffic-a", "traffic", sample(t, 1), t).unwrap();
+    }
+    let mut orphans = Vec::new();
+    for key in ["other-a", "traffic-a"] {
+        for name in ["fine", "coarse"] {
+            orphans.push(Orphan {
+                key: key.into(),
+                prefix: key.split('-').next().unwrap().into(),
+                labels: None,
+                rule: name.into(),
+                archive: old.read(key, |x| x.archive(name).unwrap().clone()).unwrap(),
+            });
+        }
+    }
+    // "traffic" has its rules and their archives already; "other" gets one.
+    let s = Store::new(
+        RuleSet::new(vec![
+            rule("t_min", "traffic", 60, ValueSize::Large),
+            rule("o", "other", 300, ValueSize::Large),
+        ]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 10,
+        },
+    );
+    let t = (base + 600) * 1000;
+    s.write("traffic-a", "traffic", sample(t, 1), t).unwrap();
+    let change = s.adopt_orphans(orphans);
+    assert_eq!(
+        (change.moved_series, change.moved_archives, change.unloaded),
+        (1, 1, 2)
+    );
+    assert_eq!(history_of(&s, "other-a", "o"), Some(vec![(base, 30)]));
+    assert_eq!(
+        history_of(&s, "traffic-a", "t_min"),
+        Some(vec![(base + 600, 1)])
+    );
+    assert_eq!((s.stats().series, s.stats().archives), (2, 2));
+    let dirty = s.take_dirty(s.shard_of("other-a"));
+    let other = dirty.iter().find(|d| &*d.series == "other-a").unwrap();
+    assert_eq!(other.retire, ["fine", "coarse"]);
+}
+
+/// Rules changed and changed back before a save: the rule that applies
+/// again keeps its records (they are not retired with the others).
+#[test]
+fn a_rule_that_applies_again_before_the_save_is_not_retired() {
+    let s = star_store(100);
+    let base = NOW / 1000 / 3600 * 3600;
+    for i in 0..30u64 {
+        let t = (base + i * 10) * 1000;
+        s.write("other-a", "other", sample(t, 1), t).unwrap();
+    }
+    let star: Vec<Rule> = s
+        .rules()
+        .for_prefix("x")
+        .iter()
+        .map(|r| (**r).clone())
+        .collect();
+    let mut with_o = star.clone();
+    with_o.push(rule("o", "other", 60, ValueSize::Large));
+    s.set_rules(RuleSet::new(with_o));
+    let change = s.set_rules(RuleSet::new(star));
+    assert_eq!((change.moved_series, change.moved_archives), (1, 2));
+    let dirty = s.take_dirty(s.shard_of("other-a"));
+    let retired: Vec<&String> = dirty.iter().flat_map(|d| &d.retire).collect();
+    assert_eq!(retired, ["o"]);
+    assert_eq!(
+        history_of(&s, "other-a", "coarse").map(|h| h.iter().map(|x| x.1).sum::<u64>()),
+        Some(30)
+    );
 }
