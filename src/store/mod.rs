@@ -753,6 +753,14 @@ impl Store {
         Ok(())
     }
 
+    /// Counts a series that is taken without the checks of a new one
+    /// (restored or moved from disk): undone by [`Store::forget_series`].
+    fn count_series(&self, key: &str) {
+        self.series.fetch_add(1, Ordering::Relaxed);
+        self.key_bytes
+            .fetch_add(key.len() as u64, Ordering::Relaxed);
+    }
+
     /// Counts a series (with key `key`) leaving memory.
     fn forget_series(&self, key: &str) {
         self.series.fetch_sub(1, Ordering::Relaxed);
@@ -1085,9 +1093,7 @@ impl Store {
             hashbrown::hash_map::EntryRef::Occupied(e) => e.into_mut(),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 // Restored series are counted, never refused.
-                self.series.fetch_add(1, Ordering::Relaxed);
-                self.key_bytes
-                    .fetch_add(key.len() as u64, Ordering::Relaxed);
+                self.count_series(key);
                 let series = Series {
                     form: Form::new(key, prefix, labels),
                     archives: Vec::new(),
@@ -1216,7 +1222,7 @@ impl Store {
             change.moved_archives += made;
             change.dropped_buckets += report.dropped;
             if !fresh.is_empty() {
-                self.series.fetch_add(1, Ordering::Relaxed);
+                self.count_series(&first.key);
                 let series = Series {
                     form: Form::new(&first.key, &first.prefix, first.labels.clone()),
                     archives: fresh,

@@ -892,6 +892,27 @@ fn orphans_read_on_restore_are_adopted_by_newly_applying_rules() {
         Some(vec![(base + 600, 1)])
     );
     assert_eq!((s.stats().series, s.stats().archives), (2, 2));
+    // The series made for "other-a" holds its key's bytes like any other
+    // (they were not counted: removing it wrapped the total below zero,
+    // and every new series was then refused as too many key bytes).
+    assert_eq!(s.stats().series_key_bytes, 18);
+    assert!(s.remove("other-a") && s.remove("traffic-a"));
+    assert_eq!(s.stats().series_key_bytes, 0);
+    let s = Store::new(
+        RuleSet::new(vec![rule("o", "other", 300, ValueSize::Large)]),
+        StoreLimits {
+            max_future_ms: 600_000,
+            max_series: 10,
+        },
+    );
+    let orphan = |rule: &str| Orphan {
+        key: "other-a".into(),
+        prefix: "other".into(),
+        labels: None,
+        rule: rule.into(),
+        archive: old.read("other-a", |x| x.archive(rule).unwrap().clone()).unwrap(),
+    };
+    s.adopt_orphans(vec![orphan("fine"), orphan("coarse")]);
     let dirty = s.take_dirty(s.shard_of("other-a"));
     let other = dirty.iter().find(|d| &*d.series == "other-a").unwrap();
     assert_eq!(other.retire, ["fine", "coarse"]);
