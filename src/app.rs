@@ -418,9 +418,13 @@ async fn open_and_restore(
 /// archives than the last save's manifest counts) is not run on as it is,
 /// since that would overwrite what may still be read: it is recovered
 /// first, as `ringdb recover` does (every readable archive copied into a
-/// fresh store, the damaged one kept aside), and the daemon starts on what
-/// was recovered, with the losses logged and counted (DESIGN §9: damage
-/// never stops the daemon from starting).
+/// fresh store, the damaged one kept aside), from the files as they were
+/// before sled opened them: sled's open rewrites a truncated log, so a log
+/// shorter than the last save left it is copied first, and a copy a start
+/// that did not finish left is put back (see
+/// [`snapshot::recover::Untouched`]). The daemon starts on what was
+/// recovered, with the losses logged and counted (DESIGN §9: damage never
+/// stops the daemon from starting).
 ///
 /// # Errors
 /// A store held by another process, or one that cannot be recovered.
@@ -429,8 +433,28 @@ async fn restore_or_recover(
     dir: &Path,
     config_file: Option<&Path>,
 ) -> anyhow::Result<(Arc<Store>, Snapshotter, snapshot::RestoreReport)> {
+    let untouched = {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            snapshot::recover::Untouched::put_back_leftover(&dir)?;
+            let Some(shorter) = snapshot::shorter_log(&dir)? else {
+                return Ok(None);
+            };
+            tracing::warn!(
+                "snapshot store {}: {shorter}; keeping an untouched copy while sled opens it",
+                dir.display()
+            );
+            Ok::<_, anyhow::Error>(Some(snapshot::recover::Untouched::take(&dir)?))
+        })
+        .await??
+    };
     let why = match open_and_restore(settings, dir).await? {
-        Ok((store, s, report)) if report.missing == 0 => return Ok((store, s, report)),
+        Ok((store, s, report)) if report.missing == 0 => {
+            if let Some(copy) = untouched {
+                tokio::task::spawn_blocking(move || copy.discard()).await??;
+            }
+            return Ok((store, s, report));
+        }
         Ok((_, s, report)) => {
             drop(s);
             format!(
@@ -445,6 +469,10 @@ async fn restore_or_recover(
         Err(e @ snapshot::SnapshotError::Locked { .. }) => return Err(e.into()),
         Err(e) => e.to_string(),
     };
+    if let Some(copy) = untouched {
+        // sled's open may have overwritten what recover can still read.
+        tokio::task::spawn_blocking(move || copy.put_back()).await??;
+    }
     tracing::error!(
         "{why}; recovering it before starting (as `ringdb recover` does): every readable \
          archive is copied into a fresh store and the damaged one is kept aside"
@@ -465,7 +493,7 @@ async fn restore_or_recover(
         .map_err(|e| damaged_store(&e, dir, config_file))?;
     restored.missing += report.archives_lost().unwrap_or(0);
     restored.corrupt += report.corrupt_headers;
-    restored.no_pages += report.no_pages;
+    // Archives without pages are in the fresh store: its restore counted them.
     restored.orphan_pages += report.orphan_pages;
     Ok((store, s, restored))
 }

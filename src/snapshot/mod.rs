@@ -252,6 +252,8 @@ pub struct Snapshotter {
     archives_on_disk: AtomicU64,
     /// The count in the manifest file (`u64::MAX`: unknown, write it).
     manifest_archives: AtomicU64,
+    /// The log length in the manifest file (`u64::MAX`: unknown).
+    manifest_log_bytes: AtomicU64,
     health: Health,
     /// Writes still to fail (tests of the retry path).
     #[cfg(test)]
@@ -273,6 +275,68 @@ fn open_sled(dir: &Path) -> sled::Result<sled::Db> {
         // 16 MiB 1,553 B and 0.50 s, 8 MiB 1,440 B and 0.67 s.
         .cache_capacity(SLED_CACHE_BYTES)
         .open()
+}
+
+/// The length of sled's log file (`db`) in `dir`; `None` when it cannot be
+/// read (no store yet).
+fn log_bytes(dir: &Path) -> Option<u64> {
+    std::fs::metadata(dir.join("db")).ok().map(|m| m.len())
+}
+
+/// sled's log found shorter than the last save left it (see
+/// [`shorter_log`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShorterLog {
+    /// Length of `db` now.
+    pub log_bytes: u64,
+    /// Length of `db` after the last save (manifest).
+    pub saved_log_bytes: u64,
+}
+
+impl std::fmt::Display for ShorterLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sled's log is {} bytes, the last save left {} (truncated, or sled dropped free \
+             segments at its end since)",
+            self.log_bytes, self.saved_log_bytes
+        )
+    }
+}
+
+/// Checks, without sled, that the log of the store in `dir` is not
+/// shorter than the manifest says the last save left it. sled's open
+/// rewrites a truncated log before giving back less than `ringdb recover`
+/// reads from the untouched files, so a shorter log must be seen first.
+/// A longer log is normal (writes after the last manifest, e.g. before a
+/// kill -9). A shorter one is not always damage: sled truncates free
+/// segments at the end of its log, possibly after the manifest was
+/// written, so the caller keeps a copy and lets the restore decide (see
+/// [`recover::Untouched`]). `None` also when there is no log, no
+/// manifest, or a manifest without a log length (written by an older
+/// ringdb): nothing to compare.
+///
+/// # Errors
+/// Another process holds the store ([`SnapshotError::Locked`]).
+pub fn shorter_log(dir: &Path) -> Result<Option<ShorterLog>, SnapshotError> {
+    let Some(log_bytes) = log_bytes(dir) else {
+        return Ok(None);
+    };
+    if in_use(&dir.join("db")) {
+        return Err(SnapshotError::Locked {
+            dir: dir.display().to_string(),
+        });
+    }
+    let saved = manifest::read(&manifest::path_for(dir))
+        .ok()
+        .flatten()
+        .and_then(|m| m.log_bytes);
+    Ok(saved
+        .filter(|&saved| log_bytes < saved)
+        .map(|saved_log_bytes| ShorterLog {
+            log_bytes,
+            saved_log_bytes,
+        }))
 }
 
 /// True when another process holds sled's lock on the log file `log`
@@ -397,6 +461,7 @@ impl Snapshotter {
             busy: Mutex::new(()),
             archives_on_disk: AtomicU64::new(0),
             manifest_archives: AtomicU64::new(u64::MAX),
+            manifest_log_bytes: AtomicU64::new(u64::MAX),
             health: Health::default(),
             #[cfg(test)]
             fail_writes: AtomicUsize::new(0),
@@ -501,9 +566,12 @@ impl Snapshotter {
         self.archives_on_disk
             .store(report.headers, Ordering::Relaxed);
         match manifest::read(&self.manifest) {
-            Ok(Some(n)) => {
+            Ok(Some(m)) => {
+                let n = m.archives;
                 report.manifest = Some(n);
                 self.manifest_archives.store(n, Ordering::Relaxed);
+                self.manifest_log_bytes
+                    .store(m.log_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
                 report.missing = n.saturating_sub(report.headers);
                 if report.missing > 0 {
                     tracing::error!(
@@ -624,11 +692,24 @@ impl Snapshotter {
         db.flush().map(drop)
     }
 
-    /// Writes the manifest when its count changed.
+    /// Writes the manifest when its count or sled's log length changed
+    /// (the log grows with nearly every save: one small fsynced file per
+    /// save keeps the start-up truncation check tight).
     fn write_manifest(&self, archives: u64) -> Result<(), SnapshotError> {
-        if self.manifest_archives.load(Ordering::Relaxed) != archives {
-            manifest::write(&self.manifest, archives)?;
+        let log_bytes = log_bytes(&self.path);
+        let unchanged = self.manifest_archives.load(Ordering::Relaxed) == archives
+            && log_bytes == Some(self.manifest_log_bytes.load(Ordering::Relaxed));
+        if !unchanged {
+            manifest::write(
+                &self.manifest,
+                &manifest::Manifest {
+                    archives,
+                    log_bytes,
+                },
+            )?;
             self.manifest_archives.store(archives, Ordering::Relaxed);
+            self.manifest_log_bytes
+                .store(log_bytes.unwrap_or(u64::MAX), Ordering::Relaxed);
         }
         Ok(())
     }

@@ -13,7 +13,9 @@
 //! missing segment), the log is also read without sled
 //! ([`salvage::scan_records`]) and what sled missed is added. Reading: forward in key order until the
 //! first error, then backward from the end down to it, so one damaged tree
-//! node loses the keys it held, not every key after it.
+//! node loses the keys it held, not every key after it. An [`Untouched`]
+//! copy a start that did not finish left beside the store is put back
+//! first.
 //!
 //! Never run it while the daemon runs on the same data_dir.
 
@@ -197,6 +199,9 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), RecoverError> {
 /// its log is read without sled.) The store in `dir` is only
 /// replaced when everything else succeeded.
 pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
+    // A start that did not finish may have left the store as it found it
+    // beside what sled's open made of it: that is what is recovered.
+    Untouched::put_back_leftover(dir)?;
     if !dir.join("db").exists() {
         return Err(RecoverError::NoStore(dir.display().to_string()));
     }
@@ -213,7 +218,10 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
     }
     copy_dir(dir, &scratch)?;
     let mut report = RecoverReport {
-        manifest: manifest::read(&manifest::path_for(dir)).ok().flatten(),
+        manifest: manifest::read(&manifest::path_for(dir))
+            .ok()
+            .flatten()
+            .map(|m| m.archives),
         ..RecoverReport::default()
     };
     let mut records = match open_damaged(&scratch, dir, &mut report) {
@@ -256,12 +264,112 @@ pub fn recover(dir: &Path, stamp: &str) -> Result<RecoverReport, RecoverError> {
             .map_err(io("moving aside", &manifest_file))?;
     }
     std::fs::rename(&fresh, dir).map_err(io("moving into place", &fresh))?;
-    manifest::write(&manifest_file, report.archives)?;
+    manifest::write(
+        &manifest_file,
+        &manifest::Manifest {
+            archives: report.archives,
+            log_bytes: super::log_bytes(dir),
+        },
+    )?;
     if scratch.exists() {
         std::fs::remove_dir_all(&scratch).map_err(io("removing", &scratch))?;
     }
     report.damaged = damaged;
     Ok(report)
+}
+
+/// A copy of a store taken before sled first opens it at start, when the
+/// checks without sled cannot vouch for it ([`super::shorter_log`]): sled's
+/// open rewrites a damaged log, so if the restore then finds archives
+/// missing, the copy is put back and recovered instead of what sled left.
+/// A healthy store is not copied.
+///
+/// The copy is made as `<dir>.untouched-partial` and renamed to
+/// `<dir>.untouched` once whole. A whole copy found at the next start
+/// means the last start stopped between copying and deciding, or while
+/// putting it back (nothing was saved since): [`Untouched::put_back_leftover`]
+/// puts it back before anything else, whatever the log looks like then
+/// (sled's open may have rewritten it to any length).
+#[derive(Debug)]
+pub struct Untouched {
+    dir: PathBuf,
+    copy: PathBuf,
+}
+
+impl Untouched {
+    /// Puts back the copy a start that did not finish left beside `dir`,
+    /// and removes a partial one; true when a copy was put back. Run at
+    /// every start before the store is looked at: a copy left behind and
+    /// put back later would undo every save in between.
+    ///
+    /// # Errors
+    /// Another process holds the store ([`RecoverError::InUse`]: the copy
+    /// may be its own), or a file operation fails.
+    pub fn put_back_leftover(dir: &Path) -> Result<bool, RecoverError> {
+        if super::in_use(&dir.join("db")) {
+            return Err(RecoverError::InUse(dir.display().to_string()));
+        }
+        let partial = sibling(dir, ".untouched-partial");
+        if partial.exists() {
+            std::fs::remove_dir_all(&partial).map_err(io("removing", &partial))?;
+        }
+        let leftover = Untouched {
+            dir: dir.to_path_buf(),
+            copy: sibling(dir, ".untouched"),
+        };
+        if !leftover.copy.exists() {
+            return Ok(false);
+        }
+        tracing::warn!(
+            copy = %leftover.copy.display(),
+            "snapshot: an untouched copy left by a start that did not finish is put back"
+        );
+        leftover.replace_store()?;
+        Ok(true)
+    }
+
+    /// Copies the store in `dir` (after [`Untouched::put_back_leftover`]).
+    ///
+    /// # Errors
+    /// See [`Untouched::put_back_leftover`]; a file operation fails.
+    pub fn take(dir: &Path) -> Result<Untouched, RecoverError> {
+        Untouched::put_back_leftover(dir)?;
+        let untouched = Untouched {
+            dir: dir.to_path_buf(),
+            copy: sibling(dir, ".untouched"),
+        };
+        let partial = sibling(dir, ".untouched-partial");
+        copy_dir(dir, &partial)?;
+        std::fs::rename(&partial, &untouched.copy).map_err(io("moving into place", &partial))?;
+        Ok(untouched)
+    }
+
+    /// Removes the copy: the store restored whole.
+    ///
+    /// # Errors
+    /// The copy cannot be removed (left as it is, the next start would put
+    /// it back over later saves: the caller must not go on).
+    pub fn discard(self) -> Result<(), RecoverError> {
+        let doomed = sibling(&self.dir, ".untouched-partial");
+        std::fs::rename(&self.copy, &doomed).map_err(io("moving aside", &self.copy))?;
+        std::fs::remove_dir_all(&doomed).map_err(io("removing", &doomed))
+    }
+
+    /// Replaces the store (as sled's open left it) with the copy. sled
+    /// must have closed the store.
+    ///
+    /// # Errors
+    /// A file operation fails.
+    pub fn put_back(self) -> Result<(), RecoverError> {
+        self.replace_store()
+    }
+
+    fn replace_store(&self) -> Result<(), RecoverError> {
+        if self.dir.exists() {
+            std::fs::remove_dir_all(&self.dir).map_err(io("removing", &self.dir))?;
+        }
+        std::fs::rename(&self.copy, &self.dir).map_err(io("moving into place", &self.copy))
+    }
 }
 
 /// Removes sled's snapshot files (`snap.*`) from `scratch`: sled then

@@ -245,7 +245,9 @@ fn deletes_keep_the_manifest_exact() {
         .unwrap();
     drop(s);
     assert_eq!(
-        manifest::read(&manifest::path_for(dir.path())).unwrap(),
+        manifest::read(&manifest::path_for(dir.path()))
+            .unwrap()
+            .map(|m| m.archives),
         Some(3)
     );
     let (_, report) = restored(dir.path());
@@ -366,6 +368,14 @@ fn a_store_in_use_is_neither_opened_nor_recovered() {
         recover::recover(&dir, "T"),
         Err(recover::RecoverError::InUse(_))
     ));
+    assert!(matches!(
+        shorter_log(&dir),
+        Err(SnapshotError::Locked { .. })
+    ));
+    assert!(matches!(
+        recover::Untouched::put_back_leftover(&dir),
+        Err(recover::RecoverError::InUse(_))
+    ));
     drop(running);
     assert!(Snapshotter::open(&dir).is_ok(), "free once closed");
 }
@@ -396,6 +406,125 @@ fn recover_reads_the_log_itself_when_sled_cannot_open_the_store() {
     let (back, restore) = restored(&dir);
     assert!(!restore.lost_anything(), "{restore:?}");
     assert_eq!(dump(&back), dump(&live));
+}
+
+#[test]
+fn a_shorter_log_is_kept_untouched_while_sled_opens_it() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("snapshots");
+    let live = store();
+    write(&live, "traffic-a", 5, NOW);
+    let s = Snapshotter::open(&dir).unwrap();
+    s.save(&live).unwrap();
+    drop(s);
+    let log = dir.join("db");
+    let len = |f: &Path| std::fs::metadata(f).unwrap().len();
+    let saved = manifest::read(&manifest::path_for(&dir))
+        .unwrap()
+        .and_then(|m| m.log_bytes)
+        .expect("the save recorded the log length");
+    assert!(saved > 0 && saved <= len(&log), "{saved} {}", len(&log));
+    assert_eq!(shorter_log(&dir).unwrap(), None, "as the save left it");
+    let file = std::fs::OpenOptions::new().write(true).open(&log).unwrap();
+    file.set_len(saved + 100).unwrap();
+    assert_eq!(shorter_log(&dir).unwrap(), None, "longer: written after");
+    file.set_len(saved / 2).unwrap();
+    drop(file);
+    assert_eq!(
+        shorter_log(&dir).unwrap(),
+        Some(ShorterLog {
+            log_bytes: saved / 2,
+            saved_log_bytes: saved
+        })
+    );
+    let damaged = std::fs::read(&log).unwrap();
+    let siblings = || {
+        let mut names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let alone = ["snapshots", "snapshots.manifest"];
+
+    // Restore failed: the copy replaces what sled's open left.
+    let copy = recover::Untouched::take(&dir).unwrap();
+    assert_eq!(
+        siblings(),
+        ["snapshots", "snapshots.manifest", "snapshots.untouched"]
+    );
+    std::fs::write(&log, b"rewritten by sled").unwrap();
+    copy.put_back().unwrap();
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert_eq!(siblings(), alone);
+
+    // Restore whole: the copy goes.
+    recover::Untouched::take(&dir).unwrap().discard().unwrap();
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert_eq!(siblings(), alone);
+
+    // A start that stopped between copying and deciding: the next one
+    // puts its copy back first.
+    drop(recover::Untouched::take(&dir).unwrap());
+    std::fs::write(&log, b"rewritten by sled").unwrap();
+    recover::Untouched::take(&dir).unwrap().discard().unwrap();
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert_eq!(siblings(), alone);
+
+    // ... even when sled left a log no shorter than the last save: the
+    // copy must not wait for a later shorter log (it would undo every
+    // save in between). A partial copy is removed.
+    drop(recover::Untouched::take(&dir).unwrap());
+    std::fs::write(&log, vec![0; saved as usize + 1]).unwrap();
+    assert_eq!(shorter_log(&dir).unwrap(), None);
+    std::fs::create_dir(root.path().join("snapshots.untouched-partial")).unwrap();
+    assert!(recover::Untouched::put_back_leftover(&dir).unwrap());
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert_eq!(siblings(), alone);
+    assert!(
+        !recover::Untouched::put_back_leftover(&dir).unwrap(),
+        "none left"
+    );
+
+    // Stopped while putting it back, the store already removed.
+    drop(recover::Untouched::take(&dir).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(recover::Untouched::put_back_leftover(&dir).unwrap());
+    assert_eq!(std::fs::read(&log).unwrap(), damaged);
+    assert_eq!(siblings(), alone);
+
+    // `ringdb recover` after a start that did not finish recovers the
+    // store as found, not what sled's open made of it.
+    drop(recover::Untouched::take(&dir).unwrap());
+    std::fs::write(&log, b"rewritten by sled").unwrap();
+    recover::recover(&dir, "T").unwrap();
+    let aside = root.path().join("snapshots.damaged-T").join("db");
+    assert_eq!(std::fs::read(aside).unwrap(), damaged);
+    assert!(!siblings().iter().any(|n| n.contains("untouched")));
+}
+
+#[test]
+fn a_save_with_nothing_new_leaves_the_manifest_alone() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("snapshots");
+    let file = manifest::path_for(&dir);
+    let live = store();
+    write(&live, "traffic-a", 5, NOW);
+    let s = Snapshotter::open(&dir).unwrap();
+    s.save(&live).unwrap();
+    // Replaced by a rename on each write: a new inode.
+    let inode = || std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&file).unwrap());
+    let first = inode();
+    for _ in 0..3 {
+        s.save(&live).unwrap();
+    }
+    assert_eq!(inode(), first, "nothing saved: not rewritten");
+    write(&live, "traffic-a", 1, NOW + 1000);
+    s.save(&live).unwrap();
+    let m = manifest::read(&file).unwrap().unwrap();
+    assert_eq!(m.log_bytes, log_bytes(&dir), "the log grew: recorded");
+    assert_ne!(inode(), first);
 }
 
 /// Archives of rules that change: what a save writes and what a restart
