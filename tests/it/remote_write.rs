@@ -466,6 +466,6 @@ fn metadata_is_written_only_by_who_may_write_the_family_and_capped() {
         serde_json::json!("hhhhhhhhhhhhhhhh")
     );
     let metrics = get("/metrics");
-    let skipped = "ringdb_metadata_skipped_total{protocol=\"remote_write\",reason=\"forbidden\"} 2";
+    let skipped = "ringdb_metadata_skipped_total{protocol=\"remote_write\",reason=\"forbidden\"} 1";
     assert!(metrics.contains(skipped), "missing {skipped:?}");
 }
