@@ -6,6 +6,7 @@
 
 use crate::access::{Access, ConnectionGrant, Grant, SharedAccess};
 use crate::config::{Settings, TlsFiles};
+use crate::cpu::BulkPool;
 use crate::http::{HttpConnection, HttpLimits};
 use crate::ingest::remote_write::{self, handler::RemoteWriteContext, KnownSeries, LabelLimits};
 use crate::ingest::scrape::Scraper;
@@ -242,6 +243,10 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         },
         max_body_bytes: usize::try_from(settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         in_flight: Arc::new(Semaphore::new(settings.limits.max_inflight_writes)),
+        bulk: Arc::new(
+            BulkPool::per_core(settings.limits.max_inflight_writes)
+                .context("starting the remote_write decoding threads")?,
+        ),
         known: KnownSeries::new(
             usize::try_from(settings.limits.max_series.min(KNOWN_SERIES_MAX)).unwrap_or(usize::MAX),
         ),

@@ -17,6 +17,7 @@ pub mod access;
 pub mod app;
 pub mod certs;
 pub mod config;
+pub mod cpu;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;

@@ -1,7 +1,7 @@
 use super::*;
-use crate::rules::Rule;
 use crate::model::{Sample, Value};
 use crate::rrd::{Consolidation, Shape, Split, ValueSize};
+use crate::rules::Rule;
 use crate::rules::RuleSet;
 use crate::store::StoreLimits;
 

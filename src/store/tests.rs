@@ -910,7 +910,9 @@ fn orphans_read_on_restore_are_adopted_by_newly_applying_rules() {
         prefix: "other".into(),
         labels: None,
         rule: rule.into(),
-        archive: old.read("other-a", |x| x.archive(rule).unwrap().clone()).unwrap(),
+        archive: old
+            .read("other-a", |x| x.archive(rule).unwrap().clone())
+            .unwrap(),
     };
     s.adopt_orphans(vec![orphan("fine"), orphan("coarse")]);
     let dirty = s.take_dirty(s.shard_of("other-a"));

@@ -5,6 +5,7 @@
 
 use super::{decompress, ingest, KnownSeries, LabelLimits, Report};
 use crate::access::Grant;
+use crate::cpu::BulkPool;
 use crate::model::Clock;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -29,8 +30,12 @@ pub struct RemoteWriteContext {
     pub label_limits: LabelLimits,
     /// Cap on the compressed and the decompressed body.
     pub max_body_bytes: usize,
-    /// Requests being decoded or stored at once.
+    /// Requests admitted at once (their bodies read, waiting or being
+    /// decoded and stored); more are refused with 429.
     pub in_flight: Arc<Semaphore>,
+    /// Decodes and stores admitted requests, one at a time a core, below
+    /// the priority of queries and handshakes (see [`crate::cpu`]).
+    pub bulk: Arc<BulkPool>,
     /// Label sets seen before and their series keys.
     pub known: KnownSeries,
 }
@@ -193,19 +198,21 @@ async fn write(
         }
     };
     let work = ctx.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let raw = decompress(&bytes, work.max_body_bytes)?;
-        ingest(
-            &work.store,
-            &work.known,
-            &raw,
-            &grant,
-            &work.label_limits,
-            (work.clock)(),
-        )
-    })
-    .await;
+    let outcome = ctx
+        .bulk
+        .run(move || {
+            let _permit = permit;
+            let raw = decompress(&bytes, work.max_body_bytes)?;
+            ingest(
+                &work.store,
+                &work.known,
+                &raw,
+                &grant,
+                &work.label_limits,
+                (work.clock)(),
+            )
+        })
+        .await;
     match outcome {
         Ok(Ok(report)) => answer(&ctx, &report),
         Ok(Err(e)) => {
