@@ -5,10 +5,22 @@
 //! (socket) looks its grant up again, so a removed client loses its access
 //! on its open connections too.
 
-use crate::config::ClientSettings;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+
+/// What one client certificate may do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientSettings {
+    /// Certificate common name.
+    pub name: String,
+    /// Prefixes it may write (`*` = all).
+    pub write: Vec<String>,
+    /// Prefixes it may read (`*` = all).
+    pub read: Vec<String>,
+    /// Whether it may use the admin routes.
+    pub admin: bool,
+}
 
 /// The permissions of every known client.
 #[derive(Debug, Clone, Default)]

@@ -165,7 +165,7 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
     let api_ctx = Arc::new(ApiContext {
         store: store.clone(),
         metrics: metrics.clone(),
-        snapshotter: snapshotter.clone(),
+        disk: Arc::new(SnapshotDisk(snapshotter.clone())),
         ready: Default::default(),
         slots: QuerySlots::new(
             settings.limits.max_concurrent_queries,
@@ -588,4 +588,17 @@ fn reload(
     );
     *running = next;
     "ok"
+}
+
+/// The snapshot store as the query routes see it (see [`api::Disk`]).
+struct SnapshotDisk(Arc<Snapshotter>);
+
+impl api::Disk for SnapshotDisk {
+    fn delete_series(&self, store: &Store, key: &str) -> Result<bool, String> {
+        self.0.delete_series(store, key).map_err(|e| e.to_string())
+    }
+
+    fn failing_since_ms(&self) -> Option<u64> {
+        self.0.failing_since_ms()
+    }
 }

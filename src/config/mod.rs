@@ -120,54 +120,6 @@ pub struct Limits {
     pub max_metadata_bytes: u64,
 }
 
-/// What one client certificate may do.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClientSettings {
-    /// Certificate common name.
-    pub name: String,
-    /// Prefixes it may write (`*` = all).
-    pub write: Vec<String>,
-    /// Prefixes it may read (`*` = all).
-    pub read: Vec<String>,
-    /// Whether it may use the admin routes.
-    pub admin: bool,
-}
-
-/// One `scrape:` job: static targets scraped at an interval (DESIGN §6).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScrapeJob {
-    /// Job name, unique in the file; the `job` label of its series.
-    pub job: String,
-    /// Time between two scrapes of one target.
-    pub interval: Duration,
-    /// Longest one scrape may take (connect, TLS, request, body); at most
-    /// `interval`.
-    pub timeout: Duration,
-    /// `host:port` of each target; the `instance` label.
-    pub targets: Vec<String>,
-    /// http or https.
-    pub scheme: ScrapeScheme,
-    /// CA the targets' server certificates must chain to (https).
-    pub ca: Option<PathBuf>,
-    /// Client certificate chain presented to targets that require one.
-    pub cert: Option<PathBuf>,
-    /// Private key of `cert`.
-    pub key: Option<PathBuf>,
-    /// Path requested on each target, `/metrics` by default.
-    pub metrics_path: String,
-    /// Largest response body read; a bigger one fails the scrape.
-    pub body_limit_bytes: u64,
-}
-
-/// How a scrape job talks to its targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ScrapeScheme {
-    /// Plain HTTP/1.1.
-    Http,
-    /// HTTP/1.1 over TLS (rustls), optionally with a client certificate.
-    Https,
-}
-
 /// One problem in the file.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Issue {
@@ -255,6 +207,8 @@ pub fn load(file: &Path) -> Result<Settings, ConfigError> {
     parse(&text, &name, base)
 }
 
+pub use crate::access::ClientSettings;
+pub use crate::ingest::scrape::{ScrapeJob, ScrapeScheme};
 pub use crate::model::parse_duration;
 
 #[cfg(test)]

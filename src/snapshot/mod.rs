@@ -340,13 +340,28 @@ pub fn shorter_log(dir: &Path) -> Result<Option<ShorterLog>, SnapshotError> {
 }
 
 /// True when another process holds sled's lock on the log file `log`
-/// (sled takes an exclusive `flock` on it while open).
+/// (sled takes an exclusive `flock` on it while open). A lock still held
+/// after [`LOCK_GRACE`] counts: sled's background threads keep it for a
+/// moment after the last handle in this process is dropped (a store
+/// closed just before, e.g. to be recovered at start, looked "in use" on
+/// a loaded machine).
 pub fn in_use(log: &Path) -> bool {
-    match std::fs::File::open(log) {
+    let locked = || match std::fs::File::open(log) {
         Ok(file) => matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
         Err(_) => false,
+    };
+    let deadline = Instant::now() + LOCK_GRACE;
+    while locked() {
+        if Instant::now() >= deadline {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+    false
 }
+
+/// How long [`in_use`] waits for a lock to go before calling it held.
+pub const LOCK_GRACE: Duration = Duration::from_secs(3);
 
 /// [`open_sled`], with a panic inside sled (it panics on some damaged
 /// stores, e.g. "tried to serialize Uninitialized") turned into an error.
@@ -485,6 +500,8 @@ impl Snapshotter {
         if let Some(db) = &*slot {
             return Ok(db.clone());
         }
+        // The handle a failed save dropped may keep sled's lock a moment.
+        in_use(&self.path.join("db"));
         let db = open_sled_caught(&self.path).map_err(|source| SnapshotError::Open {
             dir: self.dir.clone(),
             source,

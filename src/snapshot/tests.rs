@@ -66,6 +66,12 @@ fn dump(s: &Store) -> Vec<String> {
     out
 }
 
+/// sled on `dir` once the lock of a handle dropped just before is gone.
+fn reopened(dir: &Path) -> sled::Db {
+    assert!(!in_use(&dir.join("db")), "still locked after the grace");
+    open_sled(dir).unwrap()
+}
+
 fn restored(dir: &Path) -> (Store, RestoreReport) {
     let fresh = store();
     let report = Snapshotter::open(dir).unwrap().restore(&fresh).unwrap();
@@ -103,7 +109,7 @@ fn format_2_keys_are_upgraded_and_restored() {
         write(&live, &format!("traffic-{i}"), 3 + i % 5, NOW);
     }
     {
-        let db = open_sled(dir.path()).unwrap();
+        let db = reopened(dir.path());
         let legacy = |tag: u8, series: &str, rule: &str| {
             let mut k = vec![tag];
             k.extend_from_slice(&(series.len() as u16).to_be_bytes());
@@ -130,7 +136,7 @@ fn format_2_keys_are_upgraded_and_restored() {
     let (back, report) = restored(dir.path());
     assert_eq!((report.archives, report.corrupt), (80, 0), "{report:?}");
     assert_eq!(dump(&back), dump(&live));
-    let db = open_sled(dir.path()).unwrap();
+    let db = reopened(dir.path());
     assert_eq!(
         db.scan_prefix([LEGACY_HEADER]).count(),
         0,
@@ -201,7 +207,7 @@ fn losses_are_counted_on_restore() {
     }
     Snapshotter::open(dir.path()).unwrap().save(&live).unwrap();
     {
-        let db = open_sled(dir.path()).unwrap();
+        let db = reopened(dir.path());
         let remove_prefix = |prefix: Vec<u8>| {
             for k in db.scan_prefix(prefix).keys() {
                 db.remove(k.unwrap()).unwrap();

@@ -3,7 +3,7 @@
 //! (hyper's client connection), and a body read up to the job's cap. The
 //! caller bounds the whole fetch with the job's timeout.
 
-use crate::config::{ScrapeJob, ScrapeScheme};
+use super::{ScrapeJob, ScrapeScheme};
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
 use rustls::pki_types::pem::PemObject;

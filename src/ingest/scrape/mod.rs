@@ -21,7 +21,6 @@ pub mod client;
 pub mod text;
 pub mod write;
 
-use crate::config::ScrapeJob;
 use crate::model::Clock;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
@@ -47,6 +46,41 @@ pub async fn run(
     Scraper::new(jobs, store, metrics, clock)
         .run(shutdown)
         .await;
+}
+
+/// One `scrape:` job: static targets scraped at an interval (DESIGN §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScrapeJob {
+    /// Job name, unique in the file; the `job` label of its series.
+    pub job: String,
+    /// Time between two scrapes of one target.
+    pub interval: Duration,
+    /// Longest one scrape may take (connect, TLS, request, body); at most
+    /// `interval`.
+    pub timeout: Duration,
+    /// `host:port` of each target; the `instance` label.
+    pub targets: Vec<String>,
+    /// http or https.
+    pub scheme: ScrapeScheme,
+    /// CA the targets' server certificates must chain to (https).
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate chain presented to targets that require one.
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+    /// Path requested on each target, `/metrics` by default.
+    pub metrics_path: String,
+    /// Largest response body read; a bigger one fails the scrape.
+    pub body_limit_bytes: u64,
+}
+
+/// How a scrape job talks to its targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ScrapeScheme {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS (rustls), optionally with a client certificate.
+    Https,
 }
 
 /// The scrape scheduler, whose job list can be replaced while it runs.

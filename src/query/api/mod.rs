@@ -16,7 +16,6 @@ pub mod yawndb;
 
 use crate::access::Grant;
 use crate::http::{count_requests, RequestCounter};
-use crate::snapshot::Snapshotter;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use axum::extract::State;
@@ -30,14 +29,30 @@ use std::sync::Arc;
 
 pub use slots::{ClientId, QuerySlots, SlotError};
 
+/// What the routes need of the snapshot store, which they do not import
+/// (they read archives only through the store): the composition root
+/// implements it for [`crate::snapshot::Snapshotter`].
+pub trait Disk: Send + Sync {
+    /// Removes a series from memory and from disk; false when it was not
+    /// held. Blocking.
+    ///
+    /// # Errors
+    /// The disk could not be written; the message says why.
+    fn delete_series(&self, store: &Store, key: &str) -> Result<bool, String>;
+
+    /// When snapshots started failing for long enough to make the daemon
+    /// unready (milliseconds since the epoch), if they are.
+    fn failing_since_ms(&self) -> Option<u64>;
+}
+
 /// What every handler may use.
 pub struct ApiContext {
     /// The series map.
     pub store: Arc<Store>,
     /// Self-metrics.
     pub metrics: Arc<Metrics>,
-    /// For DELETE.
-    pub snapshotter: Arc<Snapshotter>,
+    /// The snapshot store, seen from the routes: DELETE and readiness.
+    pub disk: Arc<dyn Disk>,
     /// Restore finished and listeners up.
     pub ready: AtomicBool,
     /// Reads evaluated at once, in total and per client (more wait for a
@@ -232,7 +247,7 @@ async fn healthy() -> &'static str {
 /// for several intervals (a full or failing disk: what is accepted would
 /// be lost on a restart); `/-/healthy` stays 200 either way.
 async fn ready(State(ctx): State<Arc<ApiContext>>) -> Response {
-    if let Some(since_ms) = ctx.snapshotter.failing_since_ms() {
+    if let Some(since_ms) = ctx.disk.failing_since_ms() {
         let since = chrono::DateTime::from_timestamp_millis(since_ms as i64)
             .map_or_else(|| format!("{since_ms} ms"), |t| t.to_rfc3339());
         return (

@@ -680,13 +680,13 @@ pub async fn delete_path(
     State(ctx): State<Arc<ApiContext>>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    let snapshotter = ctx.snapshotter.clone();
+    let disk = ctx.disk.clone();
     let store = ctx.store.clone();
     let key = path.clone();
-    let held = tokio::task::spawn_blocking(move || snapshotter.delete_series(&store, &key))
+    let held = tokio::task::spawn_blocking(move || disk.delete_series(&store, &key))
         .await
         .map_err(|e| err("internal", e.to_string()))?
-        .map_err(|e| err("internal", e.to_string()))?;
+        .map_err(|e| err("internal", e))?;
     if !held {
         return Err(err("path_not_found", format!("path {path:?} not found")));
     }
