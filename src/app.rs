@@ -243,6 +243,8 @@ pub async fn run(settings: Settings, config_file: Option<PathBuf>) -> anyhow::Re
         },
         max_body_bytes: usize::try_from(settings.limits.max_body_bytes).unwrap_or(usize::MAX),
         in_flight: Arc::new(Semaphore::new(settings.limits.max_inflight_writes)),
+        max_inflight: settings.limits.max_inflight_writes,
+        waiting: std::sync::atomic::AtomicUsize::new(0),
         bulk: Arc::new(
             BulkPool::per_core(settings.limits.max_inflight_writes)
                 .context("starting the remote_write decoding threads")?,

@@ -351,6 +351,44 @@ fn a_full_in_flight_limit_answers_429_with_retry_after() {
     assert_eq!(post(&d, &body).0, 204);
 }
 
+/// A write that finds every slot busy waits (up to 2 s) for one instead of
+/// a 429 at once: the slot freed 500 ms later takes it (before: 429).
+#[test]
+fn a_write_over_the_in_flight_limit_waits_briefly_for_a_slot() {
+    let d = Daemon::start(&format!(
+        "limits: {{max_inflight_writes: 1}}\n{}",
+        CONFIG.split_once('\n').unwrap().1
+    ));
+    let mut slow = crate::common::tls_stream(&d.pki, Some("client"), d.http);
+    slow.write_all(
+        b"POST /api/v1/write HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 1000\r\n\r\nabc",
+    )
+    .unwrap();
+    slow.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // The holder goes away 500 ms from now: its slot is freed.
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        drop(slow);
+    });
+    let body = encode(&proto::WriteRequest {
+        timeseries: vec![series(
+            &[("__name__", "m")],
+            &[(now_secs() as i64 * 1000, 1.0)],
+        )],
+        metadata: vec![],
+    });
+    let started = std::time::Instant::now();
+    let (code, _, text) = post(&d, &body);
+    assert_eq!(code, 204, "{text}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "it should have waited for the slot: {waited:?}"
+    );
+    holder.join().unwrap();
+}
+
 fn post_as(d: &Daemon, client: &str, body: &[u8]) -> (u16, String, String) {
     http_raw(
         &d.pki,

@@ -15,8 +15,10 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Extension, Router};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::Semaphore;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What the write route needs.
 pub struct RemoteWriteContext {
@@ -31,13 +33,55 @@ pub struct RemoteWriteContext {
     /// Cap on the compressed and the decompressed body.
     pub max_body_bytes: usize,
     /// Requests admitted at once (their bodies read, waiting or being
-    /// decoded and stored); more are refused with 429.
+    /// decoded and stored); more wait briefly, then get 429.
     pub in_flight: Arc<Semaphore>,
+    /// The slots of `in_flight`.
+    pub max_inflight: usize,
+    /// Requests waiting for a slot (see [`write_slot`]).
+    pub waiting: AtomicUsize,
     /// Decodes and stores admitted requests, one at a time a core, below
     /// the priority of queries and handshakes (see [`crate::cpu`]).
     pub bulk: Arc<BulkPool>,
     /// Label sets seen before and their series keys.
     pub known: KnownSeries,
+}
+
+/// Longest a request waits for an in-flight slot before its 429.
+pub const WRITE_WAIT: Duration = Duration::from_secs(2);
+
+/// Requests that may wait for a slot at once, per slot; more get their
+/// 429 at once.
+pub const WAITING_PER_SLOT: usize = 4;
+
+/// An in-flight slot: at once when one is free, else after waiting up to
+/// [`WRITE_WAIT`] (while fewer than [`WAITING_PER_SLOT`] × slots wait);
+/// `None` means 429. Choice: a short wait before the 429 (which the sender
+/// answers by reconnecting and sending the whole body again after a
+/// backoff) keeps a sender with many parallel shards from turning its
+/// excess into a stream of refused bodies and new TLS handshakes
+/// (scripts/flood, storm_429). The body is read only once the slot is
+/// held: a waiting request holds a connection, not memory.
+async fn write_slot(ctx: &RemoteWriteContext) -> Option<OwnedSemaphorePermit> {
+    if let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    // Counted out on drop: the request may be dropped while it waits (the
+    // client went away).
+    struct Waiting<'a>(&'a AtomicUsize);
+    impl Drop for Waiting<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let before = ctx.waiting.fetch_add(1, Ordering::Relaxed);
+    let _waiting = Waiting(&ctx.waiting);
+    if before >= ctx.max_inflight.saturating_mul(WAITING_PER_SLOT) {
+        return None;
+    }
+    tokio::time::timeout(WRITE_WAIT, ctx.in_flight.clone().acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
 }
 
 /// The route, to merge into the HTTP listener's router.
@@ -164,7 +208,7 @@ async fn write(
             ),
         );
     }
-    let Ok(permit) = ctx.in_flight.clone().try_acquire_owned() else {
+    let Some(permit) = write_slot(&ctx).await else {
         let mut response = refuse(
             &ctx,
             StatusCode::TOO_MANY_REQUESTS,
