@@ -123,6 +123,18 @@ fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
 
+/// Most bytes one record's decoding may claim for its containers. bincode
+/// allocates what a length prefix claims before reading the elements: a
+/// damaged prefix claimed up to 2^63 bytes and aborted the process (found
+/// by the `snapshot` fuzz target). The largest sound record (a header
+/// with 64 labels of 4 KiB) claims well under 1 MiB.
+pub const MAX_DECODE_BYTES: usize = 64 << 20;
+
+/// [`config`] with the [`MAX_DECODE_BYTES`] limit: the same encoding.
+fn decode_config() -> impl bincode::config::Config {
+    config().with_limit::<MAX_DECODE_BYTES>()
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, config()).expect("in-memory encoding cannot fail")
 }
@@ -137,7 +149,7 @@ fn encode_with<T: Serialize>(scratch: &mut Vec<u8>, value: &T) -> Vec<u8> {
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Result<T, CodecError> {
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
+    let (value, used) = bincode::serde::decode_from_slice(bytes, decode_config())
         .map_err(|source| CodecError::Decode { what, source })?;
     if used != bytes.len() {
         return Err(CodecError::Invalid {
@@ -150,7 +162,7 @@ fn decode<T: for<'de> Deserialize<'de>>(what: &'static str, bytes: &[u8]) -> Res
 
 /// The version every record starts with.
 fn version_of(what: &'static str, bytes: &[u8]) -> Result<u16, CodecError> {
-    bincode::serde::decode_from_slice(bytes, config())
+    bincode::serde::decode_from_slice(bytes, decode_config())
         .map(|(version, _)| version)
         .map_err(|source| CodecError::Decode { what, source })
 }
