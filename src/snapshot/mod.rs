@@ -693,10 +693,8 @@ impl Snapshotter {
             self.close();
             return Err(self.err(e));
         }
-        let on_disk = self
-            .archives_on_disk
-            .fetch_add(new_headers, Ordering::Relaxed)
-            .saturating_add(new_headers)
+        // Saves and deletes hold `busy`: nothing else changes the count.
+        let on_disk = (self.archives_on_disk.load(Ordering::Relaxed) + new_headers)
             .saturating_sub(removed_headers);
         self.archives_on_disk.store(on_disk, Ordering::Relaxed);
         self.write_manifest(on_disk)?;

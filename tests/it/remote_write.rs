@@ -319,13 +319,13 @@ fn metadata_only_stale_markers_exemplars_and_histograms() {
     assert_eq!(d.metric("ringdb_remote_write_metadata_total"), 1.0);
 }
 
-#[test]
-fn a_full_in_flight_limit_answers_429_with_retry_after() {
+/// A daemon with one remote_write slot, held by a connection that sent
+/// headers and part of a body; and the body of a one-sample write.
+fn one_slot_held() -> (Daemon, impl std::io::Write + Send, Vec<u8>) {
     let d = Daemon::start(&format!(
         "limits: {{max_inflight_writes: 1}}\n{}",
         CONFIG.split_once('\n').unwrap().1
     ));
-    // Hold the only slot: headers and part of a body, then wait.
     let mut slow = crate::common::tls_stream(&d.pki, Some("client"), d.http);
     slow.write_all(
         b"POST /api/v1/write HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 1000\r\n\r\nabc",
@@ -340,6 +340,12 @@ fn a_full_in_flight_limit_answers_429_with_retry_after() {
         )],
         metadata: vec![],
     });
+    (d, slow, body)
+}
+
+#[test]
+fn a_full_in_flight_limit_answers_429_with_retry_after() {
+    let (d, slow, body) = one_slot_held();
     let (code, head, text) = post(&d, &body);
     assert_eq!(code, 429, "{text}");
     assert!(
@@ -355,28 +361,11 @@ fn a_full_in_flight_limit_answers_429_with_retry_after() {
 /// a 429 at once: the slot freed 500 ms later takes it (before: 429).
 #[test]
 fn a_write_over_the_in_flight_limit_waits_briefly_for_a_slot() {
-    let d = Daemon::start(&format!(
-        "limits: {{max_inflight_writes: 1}}\n{}",
-        CONFIG.split_once('\n').unwrap().1
-    ));
-    let mut slow = crate::common::tls_stream(&d.pki, Some("client"), d.http);
-    slow.write_all(
-        b"POST /api/v1/write HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-protobuf\r\nContent-Encoding: snappy\r\nContent-Length: 1000\r\n\r\nabc",
-    )
-    .unwrap();
-    slow.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (d, slow, body) = one_slot_held();
     // The holder goes away 500 ms from now: its slot is freed.
     let holder = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_millis(500));
         drop(slow);
-    });
-    let body = encode(&proto::WriteRequest {
-        timeseries: vec![series(
-            &[("__name__", "m")],
-            &[(now_secs() as i64 * 1000, 1.0)],
-        )],
-        metadata: vec![],
     });
     let started = std::time::Instant::now();
     let (code, _, text) = post(&d, &body);

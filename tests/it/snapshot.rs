@@ -165,6 +165,18 @@ fn with_data(answers: &[String]) -> u64 {
         .count() as u64
 }
 
+/// Truncates sled's log of the stopped daemon `d` to 1/`parts` of its length.
+fn cut_log(d: &Daemon, parts: u64) {
+    let db = snapshots(d).join("db");
+    let len = std::fs::metadata(&db).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(len / parts)
+        .unwrap();
+}
+
 fn snapshots(d: &Daemon) -> std::path::PathBuf {
     d.dir.path().join("data/snapshots")
 }
@@ -224,14 +236,7 @@ fn truncated_store_is_recovered_by_hand_keeping_what_is_left() {
     let mut d = Daemon::start(&RULES.replace("interval: 1s", "interval: 1h"));
     let paths = write_batch(&d, "a", 100);
     assert!(d.stop().success());
-    let db = snapshots(&d).join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut_log(&d, 2);
     // `ringdb recover` with the daemon stopped: what start-up would do.
     let (recovered, without_pages) = recover(&d);
     assert!(
@@ -253,14 +258,7 @@ fn truncated_store_is_recovered_at_start_and_losses_are_counted() {
     let mut d = Daemon::start(&RULES.replace("interval: 1s", "interval: 1h"));
     let paths = write_batch(&d, "a", 100);
     assert!(d.stop().success());
-    let db = snapshots(&d).join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 2)
-        .unwrap();
+    cut_log(&d, 2);
     d.spawn();
     let archives = d.metric("ringdb_archives");
     assert!(archives < 300.0, "half the log: {archives}");
@@ -297,14 +295,7 @@ fn truncated_store_started_directly_keeps_what_recover_would() {
     write_batch(&d, "a", 100);
     assert!(d.stop().success());
     let data = d.dir.path().join("data");
-    let db = snapshots(&d).join("db");
-    let len = std::fs::metadata(&db).unwrap().len();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&db)
-        .unwrap()
-        .set_len(len / 4)
-        .unwrap();
+    cut_log(&d, 4);
     // An identical damaged copy for `ringdb recover`, never opened.
     let twin = tempfile::tempdir().unwrap();
     copy_dir(&snapshots(&d), &twin.path().join("snapshots"));

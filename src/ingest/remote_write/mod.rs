@@ -617,7 +617,7 @@ mod tests {
             let labels = [("__name__", "up"), ("job", job.as_str())];
             assert_eq!(write(&labels, now, &Grant::All).accepted, 1);
         }
-        let forbidden = Grant::Limited(Arc::new(crate::config::ClientSettings {
+        let forbidden = Grant::Limited(Arc::new(crate::access::ClientSettings {
             name: "agent".into(),
             write: vec!["other".into()],
             read: vec![],
@@ -699,7 +699,7 @@ mod tests {
             help: help.into(),
             unit: String::new(),
         };
-        let agent = Grant::Limited(Arc::new(crate::config::ClientSettings {
+        let agent = Grant::Limited(Arc::new(crate::access::ClientSettings {
             name: "agent".into(),
             write: vec!["traffic".into(), "latency_bucket".into()],
             read: vec![],

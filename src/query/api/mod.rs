@@ -31,7 +31,7 @@ pub use slots::{ClientId, QuerySlots, SlotError};
 
 /// What the routes need of the snapshot store, which they do not import
 /// (they read archives only through the store): the composition root
-/// implements it for [`crate::snapshot::Snapshotter`].
+/// (`app`) implements it over the sled snapshotter.
 pub trait Disk: Send + Sync {
     /// Removes a series from memory and from disk; false when it was not
     /// held. Blocking.
